@@ -1,0 +1,56 @@
+"""Pieces shared by the approximate methods (star, apb, spava).
+
+Their local sequence ends with the replicated query block. Query rows get exact attention: each
+rank attends them to the keys it owns (`SequencePlan.owned`: its chunks, its anchor share, and on the
+decode rank the query itself, causally), then the W partials are all-gathered and LSE-merged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spava.attention.base import AttnContext
+from spava.attention.exact import DistributedPartial, owned_pieces
+from spava.attention.scoring import get_scorer, pool_scores, select_into
+from spava.plan.sequence import SequencePlan
+
+
+def query_start(plan: SequencePlan) -> int:
+    """Local index of the first query row."""
+    return plan.num_local_tokens - plan.num_query_tokens
+
+
+def launch_query_rows(q, k, v, ctx: AttnContext) -> DistributedPartial | None:
+    """Start the exact attention of the query rows (None when the prompt has no query block).
+
+    Only the decode rank holds the query keys, and only there are they masked causally: the other
+    ranks' keys all precede the query, so they attend non-causally (the reference's bug §11.1 used a
+    causal mask on every rank, hiding trailing chunk keys from early query rows).
+    """
+    plan = ctx.plan
+    if plan.num_query_tokens == 0:
+        return None
+    start = query_start(plan)
+    pieces = owned_pieces(k, v, plan.owned_local_ranges())
+    partial = DistributedPartial(ctx.comm)
+    partial.launch(ctx.backend, q[start:], pieces, ctx.scale)
+    return partial
+
+
+def finish_query_rows(out: torch.Tensor, partial: DistributedPartial | None, plan: SequencePlan) -> None:
+    if partial is not None:
+        out[query_start(plan):] = partial.finish()[0].to(out.dtype)
+
+
+def causal_rows(out, q, k, v, ctx: AttnContext, start: int, stop: int) -> None:
+    """out[start:stop] = rows [start, stop) attending causally to local keys [0, stop)."""
+    if stop > start:
+        out[start:stop] = ctx.backend.attend(q[start:stop], k[:stop], v[:stop], is_causal=True, scale=ctx.scale)[0]
+
+
+def select_chunk(scorer_name, window, q_query, k, v, start, stop, num_select, send_k, send_v) -> None:
+    """Score local keys [start, stop) against the query, pool within the range, keep the top ones."""
+    if num_select == 0:
+        return
+    scores = get_scorer(scorer_name)(q_query, k[start:stop])
+    select_into(pool_scores(scores, window), num_select, k[start:stop], v[start:stop], send_k, send_v)

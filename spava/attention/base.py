@@ -1,0 +1,70 @@
+"""The contract every sequence-parallel attention method implements.
+
+One model path calls `method.forward(q, k, v, ctx, layer_idx)` in every decoder layer with the
+rank's local tokens in the order of `method.plan(...)`; the method returns the attention output for
+exactly those rows. Decoding over the distributed KV cache is shared by all methods
+(`spava.attention.exact.decode_attention`), because every plan leaves each prompt token's K/V on
+exactly one rank (`SequencePlan.owned`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from spava.attention.backend import AttentionBackend, get_backend
+from spava.attention.config import AttentionConfig
+from spava.comm.collectives import SPComm
+from spava.plan.sequence import SequencePlan
+
+
+@dataclass(frozen=True)
+class AttnContext:
+    """Per-request, per-rank state an attention call needs (built once, used by every layer)."""
+
+    plan: SequencePlan
+    comm: SPComm
+    backend: AttentionBackend
+    peer_plans: tuple[SequencePlan, ...]  # every rank's plan of the same request, by rank
+    scale: float | None = None
+
+
+class AttentionMethod(ABC):
+    """A named sequence-parallel attention method.
+
+    Subclasses set `name` and `is_exact`, implement `plan` (a pure layout function) and `forward`.
+    """
+
+    name: ClassVar[str]
+    is_exact: ClassVar[bool]
+
+    def __init__(self, config: AttentionConfig | None = None):
+        self.config = config if config is not None else AttentionConfig(method=self.name)
+
+    @abstractmethod
+    def plan(self, num_tokens: int, num_query_tokens: int, world_size: int, rank: int) -> SequencePlan:
+        """This rank's share of a request of `num_tokens` tokens whose last `num_query_tokens` are the query."""
+
+    @abstractmethod
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext, layer_idx: int = 0
+    ) -> torch.Tensor:
+        """Attention for the local rows.
+
+        Args:
+            q: `[S, Hq, D]` local queries (after RoPE) in plan order; k, v: `[S, Hkv, D]`.
+        Returns:
+            `[S, Hq, D]` in q.dtype.
+        """
+
+    def context(self, plan: SequencePlan, comm: SPComm, device: torch.device | str | None = None) -> AttnContext:
+        if plan.world_size != comm.world_size:
+            raise ValueError(f"plan is for {plan.world_size} ranks but the group has {comm.world_size}")
+        peers = tuple(
+            self.plan(plan.num_tokens, plan.num_query_tokens, plan.world_size, rank)
+            for rank in range(plan.world_size)
+        )
+        return AttnContext(plan=plan, comm=comm, backend=get_backend(self.config.backend, device), peer_plans=peers)

@@ -1,0 +1,53 @@
+"""Attention methods by name. Imports are lazy: naming a method imports only its module.
+
+Users pick a method in YAML (`prefill.attention.method: spava`) or pass "pkg.module:Class" for a
+class of their own that subclasses `AttentionMethod`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import replace
+
+from spava.attention.base import AttentionMethod
+from spava.attention.config import AttentionConfig
+
+BUILTIN_METHODS = {
+    "full": "spava.attention.full:FullAttention",
+    "ring": "spava.attention.ring:RingAttention",
+    "zigzag_ring": "spava.attention.ring:ZigzagRingAttention",
+    "ulysses": "spava.attention.ulysses:UlyssesAttention",
+    "star": "spava.attention.star:StarAttention",
+    "apb": "spava.attention.apb:APBAttention",
+    "spava": "spava.attention.spava:SpavaAttention",
+}
+
+
+def available_methods() -> list[str]:
+    return list(BUILTIN_METHODS)
+
+
+def _load(target: str) -> type:
+    module_name, _, attr = target.partition(":")
+    if not attr:
+        raise ValueError(f"attention method {target!r}: use a built-in name or 'pkg.module:Class'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"cannot load attention method {target!r}: {error}") from error
+
+
+def get_method(config: AttentionConfig | str) -> AttentionMethod:
+    """Instantiate the method named by `config.method` (or by the string itself)."""
+    if isinstance(config, str):
+        config = AttentionConfig(method=config)
+    target = BUILTIN_METHODS.get(config.method, config.method)
+    if ":" not in target:
+        raise ValueError(
+            f"unknown attention method {config.method!r}; choose one of {', '.join(BUILTIN_METHODS)} "
+            "or give 'pkg.module:Class'"
+        )
+    cls = _load(target)
+    if not (isinstance(cls, type) and issubclass(cls, AttentionMethod)):
+        raise ValueError(f"{target} is not a subclass of spava.attention.base.AttentionMethod")
+    return cls(replace(config))

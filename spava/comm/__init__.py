@@ -1,0 +1,1 @@
+"""Communication: control messages (messages.py), bulk transport and collectives."""

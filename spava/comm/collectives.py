@@ -1,0 +1,125 @@
+"""The only module that calls torch.distributed collectives (NCCL on GPU, gloo on CPU).
+
+`SPComm` wraps one process group of a sequence-parallel stage and exposes exactly the operations
+spava needs; with world_size 1 every operation is a local no-op, so single-GPU code takes the same
+path. `RingExchange` is the P2P ring used by ring attention: queue sends/receives, commit them as one
+batch, compute, then wait.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+
+def _all_gather_into_tensor():
+    """Version shim: torch >= 2.13 renames all_gather_into_tensor to all_gather_single."""
+    return getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+@dataclass
+class Pending:
+    """Handles of asynchronous collectives; `wait()` blocks until all of them completed."""
+
+    works: list = field(default_factory=list)
+
+    def wait(self) -> None:
+        for work in self.works:
+            work.wait()
+        self.works.clear()
+
+
+class SPComm:
+    """Collectives over one sequence-parallel process group (None = the default group)."""
+
+    def __init__(self, group: dist.ProcessGroup | None = None, *, is_single: bool = False):
+        self.group = group
+        if is_single or not (dist.is_available() and dist.is_initialized()):
+            self.rank, self.world_size = 0, 1
+        else:
+            self.rank = dist.get_rank(group)
+            self.world_size = dist.get_world_size(group)
+
+    @classmethod
+    def single(cls) -> "SPComm":
+        """A world of one rank: every collective is local."""
+        return cls(None, is_single=True)
+
+    def global_rank(self, group_rank: int) -> int:
+        if self.group is None:
+            return group_rank
+        return dist.get_global_rank(self.group, group_rank)
+
+    def all_gather_into(self, output: torch.Tensor, tensor: torch.Tensor, *, async_op: bool = False) -> Pending:
+        """Gather `tensor` from every rank into `output` (`[W * tensor.numel()]` contiguous, rank order)."""
+        if self.world_size == 1:
+            output.view(-1).copy_(tensor.reshape(-1))
+            return Pending()
+        # flat views: gloo checks that output is exactly W copies of the input's shape
+        flat_out, flat_in = output.view(-1), tensor.contiguous().view(-1)
+        work = _all_gather_into_tensor()(flat_out, flat_in, group=self.group, async_op=async_op)
+        return Pending([work] if async_op else [])
+
+    def all_gather_stacked(self, tensor: torch.Tensor, *, async_op: bool = False) -> tuple[torch.Tensor, Pending]:
+        """Gather equal-shaped tensors: `[*shape]` -> `[W, *shape]` (valid after `Pending.wait()`)."""
+        output = torch.empty((self.world_size, *tensor.shape), dtype=tensor.dtype, device=tensor.device)
+        return output, self.all_gather_into(output, tensor, async_op=async_op)
+
+    def all_to_all(
+        self, output: torch.Tensor, tensor: torch.Tensor, output_split_sizes: list[int], input_split_sizes: list[int]
+    ) -> None:
+        """Uneven all-to-all over flat buffers: piece i of `tensor` goes to rank i."""
+        if self.world_size == 1:
+            output.copy_(tensor)
+            return
+        dist.all_to_all_single(output, tensor, output_split_sizes, input_split_sizes, group=self.group)
+
+    def broadcast(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.broadcast(tensor, self.global_rank(src), group=self.group)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier(group=self.group)
+
+    def ring(self) -> "RingExchange":
+        return RingExchange(self)
+
+
+class RingExchange:
+    """Send to rank+1 and receive from rank-1, as one batch of P2P operations.
+
+    Protocol: `send_recv` (any number of times) -> `commit` -> compute -> `wait`. Misuse raises.
+    """
+
+    def __init__(self, comm: SPComm):
+        self.comm = comm
+        self._ops: list = []
+        self._works: list | None = None
+        self._inflight: list = []  # keeps committed tensors alive until wait()
+        self._next = comm.global_rank((comm.rank + 1) % comm.world_size)
+        self._prev = comm.global_rank((comm.rank - 1) % comm.world_size)
+
+    def send_recv(self, send: torch.Tensor, recv: torch.Tensor) -> None:
+        if self._works is not None:
+            raise RuntimeError("RingExchange.send_recv called after commit and before wait")
+        self._ops.append(dist.P2POp(dist.isend, send.contiguous(), self._next, self.comm.group))
+        self._ops.append(dist.P2POp(dist.irecv, recv, self._prev, self.comm.group))
+
+    def commit(self) -> None:
+        if self._works is not None:
+            raise RuntimeError("RingExchange.commit called twice without wait")
+        if not self._ops:
+            raise RuntimeError("RingExchange.commit called with nothing queued")
+        self._works = dist.batch_isend_irecv(self._ops)
+        self._inflight, self._ops = self._ops, []
+
+    def wait(self) -> None:
+        if self._works is None:
+            raise RuntimeError("RingExchange.wait called before commit")
+        for work in self._works:
+            work.wait()
+        self._works, self._inflight = None, []

@@ -1,0 +1,1 @@
+"""Diagnostic tools behind `spava` CLI subcommands."""
