@@ -1,0 +1,129 @@
+"""One model path for every attention method: HF decoder layers run over a rank's token shard.
+
+`ShardedDecoder` takes the modules of a transformers decoder-only language model with the
+Llama / Qwen2 layer layout (`input_layernorm`, `self_attn.{q,k,v,o}_proj`, optional `q_norm` /
+`k_norm`, `post_attention_layernorm`, `mlp`, a `rotary_emb` at the model level) and runs them on the
+local tokens of a `SequencePlan`, calling the chosen `AttentionMethod` for attention. Weights and
+numerics are HF's own modules; only the data flow is ours. Prefill keeps the owned K/V in a
+`DistributedKVCache`; decoding attends new tokens to it with `decode_attention` (exact, LSE-merged).
+
+Memory: the MLP runs in token chunks (`mlp_chunk_size`) so a 600K-token shard never materialises
+`[S, intermediate]`, and logits are only computed for the rows the caller asks for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from spava.attention.base import AttentionMethod, AttnContext
+from spava.attention.exact import decode_attention
+from spava.models.kv_cache import DistributedKVCache
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x `[S, H, D]`, cos/sin `[S, D]` -> rotated x (HF's rotate-half convention)."""
+    return x * cos[:, None, :] + rotate_half(x) * sin[:, None, :]
+
+
+@dataclass
+class DecoderModules:
+    """The pieces of an HF causal LM that the sharded decoder runs."""
+
+    embed_tokens: nn.Module
+    layers: nn.ModuleList
+    norm: nn.Module
+    rotary_emb: nn.Module
+    lm_head: nn.Module
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    is_mrope: bool  # rotary_emb takes [3, 1, S] position ids (Qwen2-VL family) instead of [1, S]
+
+
+class ShardedDecoder:
+    """Runs prefill and decode steps of one request on this rank's tokens."""
+
+    def __init__(self, modules: DecoderModules, method: AttentionMethod, mlp_chunk_size: int = 8192,
+                 progress: Callable[[int, int], None] | None = None):
+        self.m = modules
+        self.method = method
+        self.mlp_chunk_size = mlp_chunk_size
+        self.progress = progress
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """`[S]` ids -> `[S, hidden]`."""
+        return self.m.embed_tokens(token_ids)
+
+    def rope(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """position_ids `[3, S]` (M-RoPE) or `[S]` -> cos, sin `[S, D]`."""
+        ids = position_ids[:, None, :] if self.m.is_mrope else position_ids[None, :]
+        cos, sin = self.m.rotary_emb(hidden[None], ids)
+        return cos[0], sin[0]
+
+    def _qkv(self, layer, hidden, cos, sin):
+        attn = layer.self_attn
+        num_tokens = hidden.shape[0]
+        q = attn.q_proj(hidden).view(num_tokens, self.m.num_heads, self.m.head_dim)
+        k = attn.k_proj(hidden).view(num_tokens, self.m.num_kv_heads, self.m.head_dim)
+        v = attn.v_proj(hidden).view(num_tokens, self.m.num_kv_heads, self.m.head_dim)
+        if hasattr(attn, "q_norm"):  # Qwen3-style per-head RMSNorm before RoPE
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def _mlp_residual_(self, layer, hidden: torch.Tensor) -> None:
+        """hidden += mlp(norm(hidden)), in token chunks (bounded [chunk, intermediate] memory)."""
+        for start in range(0, hidden.shape[0], self.mlp_chunk_size):
+            rows = hidden[start: start + self.mlp_chunk_size]
+            rows += layer.mlp(layer.post_attention_layernorm(rows))
+
+    def prefill(self, hidden: torch.Tensor, position_ids: torch.Tensor, ctx: AttnContext) -> tuple[torch.Tensor, DistributedKVCache]:
+        """Run every layer over the local tokens.
+
+        Args:
+            hidden: `[S, hidden]` input embeddings in plan order (modified in place).
+            position_ids: `[3, S]` or `[S]` global positions sliced by the plan.
+        Returns:
+            (final hidden states `[S, hidden]` before the last norm, KV cache of the owned tokens)
+        """
+        cos, sin = self.rope(hidden, position_ids)
+        owned = ctx.plan.owned_local_ranges()
+        cache = DistributedKVCache(is_owner=ctx.plan.rank == ctx.plan.decode_rank)
+        num_layers = len(self.m.layers)
+        for index, layer in enumerate(self.m.layers):
+            q, k, v = self._qkv(layer, layer.input_layernorm(hidden), cos, sin)
+            out = self.method.forward(q, k, v, ctx, layer_idx=index)
+            hidden += layer.self_attn.o_proj(out.reshape(out.shape[0], -1))
+            del q, out
+            cache.add_layer(torch.cat([k[a:b] for a, b in owned]), torch.cat([v[a:b] for a, b in owned]))
+            del k, v
+            self._mlp_residual_(layer, hidden)
+            if self.progress is not None:
+                self.progress(index + 1, num_layers)
+        return hidden, cache
+
+    def decode(self, hidden: torch.Tensor, position_ids: torch.Tensor, cache: DistributedKVCache, ctx: AttnContext) -> torch.Tensor:
+        """One step for new tokens replicated on every rank: hidden `[T, hidden]` -> `[T, hidden]`."""
+        cos, sin = self.rope(hidden, position_ids)
+        for index, layer in enumerate(self.m.layers):
+            q, k, v = self._qkv(layer, layer.input_layernorm(hidden), cos, sin)
+            layer_cache = cache.layers[index]
+            if cache.is_owner:
+                layer_cache.append(k, v)
+            out = decode_attention(q, layer_cache.k, layer_cache.v, ctx.comm, ctx.backend,
+                                   is_causal=cache.is_owner, scale=ctx.scale)
+            hidden = hidden + layer.self_attn.o_proj(out.reshape(out.shape[0], -1))
+            self._mlp_residual_(layer, hidden)
+        return hidden
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`[T, hidden]` final hidden states -> `[T, vocab]` float32 logits (last norm + lm_head)."""
+        return self.m.lm_head(self.m.norm(hidden)).float()

@@ -1,0 +1,114 @@
+"""Qwen2.5-VL adapter: HF transformers modules and weights, driven by spava's sharded decoder.
+
+`Qwen25VL` wraps a `Qwen2_5_VLForConditionalGeneration` (loaded from a local HF directory with
+config.json + safetensors, or built from a config with random weights) and exposes what spava runs:
+the vision tower as an `encode(pixel_rows, grid_thw)` function and the language model as
+`DecoderModules`. Ranks that do not need a part drop it after loading (`parts`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from spava.models.decoder import DecoderModules
+
+PARTS = ("vision", "text")
+
+
+@dataclass(frozen=True)
+class VisionTokenIds:
+    """Token ids and sizes the prompt layout needs from the model config."""
+
+    image_token_id: int
+    video_token_id: int
+    vision_start_token_id: int
+    spatial_merge_size: int
+    tokens_per_second: float
+    eos_token_ids: tuple[int, ...]
+
+
+class Qwen25VL:
+    """Adapter over an HF Qwen2.5-VL model (any size)."""
+
+    def __init__(self, hf_model, parts: tuple[str, ...] = PARTS):
+        unknown = set(parts) - set(PARTS)
+        if unknown or not parts:
+            raise ValueError(f"parts must be a non-empty subset of {PARTS}, got {parts}")
+        self.hf = hf_model.eval()
+        self.config = hf_model.config
+        self.parts = tuple(parts)
+        if "vision" not in parts:
+            self.hf.model.visual = None
+        if "text" not in parts:
+            self.hf.model.language_model = None
+            self.hf.lm_head = None
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.bfloat16,
+                        device: str | torch.device = "cpu", parts: tuple[str, ...] = PARTS) -> "Qwen25VL":
+        """Load a local HF directory (config.json + *.safetensors); nothing is downloaded."""
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        path = os.fspath(path)
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"{path!r} is not a Hugging Face model directory (no config.json); "
+                             "set model.path to a local Qwen2.5-VL checkpoint, or model.size for random weights")
+        hf_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, local_files_only=True, attn_implementation="sdpa"
+        )
+        return cls(hf_model.to(device), parts)
+
+    @classmethod
+    def from_config(cls, config, *, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
+                    seed: int = 0, parts: tuple[str, ...] = PARTS) -> "Qwen25VL":
+        """Random weights for any size (speed does not depend on weight values)."""
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        config._attn_implementation = "sdpa"
+        torch.manual_seed(seed)
+        with torch.device(device):
+            hf_model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+        return cls(hf_model, parts)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    def token_ids(self) -> VisionTokenIds:
+        eos = self.config.text_config.eos_token_id if hasattr(self.config, "text_config") else None
+        eos = eos if eos is not None else getattr(self.config, "eos_token_id", None)
+        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
+        return VisionTokenIds(
+            image_token_id=self.config.image_token_id,
+            video_token_id=self.config.video_token_id,
+            vision_start_token_id=self.config.vision_start_token_id,
+            spatial_merge_size=self.config.vision_config.spatial_merge_size,
+            tokens_per_second=float(self.config.vision_config.tokens_per_second),
+            eos_token_ids=eos_ids,
+        )
+
+    def encode(self, pixel_rows: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """Vision tower: pixel rows `[P, 3*2*14*14]`, grid_thw `[G, 3]` -> merged embeddings `[P/4, hidden]`."""
+        if self.hf.model.visual is None:
+            raise RuntimeError("this rank loaded the model without its vision part (parts excludes 'vision')")
+        visual = self.hf.model.visual
+        return visual(pixel_rows.to(visual.dtype), grid_thw=grid_thw).pooler_output
+
+    def decoder_modules(self) -> DecoderModules:
+        text = self.hf.model.language_model
+        if text is None:
+            raise RuntimeError("this rank loaded the model without its language part (parts excludes 'text')")
+        cfg = self.config.text_config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return DecoderModules(
+            embed_tokens=text.embed_tokens, layers=text.layers, norm=text.norm, rotary_emb=text.rotary_emb,
+            lm_head=self.hf.lm_head, num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads,
+            head_dim=head_dim, is_mrope=True,
+        )
