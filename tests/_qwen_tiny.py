@@ -19,10 +19,10 @@ def _text(generator, n):
     return torch.randint(100, 150_000, (n,), generator=generator)
 
 
-def make_prompt(kind: str = "video", grid=(4, 8, 10), num_query: int = 10, seed: int = 0):
+def make_prompt(kind: str = "video", grid=(4, 8, 10), num_query: int = 10, seed: int = 0, num_prefix: int = 14):
     """Token ids + pixels for 'video', 'image' or 'text' prompts; returns (hf kwargs, PromptInputs)."""
     generator = torch.Generator().manual_seed(seed)
-    pieces = [_text(generator, 14)]
+    pieces = [_text(generator, num_prefix)]
     hf_kwargs: dict = {}
     if kind != "text":
         num_pads = grid[0] * grid[1] * grid[2] // 4

@@ -12,7 +12,7 @@ from spava.models.generation import SamplingParams, sample_token
 from spava.models.kv_cache import LayerKVCache
 from spava.models.qwen2_5_vl.model import Qwen25VL
 from spava.models.runner import ModelRunner
-from spava.models.vision_parallel import assign_units, plan_embedding_routes, plan_vision_units
+from spava.models.vision_parallel import assign_units, plan_route_table, plan_vision_units
 from spava.plan.sequence import plan_spava
 
 
@@ -97,12 +97,16 @@ def test_vision_routes_send_each_rank_exactly_the_tokens_it_holds():
     plans = tuple(plan_spava(num_tokens, 15, world_size, r, anchor_len=24) for r in range(world_size))
     assignment = assign_units(units, world_size)
     assert assignment[0][0] == 0 and assignment[-1][1] == len(units)
-    routes = [plan_embedding_routes(units, assignment, positions, plans, r) for r in range(world_size)]
+    table = plan_route_table(units, assignment, positions, plans)
     for rank, plan in enumerate(plans):
         held = set(plan.local_token_ids().tolist()) & set(positions.tolist())
-        received = sum(int(routes[rank].recv_positions[e].numel()) for e in range(world_size))
-        sent_to_me = sum(int(routes[e].send_rows[rank].numel()) for e in range(world_size))
+        received = sum(int(table.recv_positions[rank][e].numel()) for e in range(world_size))
+        sent_to_me = sum(int(table.send_rows[e][rank].numel()) for e in range(world_size))
         assert received == sent_to_me == len(held) < num_vis
+    one_encoder = plan_route_table(units, assign_units(units, 1), positions, plans)  # disaggregated: E=1
+    assert [int(sum(r.numel() for r in one_encoder.send_rows[0][w:w + 1])) for w in range(world_size)] == [
+        int(table.recv_positions[w][0].numel() + table.recv_positions[w][1].numel() + table.recv_positions[w][2].numel())
+        for w in range(world_size)]
 
 
 def test_fewer_units_than_encoders_leaves_some_idle():

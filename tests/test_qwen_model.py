@@ -42,8 +42,8 @@ CASES = [
 def _distributed_cases(rank, world_size):
     model = tiny_model()
     failures = []
-    for kind, grid in (("video", (4, 8, 10)), ("video", (1, 8, 10)), ("image", (1, 10, 14))):
-        hf_kwargs, input_ids = make_prompt(kind, grid=grid)
+    for kind, grid in (("video", (4, 8, 10)), ("video", (1, 8, 10)), ("image", (1, 10, 14)), ("text", (1, 1, 1))):
+        hf_kwargs, input_ids = make_prompt(kind, grid=grid, num_prefix=60 if kind == "text" else 14)
         ref_logits, ref_tokens = hf_reference(model, hf_kwargs)
         inputs = prompt_inputs(model, hf_kwargs, input_ids)
         for name, cfg in CASES:

@@ -48,19 +48,19 @@ class AttentionConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.anchor_ratio < 1.0:
-            raise ValueError(f"attention.anchor_ratio must lie in [0, 1), got {self.anchor_ratio}")
+            raise ValueError(f"prefill.attention.anchor_ratio must lie in [0, 1), got {self.anchor_ratio}")
         if self.anchor_len is not None and self.anchor_len < 0:
-            raise ValueError(f"attention.anchor_len must be >= 0, got {self.anchor_len}")
+            raise ValueError(f"prefill.attention.anchor_len must be >= 0, got {self.anchor_len}")
         if self.passing_ratio is not None and not 0.0 <= self.passing_ratio <= 1.0:
-            raise ValueError(f"attention.passing_ratio must lie in [0, 1], got {self.passing_ratio}")
+            raise ValueError(f"prefill.attention.passing_ratio must lie in [0, 1], got {self.passing_ratio}")
         if self.passing_len is not None and self.passing_len < 0:
-            raise ValueError(f"attention.passing_len must be >= 0, got {self.passing_len}")
+            raise ValueError(f"prefill.attention.passing_len must be >= 0, got {self.passing_len}")
         if self.pool_window < 1 or self.pool_window % 2 == 0:
-            raise ValueError(f"attention.pool_window must be odd and >= 1, got {self.pool_window}")
+            raise ValueError(f"prefill.attention.pool_window must be odd and >= 1, got {self.pool_window}")
         if self.round_to < 1:
-            raise ValueError(f"attention.round_to must be >= 1, got {self.round_to}")
+            raise ValueError(f"prefill.attention.round_to must be >= 1, got {self.round_to}")
         if self.passing_schedule is not None and any(m < 0 for m in self.passing_schedule):
-            raise ValueError("attention.passing_schedule multipliers must be >= 0")
+            raise ValueError("prefill.attention.passing_schedule multipliers must be >= 0")
 
 
 def resolve_anchor_len(config: AttentionConfig, context_len: int) -> int:
@@ -84,7 +84,7 @@ def resolve_passing_len(config: AttentionConfig, context_len: int, layer_idx: in
         return base
     if layer_idx >= len(schedule):
         raise ValueError(
-            f"attention.passing_schedule has {len(schedule)} entries but layer {layer_idx} was run; "
+            f"prefill.attention.passing_schedule has {len(schedule)} entries but layer {layer_idx} was run; "
             "give one multiplier per decoder layer"
         )
     return ceil_to(math.floor(base * schedule[layer_idx] + 1e-9), config.round_to)

@@ -18,7 +18,7 @@ from spava.comm.collectives import SPComm
 from spava.models.decoder import ShardedDecoder
 from spava.models.generation import SamplingParams, sample_token
 from spava.models.kv_cache import DistributedKVCache
-from spava.models.vision_parallel import assign_units, encode_and_route, plan_embedding_routes, plan_vision_units
+from spava.models.vision_parallel import assign_units, encode_and_route, plan_route_table, plan_vision_units
 from spava.plan.sequence import SequencePlan
 
 
@@ -69,8 +69,12 @@ class ModelRunner:
     """Per-rank driver of one model adapter with one attention method."""
 
     def __init__(self, adapter, method: AttentionMethod, comm: SPComm, *, mlp_chunk_size: int = 8192,
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None,
+                 vision_feed: Callable[["PromptInputs", AttnContext, torch.Tensor], None] | None = None):
+        """`vision_feed(inputs, ctx, hidden)` fills visual embeddings into the local `[S, d]` hidden
+        states; the default encodes colocated on the prefill ranks (`colocated_vision_feed`)."""
         self.adapter = adapter
+        self.vision_feed = vision_feed if vision_feed is not None else self.colocated_vision_feed
         self.method = method
         self.comm = comm
         self.decoder = ShardedDecoder(adapter.decoder_modules(), method, mlp_chunk_size, progress)
@@ -83,11 +87,15 @@ class ModelRunner:
     def _embed_local(self, inputs: PromptInputs, plan: SequencePlan, ctx: AttnContext) -> torch.Tensor:
         hidden = self.decoder.embed(plan.slice_local(inputs.input_ids).to(self.device))
         if inputs.pixel_values is not None and inputs.grid_thw:
-            units = plan_vision_units(inputs.grid_thw, self.merge_size)
-            assignment = assign_units(units, self.comm.world_size)
-            routes = plan_embedding_routes(units, assignment, inputs.vision_positions, ctx.peer_plans, self.comm.rank)
-            encode_and_route(self.adapter.encode, inputs.pixel_values, units, assignment, routes, hidden, self.comm)
+            self.vision_feed(inputs, ctx, hidden)
         return hidden
+
+    def colocated_vision_feed(self, inputs: PromptInputs, ctx: AttnContext, hidden: torch.Tensor) -> None:
+        """Every prefill rank encodes a share of the grids; one all-to-all delivers the rows."""
+        units = plan_vision_units(inputs.grid_thw, self.merge_size)
+        assignment = assign_units(units, self.comm.world_size)
+        table = plan_route_table(units, assignment, inputs.vision_positions, ctx.peer_plans)
+        encode_and_route(self.adapter.encode, inputs.pixel_values, units, assignment, table, hidden, self.comm)
 
     @torch.inference_mode()
     def prefill(self, inputs: PromptInputs) -> PrefillState:

@@ -73,40 +73,52 @@ def assign_units(units: tuple[VisionUnit, ...], num_encoders: int) -> tuple[tupl
 
 
 @dataclass(frozen=True)
-class EmbeddingRoutes:
-    """For this rank: rows of its encoder output to send to each rank, and where received rows go.
+class RouteTable:
+    """Where every visual embedding goes, for E encoders and W receiving (prefill) ranks.
 
-    send_rows[r]: indices into this rank's encoder output `[n_out, hidden]` destined for rank r.
-    recv_positions[e]: local token positions (in this rank's plan order) of the rows from encoder e.
+    send_rows[e][r]: indices into encoder e's output `[n_e, hidden]` destined for receiver r.
+    recv_positions[r][e]: local token positions (in receiver r's plan order) of those rows.
     """
 
-    send_rows: tuple[torch.Tensor, ...]
-    recv_positions: tuple[torch.Tensor, ...]
+    send_rows: tuple[tuple[torch.Tensor, ...], ...]
+    recv_positions: tuple[tuple[torch.Tensor, ...], ...]
 
 
-def plan_embedding_routes(units, assignment, vision_positions: torch.Tensor, plans: tuple[SequencePlan, ...],
-                          rank: int) -> EmbeddingRoutes:
-    """Route every visual embedding from the encoder that makes it to every rank holding its token.
+def plan_route_table(units, assignment, vision_positions: torch.Tensor, plans: tuple[SequencePlan, ...]) -> RouteTable:
+    """Route each embedding from the encoder that makes it to every receiver holding its token.
 
     Args:
+        units, assignment: from `plan_vision_units` / `assign_units` (E = len(assignment)).
         vision_positions: `[n_vis]` global token position of each merged embedding row (images then
             videos, matching `units`' token order).
-        plans: every rank's sequence plan (encoder ranks == prefill ranks, colocated).
+        plans: every receiver's sequence plan (W = len(plans)).
     """
-    num_ranks = len(plans)
     owner = torch.full((vision_positions.numel(),), -1, dtype=torch.long)
+    first_row = []
     for encoder, (start, stop) in enumerate(assignment):
         if stop > start:
             owner[units[start].token_start: units[stop - 1].token_stop] = encoder
+        first_row.append(units[start].token_start if stop > start else 0)
+    held = [_local_index(plan, vision_positions) for plan in plans]
+    send_rows = tuple(
+        tuple(torch.nonzero((owner == e) & (held[r] >= 0)).flatten() - first_row[e] for r in range(len(plans)))
+        for e in range(len(assignment))
+    )
+    recv_positions = tuple(
+        tuple(held[r][(owner == e) & (held[r] >= 0)] for e in range(len(assignment))) for r in range(len(plans))
+    )
+    return RouteTable(send_rows, recv_positions)
+
+
+def encode_units(encode, pixel_values: torch.Tensor, units, assignment, rank: int, device, dtype) -> torch.Tensor | None:
+    """Run the encoder on the units assigned to `rank`: -> `[n_rows, hidden]`, or None if it has none."""
     start, stop = assignment[rank]
-    my_first_row = units[start].token_start if stop > start else 0
-    send_rows = []
-    for other in range(num_ranks):
-        mine_and_held = (owner == rank) & (_local_index(plans[other], vision_positions) >= 0)
-        send_rows.append(torch.nonzero(mine_and_held).flatten() - my_first_row)
-    held_here = _local_index(plans[rank], vision_positions)
-    recv_positions = [held_here[(owner == encoder) & (held_here >= 0)] for encoder in range(num_ranks)]
-    return EmbeddingRoutes(tuple(send_rows), tuple(recv_positions))
+    if stop <= start:
+        return None
+    mine = units[start:stop]
+    grid = torch.tensor([[1, u.grid_h, u.grid_w] for u in mine], dtype=torch.long, device=device)
+    rows = pixel_values[mine[0].patch_start: mine[-1].patch_stop].to(device)
+    return encode(rows, grid).to(dtype)
 
 
 def _local_index(plan: SequencePlan, positions: torch.Tensor) -> torch.Tensor:
@@ -116,34 +128,23 @@ def _local_index(plan: SequencePlan, positions: torch.Tensor) -> torch.Tensor:
     return local[positions]
 
 
-def encode_and_route(
-    encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    pixel_values: torch.Tensor,
-    units: tuple[VisionUnit, ...],
-    assignment: tuple[tuple[int, int], ...],
-    routes: EmbeddingRoutes,
-    hidden: torch.Tensor,
-    comm: SPComm,
-) -> None:
-    """Encode this rank's units and scatter every received embedding into `hidden` `[S, d]` in place.
+def encode_and_route(encode, pixel_values, units, assignment, table: RouteTable, hidden: torch.Tensor,
+                     comm: SPComm) -> None:
+    """Colocated: every rank encodes its units, one all-to-all delivers rows to the ranks holding them.
 
     Args:
         encode: (pixel rows `[P, C*T*p*p]`, grid_thw `[G, 3]`) -> merged embeddings `[P/merge^2, d]`.
-        pixel_values: all pixel rows (images then videos); only this rank's units are read.
+        hidden: `[S, d]` this rank's input embeddings, filled in place at its vision positions.
     """
-    start, stop = assignment[comm.rank]
-    width = hidden.shape[1]
-    if stop > start:
-        mine = units[start:stop]
-        grid = torch.tensor([[1, u.grid_h, u.grid_w] for u in mine], dtype=torch.long)
-        rows = pixel_values[mine[0].patch_start: mine[-1].patch_stop].to(hidden.device)
-        embeds = encode(rows, grid.to(hidden.device)).to(hidden.dtype)
-    else:
+    rank, width = comm.rank, hidden.shape[1]
+    embeds = encode_units(encode, pixel_values, units, assignment, rank, hidden.device, hidden.dtype)
+    if embeds is None:
         embeds = hidden.new_empty((0, width))
-    send = torch.cat([embeds.index_select(0, rows_.to(hidden.device)) for rows_ in routes.send_rows])
-    in_splits = [int(r.numel()) * width for r in routes.send_rows]
-    out_splits = [int(p.numel()) * width for p in routes.recv_positions]
-    recv = hidden.new_empty(sum(out_splits) // max(width, 1), width)
+    send_rows = table.send_rows[rank]
+    recv_positions = table.recv_positions[rank]
+    send = torch.cat([embeds.index_select(0, rows.to(hidden.device)) for rows in send_rows])
+    in_splits = [int(rows.numel()) * width for rows in send_rows]
+    out_splits = [int(pos.numel()) * width for pos in recv_positions]
+    recv = hidden.new_empty(sum(out_splits) // width, width)
     comm.all_to_all(recv.view(-1), send.reshape(-1), out_splits, in_splits)
-    positions = torch.cat(list(routes.recv_positions)).to(hidden.device)
-    hidden.index_copy_(0, positions, recv)
+    hidden.index_copy_(0, torch.cat(list(recv_positions)).to(hidden.device), recv)

@@ -287,7 +287,7 @@ def plan_apb(num_tokens: int, num_query_tokens: int, world_size: int, rank: int,
     if chunks[0][1] - chunks[0][0] <= anchor_len or context_len < world_size:
         raise ValueError(
             f"apb: anchor_len={anchor_len} does not fit in the first of {world_size} chunks of a "
-            f"{context_len}-token context; lower attention.anchor_len / anchor_ratio or use fewer ranks"
+            f"{context_len}-token context; lower prefill.attention.anchor_len / anchor_ratio or use fewer ranks"
         )
     owners = list(range(world_size))
     return _plan_approx(
@@ -308,7 +308,7 @@ def plan_spava(num_tokens: int, num_query_tokens: int, world_size: int, rank: in
     if anchor_len < 0 or context_len - anchor_len < 2 * world_size:
         raise ValueError(
             f"spava: a {context_len}-token context with anchor_len={anchor_len} leaves fewer than "
-            f"{2 * world_size} tokens for the 2W chunks; lower attention.anchor_len / anchor_ratio "
+            f"{2 * world_size} tokens for the 2W chunks; lower prefill.attention.anchor_len / anchor_ratio "
             "or use fewer ranks"
         )
     chunks = balanced_bounds(anchor_len, context_len, 2 * world_size)

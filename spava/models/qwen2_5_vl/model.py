@@ -30,6 +30,32 @@ class VisionTokenIds:
     eos_token_ids: tuple[int, ...]
 
 
+def vision_token_ids(config) -> VisionTokenIds:
+    """Token ids and vision sizes of a `Qwen2_5_VLConfig`."""
+    eos = getattr(config.text_config, "eos_token_id", None) if hasattr(config, "text_config") else None
+    eos = eos if eos is not None else getattr(config, "eos_token_id", None)
+    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
+    return VisionTokenIds(
+        image_token_id=config.image_token_id,
+        video_token_id=config.video_token_id,
+        vision_start_token_id=config.vision_start_token_id,
+        spatial_merge_size=config.vision_config.spatial_merge_size,
+        tokens_per_second=float(config.vision_config.tokens_per_second),
+        eos_token_ids=eos_ids,
+    )
+
+
+def load_hf_config(path: str | None, size: str):
+    """The model's `Qwen2_5_VLConfig` without loading weights: config.json of `path`, else a preset."""
+    if path is None:
+        from spava.models.qwen2_5_vl.presets import qwen2_5_vl_config
+
+        return qwen2_5_vl_config(size)
+    from transformers import Qwen2_5_VLConfig
+
+    return Qwen2_5_VLConfig.from_pretrained(path, local_files_only=True)
+
+
 class Qwen25VL:
     """Adapter over an HF Qwen2.5-VL model (any size)."""
 
@@ -82,17 +108,7 @@ class Qwen25VL:
         return next(self.hf.parameters()).dtype
 
     def token_ids(self) -> VisionTokenIds:
-        eos = self.config.text_config.eos_token_id if hasattr(self.config, "text_config") else None
-        eos = eos if eos is not None else getattr(self.config, "eos_token_id", None)
-        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
-        return VisionTokenIds(
-            image_token_id=self.config.image_token_id,
-            video_token_id=self.config.video_token_id,
-            vision_start_token_id=self.config.vision_start_token_id,
-            spatial_merge_size=self.config.vision_config.spatial_merge_size,
-            tokens_per_second=float(self.config.vision_config.tokens_per_second),
-            eos_token_ids=eos_ids,
-        )
+        return vision_token_ids(self.config)
 
     def encode(self, pixel_rows: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Vision tower: pixel rows `[P, 3*2*14*14]`, grid_thw `[G, 3]` -> merged embeddings `[P/4, hidden]`."""

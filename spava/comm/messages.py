@@ -1,0 +1,273 @@
+"""Every control message of spava: typed, versioned, msgpack-encoded, validated on receipt.
+
+Who sends what (C = client / Pipeline, S = scheduler, W = stage worker):
+  C->S  SubmitReq, CancelReq, StatusReq, ShutdownReq
+  S->C  TokenOutput (streamed), ResultOutput, ErrorOutput, StatusOutput
+  W->S  ReadyReq (handshake), HeartbeatReq, VideoTaskOutput, LayoutTaskOutput, ModelTaskOutput,
+        TokenOutput (decode rank), TaskError
+  S->W  VideoTaskReq, LayoutTaskReq, ModelTaskReq, CancelReq, ShutdownReq
+
+Wire format: msgpack map {"v": PROTOCOL_VERSION, "t": type name, "f": fields}. No pickle. Tensors never
+travel in control messages: a `TensorRef` names a shared-memory file (same host) that holds them.
+`decode_message` raises `MessageError` for anything malformed, of an unknown type or version, with
+unknown or missing fields, or with a field of the wrong type; receivers log it and answer with an
+error instead of crashing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+
+
+class MessageError(ValueError):
+    """A control message that cannot be accepted (malformed, unknown, wrong version or types)."""
+
+
+@dataclass
+class TensorRef:
+    """A tensor in a shared-memory file: `path` (under runtime.shm_dir), shape and dtype name."""
+
+    path: str
+    shape: list[int]
+    dtype: str
+
+
+# ----- client <-> scheduler -------------------------------------------------------------------
+
+@dataclass
+class SubmitReq:
+    request_id: str
+    prompt: str
+    video_kind: str  # "path" | "bytes" | "frames" | "none"
+    video_path: Optional[str] = None  # for "path"
+    video_ref: Optional[TensorRef] = None  # uint8 bytes or [T, H, W, 3] frames, for "bytes"/"frames"
+    sampling: dict[str, Any] = field(default_factory=dict)  # overrides of decode.* for this request
+    video_options: dict[str, Any] = field(default_factory=dict)  # overrides of video.* for this request
+    timeout_s: Optional[float] = None
+    stream: bool = False
+
+
+@dataclass
+class CancelReq:
+    request_id: str
+
+
+@dataclass
+class StatusReq:
+    request_id: str  # correlation id of the status query
+
+
+@dataclass
+class ShutdownReq:
+    reason: str = ""
+
+
+@dataclass
+class TokenOutput:
+    request_id: str
+    token_ids: list[int]  # the new tokens only
+    text: str = ""  # detokenized delta when a tokenizer is available
+
+
+@dataclass
+class ResultOutput:
+    request_id: str
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "eos" | "stop" | "length"
+    timings: dict[str, float]  # seconds per stage, plus queue waits
+    num_visual_tokens: int
+    num_prompt_tokens: int
+    num_frames: int
+    method: str
+    world_size: int
+    config_hash: str
+
+
+@dataclass
+class ErrorOutput:
+    request_id: str
+    stage: str  # where it failed: admission | video | layout | model | scheduler
+    kind: str  # bad_input | timeout | cancelled | worker_died | internal
+    message: str
+
+
+@dataclass
+class StatusOutput:
+    request_id: str
+    is_healthy: bool
+    workers: dict[str, str]  # worker id -> state
+    num_queued: dict[str, int]  # stage -> queued requests
+    num_inflight: int
+    detail: str = ""
+
+
+# ----- scheduler <-> workers ------------------------------------------------------------------
+
+@dataclass
+class ReadyReq:
+    worker_id: str
+    role: str  # video | layout | model
+    rank: int
+    pid: int
+    device: str
+    secret: str = ""  # runtime shared secret, when configured
+
+
+@dataclass
+class HeartbeatReq:
+    worker_id: str
+    request_id: Optional[str] = None  # the request it is working on
+
+
+@dataclass
+class VideoTaskReq:
+    request_id: str
+    video_kind: str
+    video_path: Optional[str]
+    video_ref: Optional[TensorRef]
+    options: dict[str, Any]  # resolved video.* settings for this request
+
+
+@dataclass
+class VideoTaskOutput:
+    request_id: str
+    frames: Optional[TensorRef]  # [T, H, W, 3] uint8, None for text-only requests
+    timestamps: list[float]
+    second_per_grid: float
+    num_source_frames: int
+    seconds: float
+
+
+@dataclass
+class LayoutTaskReq:
+    request_id: str
+    prompt: str
+    frames: Optional[TensorRef]
+    second_per_grid: float
+    options: dict[str, Any]  # resolved video.* pixel limits and layout.* settings
+
+
+@dataclass
+class LayoutTaskOutput:
+    request_id: str
+    input_ids: TensorRef  # [N] int64
+    position_ids: TensorRef  # [3, N] int64
+    vision_positions: TensorRef  # [n_vis] int64
+    pixel_values: Optional[TensorRef]  # [P, 1176] float32
+    grid_thw: list[list[int]]
+    num_query_tokens: int
+    rope_delta: int
+    num_visual_tokens: int
+    seconds: float
+
+
+@dataclass
+class ModelTaskReq:
+    request_id: str
+    seq: int  # model-group sequence number: every model rank runs tasks in this order
+    layout: LayoutTaskOutput
+    sampling: dict[str, Any]
+
+
+@dataclass
+class ModelTaskOutput:
+    request_id: str
+    worker_id: str
+    token_ids: list[int]  # the full answer on the decode rank, empty elsewhere
+    finish_reason: str
+    timings: dict[str, float]
+    is_decode_rank: bool
+
+
+@dataclass
+class TaskError:
+    request_id: str
+    worker_id: str
+    stage: str
+    kind: str  # bad_input | internal | cancelled
+    message: str
+
+
+MESSAGE_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        SubmitReq, CancelReq, StatusReq, ShutdownReq, TokenOutput, ResultOutput, ErrorOutput, StatusOutput,
+        ReadyReq, HeartbeatReq, VideoTaskReq, VideoTaskOutput, LayoutTaskReq, LayoutTaskOutput, ModelTaskReq,
+        ModelTaskOutput, TaskError,
+    )
+}
+
+
+def encode_message(message: Any) -> bytes:
+    """Message dataclass -> msgpack bytes."""
+    name = type(message).__name__
+    if MESSAGE_TYPES.get(name) is not type(message):
+        raise MessageError(f"{name} is not a spava control message")
+    return msgpack.packb({"v": PROTOCOL_VERSION, "t": name, "f": dataclasses.asdict(message)}, use_bin_type=True)
+
+
+def decode_message(data: bytes) -> Any:
+    """msgpack bytes -> validated message dataclass; raises MessageError otherwise."""
+    try:
+        envelope = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as error:
+        raise MessageError(f"not a msgpack message: {error}") from None
+    if not isinstance(envelope, dict) or set(envelope) != {"v", "t", "f"}:
+        raise MessageError("message envelope must be a map with keys v, t, f")
+    if envelope["v"] != PROTOCOL_VERSION:
+        raise MessageError(f"protocol version {envelope['v']!r} != {PROTOCOL_VERSION}")
+    cls = MESSAGE_TYPES.get(envelope["t"]) if isinstance(envelope["t"], str) else None
+    if cls is None:
+        raise MessageError(f"unknown message type {envelope['t']!r}")
+    return _build(cls, envelope["f"], envelope["t"])
+
+
+def _build(cls: type, fields_: Any, where: str) -> Any:
+    if not isinstance(fields_, dict):
+        raise MessageError(f"{where}: fields must be a map")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(fields_) - set(known)
+    if unknown:
+        raise MessageError(f"{where}: unknown field(s) {sorted(unknown)}")
+    values = {}
+    for name, spec in known.items():
+        if name not in fields_:
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise MessageError(f"{where}: missing field {name!r}")
+            continue
+        values[name] = _check(hints[name], fields_[name], f"{where}.{name}")
+    return cls(**values)
+
+
+def _check(hint: Any, value: Any, where: str) -> Any:
+    """Validate `value` against a type hint; returns it (nested dataclasses are built)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        return _check(next(a for a in args if a is not type(None)), value, where)
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise MessageError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_check(args[0], item, f"{where}[]") for item in value]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise MessageError(f"{where}: expected a map with string keys")
+        return {k: _check(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    expected = {float: (int, float), int: (int,), str: (str,), bool: (bool,)}[hint]
+    if not isinstance(value, expected) or (hint is int and isinstance(value, bool)):
+        raise MessageError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
+    return float(value) if hint is float else value

@@ -1,0 +1,213 @@
+"""Pipeline configuration: typed (omegaconf structured) dataclasses, validated once at load.
+
+`load_config(path, overrides)` merges a YAML file and `key=value` overrides onto the defaults below,
+rejects unknown keys and wrong types (naming the field), runs every `__post_init__` check, and
+returns a plain `PipelineConfig` tree. Components receive the sub-config they need, never the tree.
+
+The defaults are the built-in CPU demo: a tiny random-weight Qwen2.5-VL, 1 encoder worker and 2
+prefill ranks on the CPU, spava attention.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from spava.attention.config import AttentionConfig
+
+DTYPES = ("bfloat16", "float16", "float32", "float64")
+DEFAULT_STAGES = {
+    "video": "spava.stages.video:VideoDecoder",
+    "layout": "spava.stages.layout:LayoutPlanner",
+    "encode": "spava.stages.encode:VisionEncoder",
+    "prefill": "spava.stages.prefill:PrefillWorker",
+    "decode": "spava.stages.decode:DecodeWorker",
+}
+
+
+def _check_devices(name: str, devices: list[str]) -> None:
+    for device in devices:
+        if device != "cpu" and not device.startswith("cuda"):
+            raise ValueError(f"{name}: device {device!r} must be 'cpu' or 'cuda[:N]'")
+
+
+@dataclass
+class ModelConfig:
+    """Which model: a local HF directory (`path`) or random weights of a preset `size`."""
+
+    family: str = "qwen2_5_vl"
+    path: Optional[str] = None
+    size: str = "tiny"
+    dtype: str = "float32"
+    seed: int = 0
+    tokenizer: Optional[str] = None  # local tokenizer dir; default: model path, else the bundled Qwen one
+
+    def __post_init__(self) -> None:
+        if self.family != "qwen2_5_vl":
+            raise ValueError(f"model.family {self.family!r} is not supported; use qwen2_5_vl")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.path is not None and not os.path.isdir(self.path):
+            raise ValueError(f"model.path {self.path!r} is not a directory; give a local HF checkpoint")
+
+
+@dataclass
+class VideoConfig:
+    """Decoding and frame sampling (see spava.media.sampling for the contract)."""
+
+    backend: str = "auto"
+    fps: Optional[float] = 2.0
+    num_frames: Optional[int] = None
+    min_frames: int = 4
+    max_frames: int = 768
+    min_pixels: int = 128 * 28 * 28
+    max_pixels: int = 768 * 28 * 28
+    start_time: Optional[float] = None
+    end_time: Optional[float] = None
+    num_workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError(f"video.num_workers must be >= 1, got {self.num_workers}")
+
+
+@dataclass
+class LayoutConfig:
+    """Prompt building and admission budgets (checked before any GPU work)."""
+
+    system_prompt: str = "You are a helpful assistant."
+    max_visual_tokens: int = 600_000
+    max_prompt_tokens: int = 640_000
+    num_workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_visual_tokens < 1 or self.max_prompt_tokens < 1:
+            raise ValueError("layout.max_visual_tokens and layout.max_prompt_tokens must be >= 1")
+
+
+@dataclass
+class EncodeConfig:
+    """Vision encoder placement. Empty `devices` = colocated on the prefill ranks."""
+
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
+
+    def __post_init__(self) -> None:
+        _check_devices("encode.devices", self.devices)
+
+
+@dataclass
+class PrefillConfig:
+    """Sequence-parallel prefill: one rank per entry of `devices`, and the attention method."""
+
+    devices: list[str] = field(default_factory=lambda: ["cpu", "cpu"])
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    mlp_chunk_size: int = 8192
+
+    def __post_init__(self) -> None:
+        if not self.devices:
+            raise ValueError("prefill.devices must list at least one device")
+        _check_devices("prefill.devices", self.devices)
+        if self.mlp_chunk_size < 1:
+            raise ValueError(f"prefill.mlp_chunk_size must be >= 1, got {self.mlp_chunk_size}")
+
+
+@dataclass
+class DecodeConfig:
+    """Default sampling; requests may override any of these."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: Optional[int] = None
+
+
+@dataclass
+class RuntimeConfig:
+    """Control plane, queues, timeouts, logging."""
+
+    control_address: str = "auto"  # "auto": ipc socket in a private temp dir; or tcp://host:port
+    dist_backend: str = "auto"  # gloo on CPU, nccl on GPU
+    dist_address: str = "127.0.0.1"
+    dist_port: int = 0  # 0: pick a free port
+    heartbeat_interval_s: float = 0.5
+    heartbeat_timeout_s: float = 10.0
+    startup_timeout_s: float = 300.0
+    request_timeout_s: float = 600.0
+    max_queued_requests: int = 256
+    max_prepared_requests: int = 2  # decoded+laid-out requests waiting for the model (bounds memory)
+    max_worker_restarts: int = 3
+    log_level: str = "INFO"
+    metrics_port: Optional[int] = None
+    shm_dir: str = "/dev/shm"
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError("runtime.heartbeat_timeout_s must be larger than runtime.heartbeat_interval_s")
+        if self.max_prepared_requests < 1 or self.max_queued_requests < 1:
+            raise ValueError("runtime.max_prepared_requests and runtime.max_queued_requests must be >= 1")
+
+
+@dataclass
+class PipelineConfig:
+    """The whole pipeline: one section per stage plus the runtime."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    layout: LayoutConfig = field(default_factory=LayoutConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    prefill: PrefillConfig = field(default_factory=PrefillConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    stages: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_STAGES))
+
+    def __post_init__(self) -> None:
+        unknown = set(self.stages) - set(DEFAULT_STAGES)
+        if unknown:
+            raise ValueError(f"stages: unknown stage(s) {sorted(unknown)}; stages are {list(DEFAULT_STAGES)}")
+        for name, target in self.stages.items():
+            if ":" not in target:
+                raise ValueError(f"stages.{name}: {target!r} must be 'package.module:ClassName'")
+
+    @property
+    def world_size(self) -> int:
+        """Ranks in the torch.distributed world: encoder ranks first, then prefill ranks."""
+        return len(self.encode.devices) + len(self.prefill.devices)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Defaults <- YAML file <- `key=value` overrides; validated. Raises ValueError naming the field."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.structured(PipelineConfig)
+        if path is not None:
+            if not os.path.isfile(path):
+                raise ValueError(f"config file {os.fspath(path)!r} does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise ValueError(f"invalid config: {_first_line(error)}") from None
+
+
+def config_to_yaml(config: PipelineConfig) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def config_hash(config: PipelineConfig) -> str:
+    import hashlib
+
+    return hashlib.sha256(config_to_yaml(config).encode()).hexdigest()[:12]
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    key = next((line for line in lines if line.startswith("full_key:")), "")
+    return f"{lines[0]} ({key})" if key else (lines[0] if lines else type(error).__name__)
