@@ -123,3 +123,33 @@ class RingExchange:
         for work in self._works:
             work.wait()
         self._works, self._inflight = None, []
+
+
+def send_async(tensor: torch.Tensor, dst: int, tag: int = 0) -> Pending:
+    """Point-to-point send to global rank `dst` (encoder -> prefill embeddings); keep `tensor` alive."""
+    return Pending([dist.isend(tensor.contiguous(), dst, tag=tag)])
+
+
+def recv_async(tensor: torch.Tensor, src: int, tag: int = 0) -> Pending:
+    """Point-to-point receive from global rank `src` into `tensor` (valid after `wait`)."""
+    return Pending([dist.irecv(tensor, src, tag=tag)])
+
+
+def init_world(backend: str, address: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
+    """Join the torch.distributed world of the model ranks (TCP rendezvous at address:port)."""
+    import datetime
+
+    dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def new_group(ranks: list[int]) -> dist.ProcessGroup | None:
+    """A sub-group (every world rank must call this, in the same order); None when it is the world."""
+    if len(ranks) == dist.get_world_size():
+        return None
+    return dist.new_group(ranks)
+
+
+def destroy_world() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -185,6 +185,7 @@ class ModelTaskOutput:
     finish_reason: str
     timings: dict[str, float]
     is_decode_rank: bool
+    text: str = ""  # detokenized answer on the decode rank
 
 
 @dataclass

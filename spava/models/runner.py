@@ -60,7 +60,7 @@ class PrefillState:
 @dataclass
 class GenerationOutput:
     token_ids: list[int]
-    finish_reason: str  # "eos" | "stop" | "length"
+    finish_reason: str  # "eos" | "stop" | "length" | "cancelled"
     timings: dict[str, float]
     first_token_logits: torch.Tensor | None  # decode rank only
 
@@ -111,40 +111,51 @@ class ModelRunner:
             logits = self.decoder.logits(hidden[-1:])[0]
         return PrefillState(plan, ctx, cache, logits)
 
-    def _broadcast_token(self, token: int, is_stop: bool, src: int) -> tuple[int, bool]:
-        payload = torch.tensor([token, int(is_stop)], dtype=torch.long)
+    def _broadcast_token(self, token: int, reason: int, src: int) -> tuple[int, int]:
+        payload = torch.tensor([token, reason], dtype=torch.long)
         self.comm.broadcast(payload, src)
-        return int(payload[0]), bool(payload[1])
+        return int(payload[0]), int(payload[1])
 
-    @torch.inference_mode()
-    def generate(self, inputs: PromptInputs, params: SamplingParams,
-                 decode_text: Callable[[list[int]], str] | None = None,
-                 eos_token_ids: tuple[int, ...] = ()) -> GenerationOutput:
-        """Prefill, then decode until EOS / a stop token / a stop string / max_new_tokens."""
+    def generate(self, inputs: PromptInputs, params: SamplingParams, **hooks) -> GenerationOutput:
+        """Prefill, then decode (see `decode_loop` for the hooks)."""
         start = time.perf_counter()
         state = self.prefill(inputs)
-        timings = {"prefill_s": time.perf_counter() - start}
+        prefill_s = time.perf_counter() - start
+        output = self.decode_loop(inputs, state, params, **hooks)
+        output.timings["prefill_s"] = prefill_s
+        return output
+
+    @torch.inference_mode()
+    def decode_loop(self, inputs: PromptInputs, state: PrefillState, params: SamplingParams, *,
+                    decode_text: Callable[[list[int]], str] | None = None, eos_token_ids: tuple[int, ...] = (),
+                    on_token: Callable[[list[int]], None] | None = None,
+                    should_cancel: Callable[[], bool] | None = None) -> GenerationOutput:
+        """Decode until EOS / a stop token / a stop string / max_new_tokens / cancellation.
+
+        The decode rank samples, calls `on_token([token])` (streaming) and `should_cancel()`; the
+        token and the stop reason are broadcast so every rank runs the same steps.
+        """
         is_sampler = state.plan.rank == state.plan.decode_rank
         generator = params.generator()
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
         tokens: list[int] = []
-        logits, reason = state.logits, "length"
-        decode_start = time.perf_counter()
+        logits, reason = state.logits, _CONTINUE
+        start = time.perf_counter()
         for step in range(params.max_new_tokens):
-            token, is_stop = -1, False
+            token, reason = -1, _CONTINUE
             if is_sampler:
                 token = sample_token(logits, params, generator)
-                is_stop = token in stop_ids or _hits_stop_string(tokens + [token], params, decode_text)
-            token, is_stop = self._broadcast_token(token, is_stop, state.plan.decode_rank)
-            tokens.append(token)
-            if is_stop:
-                reason = "eos" if token in stop_ids else "stop"
-                break
-            if step == params.max_new_tokens - 1:
+                reason = _stop_reason(token, tokens, stop_ids, params, decode_text, should_cancel)
+            token, reason = self._broadcast_token(token, reason, state.plan.decode_rank)
+            if reason != _CANCELLED:
+                tokens.append(token)
+                if is_sampler and on_token is not None:
+                    on_token([token])
+            if reason != _CONTINUE or step == params.max_new_tokens - 1:
                 break
             logits = self._decode_step(token, inputs.num_tokens + step + inputs.rope_delta, state)
-        timings["decode_s"] = time.perf_counter() - decode_start
-        return GenerationOutput(tokens, reason, timings, state.logits)
+        reason = _LENGTH if reason == _CONTINUE else reason
+        return GenerationOutput(tokens, _REASONS[reason], {"decode_s": time.perf_counter() - start}, state.logits)
 
     def _decode_step(self, token: int, position: int, state: PrefillState) -> torch.Tensor | None:
         hidden = self.decoder.embed(torch.tensor([token], device=self.device))
@@ -160,8 +171,17 @@ def inputs_are_mrope(decoder: ShardedDecoder) -> bool:
     return decoder.m.is_mrope
 
 
-def _hits_stop_string(tokens: list[int], params: SamplingParams, decode_text) -> bool:
-    if not params.stop_strings or decode_text is None:
-        return False
-    text = decode_text(tokens)
-    return any(stop in text for stop in params.stop_strings)
+_CONTINUE, _EOS, _STOP, _CANCELLED, _LENGTH = 0, 1, 2, 3, 4
+_REASONS = {_EOS: "eos", _STOP: "stop", _CANCELLED: "cancelled", _LENGTH: "length"}
+
+
+def _stop_reason(token, tokens, stop_ids, params: SamplingParams, decode_text, should_cancel) -> int:
+    if should_cancel is not None and should_cancel():
+        return _CANCELLED
+    if token in stop_ids:
+        return _EOS
+    if params.stop_strings and decode_text is not None:
+        text = decode_text(tokens + [token])
+        if any(stop in text for stop in params.stop_strings):
+            return _STOP
+    return _CONTINUE

@@ -30,6 +30,9 @@ class StageContext:
     logger: logging.Logger
     send: Callable[[Any], None] = field(default=lambda message: None)  # emit a message to the scheduler
     is_cancelled: Callable[[str], bool] = field(default=lambda request_id: False)
+    placement: Any = None  # spava.plan.placement.Placement, for model ranks
+    group: Any = None  # the prefill ranks' process group (None = the whole world), for model ranks
+    is_quiet: bool = False  # no progress bars
 
 
 class Stage(ABC):

@@ -1,0 +1,29 @@
+"""Build the model adapter a rank needs from `ModelConfig` (local checkpoint or random weights)."""
+
+from __future__ import annotations
+
+import torch
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return _DTYPES[name]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu' devices")
+    return torch.device(device)
+
+
+def build_adapter(model_config, parts: tuple[str, ...], device: str):
+    """A `Qwen25VL` with only `parts` kept, on `device`."""
+    from spava.models.qwen2_5_vl.model import Qwen25VL
+    from spava.models.qwen2_5_vl.presets import qwen2_5_vl_config
+
+    dtype, target = torch_dtype(model_config.dtype), resolve_device(device)
+    if model_config.path is not None:
+        return Qwen25VL.from_pretrained(model_config.path, dtype=dtype, device=target, parts=parts)
+    config = qwen2_5_vl_config(model_config.size)
+    return Qwen25VL.from_config(config, dtype=dtype, device=target, seed=model_config.seed, parts=parts)

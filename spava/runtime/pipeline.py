@@ -1,0 +1,240 @@
+"""`Pipeline`: the Python API. It starts the scheduler (a thread here) and the workers, submits
+requests over ZMQ and resolves their futures. It owns no model.
+
+    with Pipeline.from_yaml("configs/demo_cpu.yaml") as pipe:
+        result = pipe.run("video.mp4", "What happens in this video?", max_new_tokens=64)
+        print(result.text, result.timings)
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import zmq
+
+from spava.comm.messages import (
+    CancelReq, ErrorOutput, MessageError, ResultOutput, StatusOutput, StatusReq, SubmitReq, TokenOutput,
+    decode_message, encode_message,
+)
+from spava.config import PipelineConfig, config_hash, config_to_yaml, load_config
+
+
+class RequestError(RuntimeError):
+    """A request failed; `stage` and `kind` say where and why."""
+
+    def __init__(self, request_id: str, stage: str, kind: str, message: str):
+        super().__init__(f"[{stage}] {message}")
+        self.request_id, self.stage, self.kind = request_id, stage, kind
+
+
+@dataclass
+class RunResult:
+    """The answer to one request, with where the time went."""
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    timings: dict[str, float]
+    num_visual_tokens: int
+    num_prompt_tokens: int
+    num_frames: int
+    method: str
+    world_size: int
+    config_hash: str
+
+
+class RequestHandle(Future):
+    """A Future of `RunResult` that also yields streamed text (`tokens()`) when submitted with stream."""
+
+    def __init__(self, request_id: str, pipeline: "Pipeline"):
+        super().__init__()
+        self.request_id = request_id
+        self._pipeline = pipeline
+        self._stream: queue.Queue = queue.Queue()
+
+    def cancel(self) -> bool:
+        self._pipeline._outbox.put(CancelReq(self.request_id))
+        return False  # the outcome arrives as RequestError(kind="cancelled")
+
+    def tokens(self) -> Iterator[str]:
+        """Text deltas as they are generated (needs `stream=True`), until the request ends."""
+        while True:
+            item = self._stream.get()
+            if item is None:
+                return
+            yield item
+
+
+def _video_message(video: Any, request_id: str, shm_dir: str) -> dict:
+    """Turn a path / bytes / frames / None into SubmitReq video fields (data goes to shared memory)."""
+    from spava.comm.transport import write_shared, write_shared_bytes
+
+    if video is None:
+        return dict(video_kind="none")
+    if isinstance(video, (str, os.PathLike)):
+        return dict(video_kind="path", video_path=os.path.abspath(os.fspath(video)))
+    if isinstance(video, (bytes, bytearray, memoryview)):
+        return dict(video_kind="bytes", video_ref=write_shared_bytes(bytes(video), shm_dir, request_id, "video"))
+    import numpy as np
+    import torch
+
+    frames = torch.as_tensor(np.stack([np.asarray(f) for f in video]) if isinstance(video, list) else video)
+    if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
+        raise ValueError("video frames must be uint8 RGB [T, H, W, 3] (an array or a list of [H, W, 3] arrays)")
+    return dict(video_kind="frames", video_ref=write_shared(frames, shm_dir, request_id, "video"))
+
+
+class Pipeline:
+    """Runs a YAML-defined spava pipeline; see the module docstring."""
+
+    def __init__(self, config: PipelineConfig, *, is_quiet: bool = False, log_path: str | None = None):
+        self.config = config
+        self.is_quiet = is_quiet
+        self.log_path = log_path
+        self._outbox: queue.Queue = queue.Queue()
+        self._pending: dict[str, RequestHandle] = {}
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._tmp: str | None = None
+        self.scheduler = None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = (), **kwargs) -> "Pipeline":
+        return cls(load_config(path, overrides), **kwargs)
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, **kwargs) -> "Pipeline":
+        return cls(config, **kwargs)
+
+    # ----- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> "Pipeline":
+        """Start the scheduler and every worker; returns once all workers said ready."""
+        from spava.runtime.launch import LocalLauncher
+        from spava.runtime.scheduler import Scheduler
+
+        if self.scheduler is not None:
+            return self
+        self._tmp = tempfile.mkdtemp(prefix="spava-")
+        config_path = str(Path(self._tmp) / "pipeline.yaml")
+        Path(config_path).write_text(config_to_yaml(self.config))
+        address = self.config.runtime.control_address
+        if address == "auto":
+            address = f"ipc://{self._tmp}/control"
+        launcher = LocalLauncher(config_path, address, is_quiet=self.is_quiet, log_path=self.log_path)
+        self.scheduler = Scheduler(self.config, address, launcher, config_hash=config_hash(self.config))
+        self.scheduler.start_workers()
+        self._spawn(self.scheduler.run, self._stop)
+        self.scheduler.ready.wait()
+        if self.scheduler.startup_error:
+            error = self.scheduler.startup_error
+            self.close()
+            raise RuntimeError(f"the pipeline did not start: {error}")
+        self._spawn(self._client_loop, address)
+        return self
+
+    def _spawn(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def close(self) -> None:
+        """Stop every worker and the scheduler; pending requests fail."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads.clear()
+        for handle in list(self._pending.values()):
+            if not handle.done():
+                handle.set_exception(RequestError(handle.request_id, "scheduler", "internal", "pipeline closed"))
+            handle._stream.put(None)
+        self._pending.clear()
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        self.scheduler = None
+
+    def __enter__(self) -> "Pipeline":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----- requests -----------------------------------------------------------------------------
+
+    def submit(self, video: Any, prompt: str, *, stream: bool = False, timeout_s: float | None = None,
+               video_options: dict | None = None, request_id: str | None = None, **sampling) -> RequestHandle:
+        """Queue a request; returns a future of `RunResult` (raises `RequestError` on failure)."""
+        if self.scheduler is None:
+            self.start()
+        request_id = request_id or uuid.uuid4().hex[:16]
+        handle = RequestHandle(request_id, self)
+        self._pending[request_id] = handle
+        fields = _video_message(video, request_id, self.config.runtime.shm_dir)
+        self._outbox.put(SubmitReq(request_id=request_id, prompt=prompt, sampling=dict(sampling),
+                                   video_options=dict(video_options or {}), timeout_s=timeout_s, stream=stream,
+                                   **fields))
+        return handle
+
+    def run(self, video: Any, prompt: str, **kwargs) -> RunResult:
+        """Answer one question about one video (path, bytes, frames, or None for text only)."""
+        return self.submit(video, prompt, **kwargs).result()
+
+    def stream(self, video: Any, prompt: str, **kwargs) -> Iterator[str]:
+        """Yield the answer's text as it is generated; raises RequestError at the end on failure."""
+        handle = self.submit(video, prompt, stream=True, **kwargs)
+        yield from handle.tokens()
+        handle.result()
+
+    def status(self, timeout_s: float = 10.0) -> StatusOutput:
+        handle = RequestHandle(f"status-{uuid.uuid4().hex[:8]}", self)
+        self._pending[handle.request_id] = handle
+        self._outbox.put(StatusReq(handle.request_id))
+        return handle.result(timeout=timeout_s)
+
+    # ----- client socket (one thread owns it) ---------------------------------------------------
+
+    def _client_loop(self, address: str) -> None:
+        context = zmq.Context()
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.IDENTITY, f"client-{uuid.uuid4().hex[:8]}".encode())
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(address)
+        try:
+            while not self._stop.is_set():
+                while not self._outbox.empty():
+                    socket.send(encode_message(self._outbox.get()))
+                if socket.poll(5):
+                    self._on_message(socket.recv())
+        finally:
+            socket.close()
+            context.term()
+
+    def _on_message(self, data: bytes) -> None:
+        try:
+            message = decode_message(data)
+        except MessageError:
+            return
+        handle = self._pending.get(message.request_id)
+        if handle is None:
+            return
+        if isinstance(message, TokenOutput):
+            handle._stream.put(message.text)
+            return
+        self._pending.pop(message.request_id, None)
+        handle._stream.put(None)
+        if isinstance(message, ErrorOutput):
+            handle.set_exception(RequestError(message.request_id, message.stage, message.kind, message.message))
+        elif isinstance(message, ResultOutput):
+            handle.set_result(RunResult(**{f: getattr(message, f) for f in RunResult.__dataclass_fields__}))
+        elif isinstance(message, StatusOutput):
+            handle.set_result(message)

@@ -1,0 +1,56 @@
+"""Admission rules and per-request option resolution (pure functions of config + message)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+VIDEO_KINDS = ("path", "bytes", "frames", "none")
+
+
+def admission_error(message, scheduler) -> str | None:
+    """Why `message` (a SubmitReq) cannot be admitted, or None. Checked before any queueing."""
+    if not scheduler.is_healthy:
+        return "the pipeline is unhealthy (workers kept dying; see the logs) and accepts no new requests"
+    if message.request_id in scheduler.requests:
+        return f"request id {message.request_id!r} is already in use"
+    if len(scheduler.requests) >= scheduler.runtime.max_queued_requests:
+        return (f"too many requests in flight ({len(scheduler.requests)}, runtime.max_queued_requests="
+                f"{scheduler.runtime.max_queued_requests}); retry later")
+    if not message.prompt.strip():
+        return "the prompt is empty; ask a question"
+    if message.video_kind not in VIDEO_KINDS:
+        return f"video kind {message.video_kind!r} is not one of {VIDEO_KINDS}"
+    if message.video_kind == "path":
+        path = message.video_path or ""
+        if not os.path.isfile(path):
+            return f"video file {path!r} does not exist"
+        if os.path.getsize(path) == 0:
+            return f"video file {path!r} is empty (0 bytes)"
+    if message.video_kind in ("bytes", "frames") and message.video_ref is None:
+        return f"video kind {message.video_kind!r} needs its data"
+    return None
+
+
+def resolve_options(config, message) -> dict:
+    """video.* settings updated by the request's video_options, plus the layout budget."""
+    options = {f.name: getattr(config.video, f.name) for f in dataclasses.fields(config.video)}
+    unknown = set(message.video_options) - set(options) - {"backend", "num_workers"}
+    if unknown:
+        raise ValueError(f"unknown video option(s) {sorted(unknown)}; valid: {sorted(options)}")
+    options.update(message.video_options)
+    options.pop("num_workers", None)
+    options["max_visual_tokens"] = config.layout.max_visual_tokens
+    if message.video_kind != "none":
+        from spava.stages.video import frame_sampling
+
+        frame_sampling(options)  # raises BadInputError (a ValueError) with the field to fix
+    return options
+
+
+def resolve_sampling(config, message) -> dict:
+    """The request's sampling overrides, validated against decode.* defaults."""
+    from spava.stages.decode import sampling_params
+
+    sampling_params(config.decode, message.sampling)
+    return dict(message.sampling)

@@ -1,0 +1,57 @@
+"""What each worker role builds: its stage objects and the handler of each task message type."""
+
+from __future__ import annotations
+
+from spava.comm.messages import LayoutTaskReq, ModelTaskReq, VideoTaskReq
+from spava.stages.base import load_stage_class
+
+
+def _stage(worker, name: str, context):
+    stage = load_stage_class(worker.config.stages[name]).from_config(worker.config, context)
+    stage.setup()
+    return stage
+
+
+def _build_cpu_role(worker, name: str, message_type):
+    stage = _stage(worker, name, worker.stage_context("cpu"))
+    return "cpu", {message_type: stage.process}
+
+
+def _dist_backend(config, device: str) -> str:
+    if config.runtime.dist_backend != "auto":
+        return config.runtime.dist_backend
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
+def _build_model_role(worker):
+    import torch
+
+    from spava.comm.collectives import init_world, new_group
+    from spava.plan.placement import placement_from_config
+
+    config, rank = worker.config, worker.args.rank
+    placement = placement_from_config(config)
+    device = placement.device(rank)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    init_world(_dist_backend(config, device), config.runtime.dist_address, worker.args.dist_port, rank,
+               placement.world_size, config.runtime.request_timeout_s)
+    group = new_group(placement.prefill_ranks())
+    context = worker.stage_context(device, placement, group)
+    if placement.role(rank) == "encode":
+        encoder = _stage(worker, "encode", context)
+        return device, {ModelTaskReq: encoder.process}
+    prefill = _stage(worker, "prefill", context)
+    decode = _stage(worker, "decode", context)
+    decode.bind(prefill.runner)
+    return device, {ModelTaskReq: lambda task: decode.process(prefill.process(task))}
+
+
+def build_role(worker):
+    """-> (device, {message type: handler}) for `worker.args.role`."""
+    role = worker.args.role
+    if role == "video":
+        return _build_cpu_role(worker, "video", VideoTaskReq)
+    if role == "layout":
+        return _build_cpu_role(worker, "layout", LayoutTaskReq)
+    return _build_model_role(worker)

@@ -1,0 +1,351 @@
+"""The scheduler: owns the ZMQ ROUTER, admits requests, moves them through the stage queues.
+
+Runs as a thread of the process that created the `Pipeline` (or of a head-node launcher). Workers
+connect as DEALERs with their worker id as identity and say `ReadyReq`; clients connect as DEALERs
+and send `SubmitReq`. Each request goes video -> layout -> model (encode + prefill + decode on the
+model ranks, which take one request at a time, in `seq` order). Different requests overlap: while
+the model ranks run request i, layout runs i+1 and video decoding i+2. The number of admitted but
+not yet running requests whose frames/pixels are held in memory is bounded
+(`runtime.max_prepared_requests`): that is the back-pressure.
+
+Failures stay per request: bad input, a timeout, a cancellation or a dead worker fail that request
+with an `ErrorOutput` naming the stage; dead workers are restarted (the model group as a whole),
+up to `runtime.max_worker_restarts`, after which the pipeline reports itself unhealthy.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+
+import zmq
+
+from spava.comm.messages import (
+    CancelReq, ErrorOutput, HeartbeatReq, LayoutTaskOutput, LayoutTaskReq, MessageError, ModelTaskOutput,
+    ModelTaskReq, ReadyReq, ResultOutput, ShutdownReq, StatusOutput, StatusReq, SubmitReq, TaskError,
+    TokenOutput, VideoTaskOutput, VideoTaskReq, decode_message, encode_message,
+)
+from spava.comm.transport import unlink_shared
+from spava.runtime.launch import free_port, worker_specs
+from spava.runtime.policy import admission_error, resolve_options, resolve_sampling
+from spava.runtime.state import Request, WorkerState
+
+logger = logging.getLogger("spava.scheduler")
+HUNG_GRACE_S = 30.0
+
+
+class Scheduler:
+    """Request lifecycle over the worker pool; see the module docstring."""
+
+    def __init__(self, config, control_address: str, launcher, *, config_hash: str = "", secret: str = ""):
+        self.config, self.runtime = config, config.runtime
+        self.launcher, self.config_hash, self.secret = launcher, config_hash, secret
+        self.zmq_context = zmq.Context()
+        self.socket = self.zmq_context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.bind(control_address)
+        self.workers = {spec.worker_id: WorkerState(spec) for spec in worker_specs(config)}
+        self.requests: dict[str, Request] = {}
+        self.queues = {stage: collections.deque() for stage in ("video", "layout", "model")}
+        self.model_request: str | None = None
+        self.model_since = 0.0
+        self.model_seq = 0
+        self.is_healthy = True
+        self.ready = threading.Event()
+        self.startup_error: str | None = None
+
+    # ----- lifecycle ----------------------------------------------------------------------------
+
+    def start_workers(self) -> None:
+        port = free_port(self.runtime.dist_address)
+        for state in self.workers.values():
+            self.launcher.start(state.spec, dist_port=port)
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set or a ShutdownReq arrives."""
+        started = time.monotonic()
+        try:
+            while not stop.is_set():
+                if self.socket.poll(50):
+                    self._receive()
+                if not self.ready.is_set():
+                    self._check_startup(started)
+                    continue
+                self._check_health()
+                self._dispatch()
+        finally:
+            self._shutdown()
+
+    def _check_startup(self, started: float) -> None:
+        dead = [w for w in self.workers.values() if self.launcher.exit_code(w.spec.worker_id) is not None]
+        if dead:
+            self.startup_error = f"worker {dead[0].spec.worker_id} exited during startup (see its log above)"
+        elif time.monotonic() - started > self.runtime.startup_timeout_s:
+            self.startup_error = f"workers not ready after runtime.startup_timeout_s={self.runtime.startup_timeout_s}"
+        elif all(w.is_ready for w in self.workers.values()):
+            self.ready.set()
+        if self.startup_error:
+            self.ready.set()
+
+    def _shutdown(self) -> None:
+        for state in self.workers.values():
+            self._send(state.spec.worker_id.encode(), ShutdownReq("pipeline closed"))
+        time.sleep(0.2)
+        self.launcher.stop_all()
+        for request in list(self.requests.values()):
+            self._fail(request, "scheduler", "internal", "the pipeline was shut down")
+        self.socket.close()
+        self.zmq_context.term()
+
+    # ----- messages -----------------------------------------------------------------------------
+
+    def _send(self, identity: bytes, message) -> None:
+        try:
+            self.socket.send_multipart([identity, encode_message(message)])
+        except zmq.ZMQError as error:  # peer gone (EHOSTUNREACH with ROUTER_MANDATORY)
+            logger.warning("could not send %s to %r: %s", type(message).__name__, identity, error)
+
+    def _receive(self) -> None:
+        frames = self.socket.recv_multipart()
+        identity, payload = frames[0], frames[-1]
+        try:
+            message = decode_message(payload)
+        except MessageError as error:
+            logger.error("malformed message from %r: %s", identity, error)
+            self._send(identity, ErrorOutput("", "scheduler", "bad_input", f"malformed message: {error}"))
+            return
+        handler = self._handlers().get(type(message))
+        if handler is None:
+            self._send(identity, ErrorOutput("", "scheduler", "bad_input", f"unexpected {type(message).__name__}"))
+            return
+        handler(identity, message)
+
+    def _handlers(self):
+        return {
+            SubmitReq: self._on_submit, CancelReq: self._on_cancel, StatusReq: self._on_status,
+            ShutdownReq: self._on_shutdown, ReadyReq: self._on_ready, HeartbeatReq: self._on_heartbeat,
+            VideoTaskOutput: self._on_video, LayoutTaskOutput: self._on_layout, ModelTaskOutput: self._on_model,
+            TokenOutput: self._on_token, TaskError: self._on_task_error,
+        }
+
+    def _on_submit(self, identity: bytes, message: SubmitReq) -> None:
+        error = admission_error(message, self)
+        if error is not None:
+            self._send(identity, ErrorOutput(message.request_id, "admission", "bad_input", error))
+            return
+        try:
+            options, sampling = resolve_options(self.config, message), resolve_sampling(self.config, message)
+        except ValueError as problem:
+            self._send(identity, ErrorOutput(message.request_id, "admission", "bad_input", str(problem)))
+            return
+        timeout = message.timeout_s or self.runtime.request_timeout_s
+        request = Request(message, identity, time.monotonic() + timeout, options, sampling)
+        if message.video_ref is not None:
+            request.refs.append(message.video_ref)
+        self.requests[message.request_id] = request
+        if message.video_kind == "none":
+            request.enter("layout_queue")
+            self.queues["layout"].append(request.request_id)
+        else:
+            self.queues["video"].append(request.request_id)
+
+    def _on_cancel(self, identity: bytes, message: CancelReq) -> None:
+        request = self.requests.get(message.request_id)
+        if request is None:
+            return
+        if request.stage == "model":
+            request.is_cancelled = True
+            self._broadcast_model(CancelReq(request.request_id))
+            return
+        self._fail(request, request.stage.removesuffix("_queue"), "cancelled", "cancelled by the client")
+
+    def _on_status(self, identity: bytes, message: StatusReq) -> None:
+        workers = {wid: ("busy" if w.request_id else "idle") if w.is_ready else "starting"
+                   for wid, w in self.workers.items()}
+        queued = {stage: len(queue) for stage, queue in self.queues.items()}
+        self._send(identity, StatusOutput(message.request_id, self.is_healthy, workers, queued, len(self.requests)))
+
+    def _on_shutdown(self, identity: bytes, message: ShutdownReq) -> None:
+        raise SystemExit(0)
+
+    def _on_ready(self, identity: bytes, message: ReadyReq) -> None:
+        state = self.workers.get(message.worker_id)
+        if state is None or (self.secret and message.secret != self.secret):
+            logger.error("rejected a worker that is not part of this pipeline: %r", message.worker_id)
+            return
+        state.is_ready, state.device, state.last_seen = True, message.device, time.monotonic()
+        logger.info("worker %s ready (pid %d, %s)", message.worker_id, message.pid, message.device)
+
+    def _on_heartbeat(self, identity: bytes, message: HeartbeatReq) -> None:
+        state = self.workers.get(message.worker_id)
+        if state is not None:
+            state.last_seen = time.monotonic()
+
+    def _release(self, worker_id: str) -> None:
+        state = self.workers.get(worker_id)
+        if state is not None:
+            state.request_id = None
+
+    def _on_video(self, identity: bytes, message: VideoTaskOutput) -> None:
+        self._release(identity.decode())
+        request = self.requests.get(message.request_id)
+        if message.frames is not None:
+            if request is None:
+                unlink_shared(message.frames)
+                return
+            request.refs.append(message.frames)
+        if request is None:
+            return
+        request.video = message
+        request.enter("layout_queue")
+        self.queues["layout"].append(request.request_id)
+
+    def _on_layout(self, identity: bytes, message: LayoutTaskOutput) -> None:
+        self._release(identity.decode())
+        refs = [message.input_ids, message.position_ids, message.vision_positions, message.pixel_values]
+        request = self.requests.get(message.request_id)
+        if request is None:
+            for ref in refs:
+                unlink_shared(ref)
+            return
+        request.refs.extend(ref for ref in refs if ref is not None)
+        request.layout = message
+        request.enter("model_queue")
+        self.queues["model"].append(request.request_id)
+
+    def _on_token(self, identity: bytes, message: TokenOutput) -> None:
+        request = self.requests.get(message.request_id)
+        if request is not None and request.submit.stream:
+            self._send(request.client, message)
+
+    def _on_model(self, identity: bytes, message: ModelTaskOutput) -> None:
+        request = self.requests.get(message.request_id)
+        if message.request_id == self.model_request:
+            self.workers[message.worker_id].request_id = None
+            if all(w.request_id is None for w in self._model_workers()):
+                self.model_request = None
+        if request is None:
+            return
+        request.model_outputs[message.worker_id] = message
+        if len(request.model_outputs) == len(self._model_workers()):
+            self._complete(request)
+
+    def _on_task_error(self, identity: bytes, message: TaskError) -> None:
+        if message.stage == "model":
+            self._on_model(identity, ModelTaskOutput(message.request_id, message.worker_id, [], "error", {}, False))
+        else:
+            self._release(message.worker_id)
+        request = self.requests.get(message.request_id)
+        if request is not None:
+            self._fail(request, message.stage, message.kind, message.message)
+
+    # ----- completion ---------------------------------------------------------------------------
+
+    def _complete(self, request: Request) -> None:
+        decode = next((o for o in request.model_outputs.values() if o.is_decode_rank), None)
+        if decode is None or decode.finish_reason in ("cancelled", "error"):
+            self._fail(request, "model", "cancelled" if request.is_cancelled else "internal",
+                       "cancelled by the client" if request.is_cancelled else "the model ranks returned no answer")
+            return
+        request.enter("done")
+        timings = dict(request.timings)
+        for output in request.model_outputs.values():
+            for key, value in output.timings.items():
+                timings[key] = max(timings.get(key, 0.0), value)
+        if request.video is not None:
+            timings["video_decode_s"] = request.video.seconds
+        timings["layout_compute_s"] = request.layout.seconds
+        timings["total_s"] = time.monotonic() - request.created
+        layout = request.layout
+        result = ResultOutput(
+            request.request_id, decode.token_ids, decode.text, decode.finish_reason, timings,
+            layout.num_visual_tokens, layout.input_ids.shape[0],
+            request.video.frames.shape[0] if request.video is not None and request.video.frames else 0,
+            self.config.prefill.attention.method, self.config.world_size, self.config_hash,
+        )
+        self._send(request.client, result)
+        self._forget(request)
+
+    def _fail(self, request: Request, stage: str, kind: str, message: str) -> None:
+        if request.request_id not in self.requests:
+            return
+        logger.info("request %s failed in %s (%s): %s", request.request_id, stage, kind, message)
+        self._send(request.client, ErrorOutput(request.request_id, stage, kind, message))
+        for queue in self.queues.values():
+            if request.request_id in queue:
+                queue.remove(request.request_id)
+        self._forget(request)
+
+    def _forget(self, request: Request) -> None:
+        for ref in request.refs:
+            unlink_shared(ref)
+        self.requests.pop(request.request_id, None)
+
+    # ----- dispatch and health (see policy.py for the pure rules) -------------------------------
+
+    def _model_workers(self) -> list[WorkerState]:
+        return [w for w in self.workers.values() if w.spec.role == "model"]
+
+    def _broadcast_model(self, message) -> None:
+        for state in self._model_workers():
+            self._send(state.spec.worker_id.encode(), message)
+
+    def _num_prepared(self) -> int:
+        in_flight = sum(1 for r in self.requests.values() if r.stage in ("video", "layout"))
+        return in_flight + len(self.queues["layout"]) + len(self.queues["model"])
+
+    def _idle(self, role: str) -> list[WorkerState]:
+        return [w for w in self.workers.values() if w.spec.role == role and w.is_idle]
+
+    def _dispatch(self) -> None:
+        for state in self._idle("video"):
+            if not self.queues["video"] or self._num_prepared() >= self.runtime.max_prepared_requests:
+                break
+            request = self.requests[self.queues["video"].popleft()]
+            self._assign(state, request, "video", VideoTaskReq(
+                request.request_id, request.submit.video_kind, request.submit.video_path, request.submit.video_ref,
+                request.options))
+        for state in self._idle("layout"):
+            if not self.queues["layout"]:
+                break
+            request = self.requests[self.queues["layout"].popleft()]
+            video = request.video
+            self._assign(state, request, "layout", LayoutTaskReq(
+                request.request_id, request.submit.prompt, video.frames if video else None,
+                video.second_per_grid if video else 0.0, request.options))
+        model = self._model_workers()
+        if self.queues["model"] and self.model_request is None and all(w.is_idle for w in model):
+            request = self.requests[self.queues["model"].popleft()]
+            self.model_seq += 1
+            self.model_request, self.model_since = request.request_id, time.monotonic()
+            request.enter("model")
+            task = ModelTaskReq(request.request_id, self.model_seq, request.layout, request.sampling)
+            for state in model:
+                state.request_id = request.request_id
+                self._send(state.spec.worker_id.encode(), task)
+
+    def _assign(self, state: WorkerState, request: Request, stage: str, task) -> None:
+        state.request_id = request.request_id
+        request.worker_id = state.spec.worker_id
+        request.enter(stage)
+        self._send(state.spec.worker_id.encode(), task)
+
+    def _check_health(self) -> None:
+        from spava.runtime.health import check_deadlines, check_workers
+
+        check_workers(self)
+        check_deadlines(self)
+
+    def restart_model_group(self) -> None:
+        """Kill every model rank and start a fresh group (new rendezvous port)."""
+        port = free_port(self.runtime.dist_address)
+        for state in self._model_workers():
+            self.launcher.kill(state.spec.worker_id)
+        for state in self._model_workers():
+            state.is_ready, state.request_id = False, None
+            state.num_restarts += 1
+            self.launcher.start(state.spec, dist_port=port)
+        self.model_request = None

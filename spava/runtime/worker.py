@@ -1,0 +1,203 @@
+"""One worker process = one stage role: video | layout | model (encode, or prefill + decode).
+
+Started by the launcher as `python -m spava.runtime.worker --role R --rank N ...`. It connects a
+ZMQ DEALER to the scheduler's ROUTER, builds its stage(s), sends a `ReadyReq`, then loops:
+receive a task -> stage.process -> send the output. A heartbeat thread (own socket) reports
+liveness. Bad input fails the task with `TaskError(kind="bad_input")`; any other exception is
+logged with its traceback and reported as `kind="internal"`; the worker keeps serving. The process
+exits when the scheduler says so, when its parent dies (PR_SET_PDEATHSIG), or on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+
+import zmq
+
+from spava.comm.messages import (
+    CancelReq, HeartbeatReq, LayoutTaskReq, MessageError, ModelTaskReq, ReadyReq, ShutdownReq, TaskError,
+    VideoTaskReq, decode_message, encode_message,
+)
+from spava.stages.base import BadInputError, StageContext, load_stage_class
+
+
+class WorkerChannel:
+    """The worker's DEALER socket, with a backlog so cancellation checks can peek mid-task."""
+
+    def __init__(self, context: zmq.Context, address: str, worker_id: str, logger: logging.Logger):
+        self.socket = context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.IDENTITY, worker_id.encode())
+        self.socket.setsockopt(zmq.LINGER, 1000)
+        self.socket.connect(address)
+        self.logger = logger
+        self.backlog: collections.deque = collections.deque()
+        self.cancelled: set[str] = set()
+
+    def send(self, message) -> None:
+        self.socket.send(encode_message(message))
+
+    def _read(self, timeout_ms: int):
+        if not self.socket.poll(timeout_ms):
+            return None
+        data = self.socket.recv()
+        try:
+            return decode_message(data)
+        except MessageError as error:
+            self.logger.error("dropped a malformed message from the scheduler: %s", error)
+            return None
+
+    def recv(self, timeout_ms: int = 1000):
+        """Next message (backlog first), or None after `timeout_ms`."""
+        if self.backlog:
+            return self.backlog.popleft()
+        return self._read(timeout_ms)
+
+    def is_cancelled(self, request_id: str) -> bool:
+        """Drain pending messages without blocking; cancellations are recorded, others kept for later."""
+        while (message := self._read(0)) is not None:
+            if isinstance(message, CancelReq):
+                self.cancelled.add(message.request_id)
+            else:
+                self.backlog.append(message)
+        return request_id in self.cancelled
+
+
+def _heartbeat_loop(context, address, worker_id, interval_s, stop: threading.Event, state: dict) -> None:
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.IDENTITY, f"{worker_id}#hb".encode())
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(address)
+    while not stop.wait(interval_s):
+        socket.send(encode_message(HeartbeatReq(worker_id, state.get("request_id"))))
+    socket.close()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent exits (no orphans after a crash)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if os.getppid() == 1:
+        sys.exit(0)
+
+
+class Worker:
+    """Runs the stage(s) of one role and answers tasks."""
+
+    def __init__(self, args, config):
+        self.args, self.config = args, config
+        self.worker_id = args.worker_id
+        self.logger = logging.getLogger(f"spava.{args.role}")
+        self.zmq_context = zmq.Context()
+        self.channel = WorkerChannel(self.zmq_context, args.control, self.worker_id, self.logger)
+        self.state: dict = {}
+        self.handlers = {}
+
+    def stage_context(self, device: str, placement=None, group=None) -> StageContext:
+        return StageContext(
+            worker_id=self.worker_id, rank=self.args.rank, device=device, shm_dir=self.config.runtime.shm_dir,
+            logger=self.logger, send=self.channel.send, is_cancelled=self.channel.is_cancelled,
+            placement=placement, group=group, is_quiet=self.args.quiet,
+        )
+
+    def build(self) -> str:
+        """Build and set up the stage(s) of this role; returns the device string."""
+        from spava.runtime.roles import build_role
+
+        device, self.handlers = build_role(self)
+        return device
+
+    def serve(self) -> None:
+        stop = threading.Event()
+        interval = self.config.runtime.heartbeat_interval_s
+        beat = threading.Thread(target=_heartbeat_loop, daemon=True,
+                                args=(self.zmq_context, self.args.control, self.worker_id, interval, stop, self.state))
+        beat.start()
+        device = self.build()
+        self.channel.send(ReadyReq(self.worker_id, self.args.role, self.args.rank, os.getpid(), device,
+                                   self.args.secret))
+        self.logger.info("ready on %s", device)
+        try:
+            self._loop()
+        finally:
+            stop.set()
+
+    def _loop(self) -> None:
+        while True:
+            message = self.channel.recv(1000)
+            if message is None:
+                continue
+            if isinstance(message, ShutdownReq):
+                self.logger.info("shutting down")
+                return
+            if isinstance(message, CancelReq):
+                self.channel.cancelled.add(message.request_id)
+                continue
+            handler = self.handlers.get(type(message))
+            if handler is None:
+                self.logger.error("no handler for %s in role %s", type(message).__name__, self.args.role)
+                continue
+            self._run(handler, message)
+
+    def _run(self, handler, task) -> None:
+        request_id = task.request_id
+        if request_id in self.channel.cancelled and not isinstance(task, ModelTaskReq):
+            return
+        self.state["request_id"] = request_id
+        try:
+            output = handler(task)
+            if output is not None:
+                self.channel.send(output)
+        except BadInputError as error:
+            self.channel.send(TaskError(request_id, self.worker_id, self.args.role, "bad_input", str(error)))
+        except Exception as error:  # noqa: BLE001 - a failing task must not kill the worker
+            self.logger.error("task %s failed:\n%s", request_id, traceback.format_exc())
+            self.channel.send(TaskError(request_id, self.worker_id, self.args.role, "internal",
+                                        f"{type(error).__name__}: {error}"))
+        finally:
+            self.state["request_id"] = None
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="spava stage worker (started by the launcher)")
+    parser.add_argument("--role", required=True, choices=["video", "layout", "model"])
+    parser.add_argument("--rank", type=int, default=0)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--config", required=True, help="resolved pipeline YAML")
+    parser.add_argument("--control", required=True, help="scheduler ZMQ address")
+    parser.add_argument("--dist-port", type=int, default=0)
+    parser.add_argument("--secret", default="")
+    parser.add_argument("--quiet", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent, which shuts us down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    from spava.config import load_config
+
+    config = load_config(args.config)
+    logging.basicConfig(level=config.runtime.log_level, stream=sys.stderr,
+                        format=f"%(asctime)s [{args.role} r{args.rank}] %(levelname)s %(message)s")
+    try:
+        Worker(args, config).serve()
+    except Exception:  # noqa: BLE001 - report startup failures before exiting
+        logging.getLogger("spava").error("worker failed:\n%s", traceback.format_exc())
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""`prefill` stage: sequence-parallel prefill of one request on the W prefill ranks.
+
+Builds the rank's local token shard from the layout (ids, positions sliced by the plan), fills the
+visual embeddings (received from encoder ranks, or encoded here when colocated), and runs every
+decoder layer with the configured attention method. The result (KV cache, last-token logits on the
+decode rank) stays in this process for the `decode` stage.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from spava.attention.registry import get_method
+from spava.comm.collectives import Pending, SPComm, recv_async
+from spava.comm.messages import ModelTaskReq
+from spava.models.loading import build_adapter
+from spava.models.runner import ModelRunner, PrefillState, PromptInputs
+from spava.stages.base import Stage, StageContext
+from spava.stages.encode import route_for, transfer_tag
+from spava.stages.layout import read_prompt_inputs
+
+
+@dataclass
+class PrefillResult:
+    task: ModelTaskReq
+    inputs: PromptInputs
+    state: PrefillState
+    seconds: float
+
+
+class PrefillWorker(Stage):
+    name = "prefill"
+
+    def __init__(self, context: StageContext, model_config, prefill_config):
+        self.context = context
+        self.model_config = model_config
+        self.config = prefill_config
+        self.runner: ModelRunner | None = None
+        self._seq = 0
+
+    @classmethod
+    def from_config(cls, config, context: StageContext) -> "PrefillWorker":
+        return cls(context, config.model, config.prefill)
+
+    def setup(self) -> None:
+        placement = self.context.placement
+        parts = ("vision", "text") if placement.is_colocated else ("text",)
+        adapter = build_adapter(self.model_config, parts, self.context.device)
+        feed = None if placement.is_colocated else self._remote_vision_feed
+        self.runner = ModelRunner(adapter, get_method(self.config.attention), SPComm(self.context.group),
+                                  mlp_chunk_size=self.config.mlp_chunk_size, vision_feed=feed,
+                                  progress=self._progress_callback())
+
+    def _progress_callback(self):
+        if self.context.is_quiet or self.context.rank != self.context.placement.num_encoders:
+            return None
+        from spava.runtime.progress import LayerProgress
+
+        return LayerProgress("prefill layers")
+
+    def _remote_vision_feed(self, inputs: PromptInputs, ctx, hidden: torch.Tensor) -> None:
+        """Receive this rank's visual embedding rows from every encoder rank."""
+        placement = self.context.placement
+        _, _, table = route_for(self.runner.method, inputs, placement, self.runner.merge_size)
+        positions = table.recv_positions[ctx.plan.rank]
+        buffers, pending = [], Pending()
+        for encoder, local in enumerate(positions):
+            if local.numel():
+                buffer = hidden.new_empty((local.numel(), hidden.shape[1]))
+                pending.works += recv_async(buffer, encoder, transfer_tag(self._seq)).works
+                buffers.append((local, buffer))
+        pending.wait()
+        for local, buffer in buffers:
+            hidden.index_copy_(0, local.to(hidden.device), buffer)
+
+    def process(self, task: ModelTaskReq) -> PrefillResult:
+        start = time.perf_counter()
+        self._seq = task.seq
+        inputs = read_prompt_inputs(task.layout)
+        state = self.runner.prefill(inputs)
+        return PrefillResult(task, inputs, state, time.perf_counter() - start)
