@@ -178,6 +178,7 @@ class PipelineConfig:
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Defaults <- YAML file <- `key=value` overrides; validated. Raises ValueError naming the field."""
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -192,6 +193,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ValueError(f"invalid config: {_first_line(error)}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"invalid config: {os.fspath(path)!r} is not valid YAML ({_first_line(error)})") from None
 
 
 def config_to_yaml(config: PipelineConfig) -> str:

@@ -52,6 +52,7 @@ class SubmitReq:
     video_options: dict[str, Any] = field(default_factory=dict)  # overrides of video.* for this request
     timeout_s: Optional[float] = None
     stream: bool = False
+    document: Optional[str] = None  # text to ask about (context), instead of or besides a video
 
 
 @dataclass
@@ -153,6 +154,7 @@ class LayoutTaskReq:
     frames: Optional[TensorRef]
     second_per_grid: float
     options: dict[str, Any]  # resolved video.* pixel limits and layout.* settings
+    document: Optional[str] = None
 
 
 @dataclass

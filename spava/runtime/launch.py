@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 
@@ -81,7 +82,10 @@ class LocalLauncher:
             process.wait(timeout=10)
 
     def stop_all(self, grace_s: float = 5.0) -> None:
-        """Terminate every worker; kill the ones still alive after `grace_s`."""
+        """Let workers exit (they were told to), then terminate, then kill what is left."""
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(p.poll() is None for p in self.processes.values()):
+            time.sleep(0.05)
         for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()

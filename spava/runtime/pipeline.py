@@ -15,7 +15,7 @@ import tempfile
 import threading
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -106,6 +106,8 @@ class Pipeline:
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._tmp: str | None = None
+        self._connect_address: str | None = None
+        self.control_address: str | None = None
         self.scheduler = None
 
     @classmethod
@@ -116,6 +118,13 @@ class Pipeline:
     def from_config(cls, config: PipelineConfig, **kwargs) -> "Pipeline":
         return cls(config, **kwargs)
 
+    @classmethod
+    def connect(cls, address: str, config: PipelineConfig | None = None) -> "Pipeline":
+        """A client of a pipeline already served elsewhere (`spava launch`), at its control address."""
+        pipeline = cls(config or load_config())
+        pipeline._connect_address = address
+        return pipeline
+
     # ----- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> "Pipeline":
@@ -123,7 +132,11 @@ class Pipeline:
         from spava.runtime.launch import LocalLauncher
         from spava.runtime.scheduler import Scheduler
 
-        if self.scheduler is not None:
+        if self.scheduler is not None or self._threads:
+            return self
+        if self._connect_address is not None:
+            self.control_address = self._connect_address
+            self._spawn(self._client_loop, self._connect_address)
             return self
         self._tmp = tempfile.mkdtemp(prefix="spava-")
         config_path = str(Path(self._tmp) / "pipeline.yaml")
@@ -131,6 +144,7 @@ class Pipeline:
         address = self.config.runtime.control_address
         if address == "auto":
             address = f"ipc://{self._tmp}/control"
+        self.control_address = address
         launcher = LocalLauncher(config_path, address, is_quiet=self.is_quiet, log_path=self.log_path)
         self.scheduler = Scheduler(self.config, address, launcher, config_hash=config_hash(self.config))
         self.scheduler.start_workers()
@@ -171,10 +185,17 @@ class Pipeline:
 
     # ----- requests -----------------------------------------------------------------------------
 
-    def submit(self, video: Any, prompt: str, *, stream: bool = False, timeout_s: float | None = None,
-               video_options: dict | None = None, request_id: str | None = None, **sampling) -> RequestHandle:
-        """Queue a request; returns a future of `RunResult` (raises `RequestError` on failure)."""
-        if self.scheduler is None:
+    def submit(self, video: Any, prompt: str, *, document: str | None = None, stream: bool = False,
+               timeout_s: float | None = None, video_options: dict | None = None, request_id: str | None = None,
+               **sampling) -> RequestHandle:
+        """Queue a request; returns a future of `RunResult` (raises `RequestError` on failure).
+
+        Args:
+            video: a path, encoded bytes, uint8 frames `[T, H, W, 3]` (array or list), or None.
+            prompt: the question. document: optional text placed before the question as context.
+            sampling: overrides of decode.* (max_new_tokens, temperature, top_p, top_k, seed, stop_strings...).
+        """
+        if not self._threads:
             self.start()
         request_id = request_id or uuid.uuid4().hex[:16]
         handle = RequestHandle(request_id, self)
@@ -182,7 +203,7 @@ class Pipeline:
         fields = _video_message(video, request_id, self.config.runtime.shm_dir)
         self._outbox.put(SubmitReq(request_id=request_id, prompt=prompt, sampling=dict(sampling),
                                    video_options=dict(video_options or {}), timeout_s=timeout_s, stream=stream,
-                                   **fields))
+                                   document=document, **fields))
         return handle
 
     def run(self, video: Any, prompt: str, **kwargs) -> RunResult:

@@ -41,10 +41,9 @@ def resolve_options(config, message) -> dict:
     options.update(message.video_options)
     options.pop("num_workers", None)
     options["max_visual_tokens"] = config.layout.max_visual_tokens
-    if message.video_kind != "none":
-        from spava.stages.video import frame_sampling
+    from spava.stages.video import frame_sampling
 
-        frame_sampling(options)  # raises BadInputError (a ValueError) with the field to fix
+    frame_sampling(options)  # raises BadInputError (a ValueError) with the field to fix
     return options
 
 

@@ -93,8 +93,7 @@ class Scheduler:
     def _shutdown(self) -> None:
         for state in self.workers.values():
             self._send(state.spec.worker_id.encode(), ShutdownReq("pipeline closed"))
-        time.sleep(0.2)
-        self.launcher.stop_all()
+        self.launcher.stop_all(grace_s=3.0)
         for request in list(self.requests.values()):
             self._fail(request, "scheduler", "internal", "the pipeline was shut down")
         self.socket.close()
@@ -266,18 +265,18 @@ class Scheduler:
             request.video.frames.shape[0] if request.video is not None and request.video.frames else 0,
             self.config.prefill.attention.method, self.config.world_size, self.config_hash,
         )
+        self._forget(request)  # free shared memory before the client learns the request ended
         self._send(request.client, result)
-        self._forget(request)
 
     def _fail(self, request: Request, stage: str, kind: str, message: str) -> None:
         if request.request_id not in self.requests:
             return
         logger.info("request %s failed in %s (%s): %s", request.request_id, stage, kind, message)
-        self._send(request.client, ErrorOutput(request.request_id, stage, kind, message))
         for queue in self.queues.values():
             if request.request_id in queue:
                 queue.remove(request.request_id)
         self._forget(request)
+        self._send(request.client, ErrorOutput(request.request_id, stage, kind, message))
 
     def _forget(self, request: Request) -> None:
         for ref in request.refs:
@@ -315,7 +314,7 @@ class Scheduler:
             video = request.video
             self._assign(state, request, "layout", LayoutTaskReq(
                 request.request_id, request.submit.prompt, video.frames if video else None,
-                video.second_per_grid if video else 0.0, request.options))
+                video.second_per_grid if video else 0.0, request.options, request.submit.document))
         model = self._model_workers()
         if self.queues["model"] and self.model_request is None and all(w.is_idle for w in model):
             request = self.requests[self.queues["model"].popleft()]

@@ -185,7 +185,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent, which shuts us down
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # no cleanup is owed on SIGTERM (the scheduler owns shared memory), and exiting at once avoids
+    # tracebacks from torch.distributed / ZMQ teardown in the middle of a call
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     from spava.config import load_config
 
     config = load_config(args.config)
@@ -200,4 +202,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stderr.flush()
+    os._exit(code)  # skip interpreter teardown: peers may already be gone (torch.distributed atexit hooks)

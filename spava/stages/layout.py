@@ -55,14 +55,18 @@ class LayoutPlanner(Stage):
 
     def process(self, task: LayoutTaskReq) -> LayoutTaskOutput:
         from spava.models.qwen2_5_vl.inputs import build_prompt_inputs
-        from spava.models.qwen2_5_vl.prompt import build_chat_prompt
+        from spava.models.qwen2_5_vl.prompt import build_chat_prompt, build_document_prompt
 
         start = time.perf_counter()
         if not task.prompt.strip():
             raise BadInputError("the prompt is empty; ask a question about the video")
         pixel_values, grid = self._pixels(task)
-        prompt = build_chat_prompt(self.tokenizer, task.prompt, video_grid_thw=grid,
-                                   merge_size=self.token_ids.spatial_merge_size, system_prompt=self.system_prompt)
+        if task.document is not None and grid is None:
+            prompt = build_document_prompt(self.tokenizer, task.document, task.prompt, self.system_prompt)
+        else:
+            question = task.prompt if task.document is None else f"{task.document}\n\n{task.prompt}"
+            prompt = build_chat_prompt(self.tokenizer, question, video_grid_thw=grid,
+                                       merge_size=self.token_ids.spatial_merge_size, system_prompt=self.system_prompt)
         if prompt.num_tokens > self.max_prompt_tokens:
             raise BadInputError(
                 f"the prompt has {prompt.num_tokens} tokens, over layout.max_prompt_tokens={self.max_prompt_tokens}; "

@@ -210,3 +210,17 @@ def build_chat_prompt(
     pad_id = special.video_pad if pad_token == VIDEO_PAD else special.image_pad
     input_ids = prefix_ids + [pad_id] * num_pads + [special.vision_end] + query_ids
     return ChatPrompt(torch.tensor(input_ids, dtype=torch.int64), len(prefix_ids), num_pads, len(query_ids))
+
+
+def build_document_prompt(tokenizer, document: str, question: str,
+                          system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> ChatPrompt:
+    """One user turn asking `question` about a text `document`.
+
+    The document (with the chat header) is the context that sequence-parallel prefill splits; the
+    query block is `question` + the assistant prefix, tokenised separately so the split point is
+    exact: ids = encode(header + document + blank line) + encode(question + suffix).
+    """
+    context_ids = _encode(tokenizer, f"{IM_START}system\n{system_prompt}{IM_END}\n{IM_START}user\n{document}\n\n")
+    query_ids = _encode(tokenizer, f"{question}{IM_END}\n{IM_START}assistant\n")
+    input_ids = torch.tensor(context_ids + query_ids, dtype=torch.int64)
+    return ChatPrompt(input_ids, len(context_ids), 0, len(query_ids))

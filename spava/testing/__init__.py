@@ -1,0 +1,1 @@
+"""Helpers for testing spava deployments (fault injection)."""

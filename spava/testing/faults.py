@@ -1,0 +1,70 @@
+"""Fault-injecting stages, for testing a deployment's failure handling.
+
+Set `SPAVA_FAULT_DIR` in the environment of the process that starts the pipeline (workers inherit
+it) and use these classes in YAML (`stages.layout: spava.testing.faults:FaultyLayout`, ...). A fault
+is armed by creating a flag file in that directory; the first stage process that sees it consumes it:
+
+  <stage>-crash          the worker process exits at once (os._exit) in the middle of a task
+  <stage>-sleep          the task sleeps N seconds first (N = the file's content, default 5)
+  prefill-crash-rank<R>  prefill rank R exits mid-request
+
+where <stage> is video, layout or prefill.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from spava.stages.layout import LayoutPlanner
+from spava.stages.prefill import PrefillWorker
+from spava.stages.video import VideoDecoder
+
+FAULT_DIR_ENV = "SPAVA_FAULT_DIR"
+
+
+def take_fault(name: str) -> str | None:
+    """If flag file `name` exists, remove it and return its content; else None."""
+    directory = os.environ.get(FAULT_DIR_ENV)
+    if not directory:
+        return None
+    path = Path(directory) / name
+    try:
+        content = path.read_text()
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    return content
+
+
+def arm_fault(directory: str | os.PathLike, name: str, content: str = "") -> None:
+    Path(directory, name).write_text(content)
+
+
+def _apply(stage_name: str) -> None:
+    if take_fault(f"{stage_name}-crash") is not None:
+        os._exit(17)
+    seconds = take_fault(f"{stage_name}-sleep")
+    if seconds is not None:
+        time.sleep(float(seconds or 5))
+
+
+class FaultyVideo(VideoDecoder):
+    def process(self, task):
+        _apply("video")
+        return super().process(task)
+
+
+class FaultyLayout(LayoutPlanner):
+    def process(self, task):
+        _apply("layout")
+        return super().process(task)
+
+
+class FaultyPrefill(PrefillWorker):
+    def process(self, task):
+        _apply("prefill")
+        if take_fault(f"prefill-crash-rank{self.runner.comm.rank}") is not None:
+            os._exit(17)
+        return super().process(task)

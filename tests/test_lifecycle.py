@@ -1,0 +1,70 @@
+"""No orphans: workers die with the process that started them (SIGKILL of the parent, Ctrl-C)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+STARTER = """
+import sys, time
+from spava.runtime.pipeline import Pipeline
+pipe = Pipeline.from_yaml("configs/demo_cpu.yaml", ["runtime.log_level=ERROR"], is_quiet=True).start()
+print(" ".join(str(p.pid) for p in pipe.scheduler.launcher.processes.values()), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie counts as gone
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _start_parent() -> tuple[subprocess.Popen, list[int]]:
+    parent = subprocess.Popen([sys.executable, "-c", STARTER], stdout=subprocess.PIPE, text=True)
+    line = parent.stdout.readline()
+    pids = [int(pid) for pid in line.split()]
+    assert len(pids) == 5, line
+    return parent, pids
+
+
+def _wait_gone(pids: list[int], timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.2)
+    return [pid for pid in pids if _alive(pid)]
+
+
+def test_workers_die_when_the_parent_is_killed():
+    parent, pids = _start_parent()
+    parent.kill()
+    parent.wait()
+    assert _wait_gone(pids, 15) == []
+
+
+def test_ctrl_c_on_spava_run_stops_every_worker(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "spava.cli", "run", "--verbose"], stderr=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    pids: list[int] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(pids) < 5:
+        line = process.stderr.readline()
+        if "ready on" in line:
+            pids = [int(p) for p in _children(process.pid)]
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(timeout=60)
+    assert pids and _wait_gone(pids, 15) == []
+
+
+def _children(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/task/{pid}/children") as handle:
+        return handle.read().split()

@@ -1,0 +1,179 @@
+"""The pipeline runtime end to end on CPU: real worker processes, real ZMQ sockets, fault injection.
+
+One pipeline (tiny random Qwen2.5-VL, 1 video + 1 layout worker, 1 encoder + 2 spava prefill ranks)
+serves every test of the module; fault tests arm flag files (spava.testing.faults) and then check
+that the failing request gets a clear error and the next request is served.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from spava.comm.messages import ErrorOutput, decode_message
+from spava.config import load_config
+from spava.media.synthetic import make_synthetic_frames, write_synthetic_video
+from spava.runtime.pipeline import Pipeline, RequestError
+from spava.testing.faults import FAULT_DIR_ENV, arm_fault
+
+OVERRIDES = [
+    "stages.video=spava.testing.faults:FaultyVideo",
+    "stages.layout=spava.testing.faults:FaultyLayout",
+    "stages.prefill=spava.testing.faults:FaultyPrefill",
+    "runtime.heartbeat_timeout_s=4",
+    "runtime.log_level=WARNING",
+    "layout.max_visual_tokens=5000",
+    "decode.max_new_tokens=4",
+]
+
+
+@pytest.fixture(scope="module")
+def fault_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("faults")
+    previous = os.environ.get(FAULT_DIR_ENV)
+    os.environ[FAULT_DIR_ENV] = str(directory)
+    yield directory
+    if previous is None:
+        os.environ.pop(FAULT_DIR_ENV, None)
+    else:
+        os.environ[FAULT_DIR_ENV] = previous
+
+
+@pytest.fixture(scope="module")
+def pipeline(fault_dir):
+    with Pipeline.from_config(load_config("configs/demo_cpu.yaml", OVERRIDES), is_quiet=True) as pipe:
+        yield pipe
+
+
+@pytest.fixture(scope="module")
+def video_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("videos") / "clip.mp4"
+    return str(write_synthetic_video(path, num_frames=16, height=64, width=96, fps=8.0))
+
+
+def _shm_files(request_id: str) -> list[str]:
+    return glob.glob(f"/dev/shm/spava-{request_id}-*")
+
+
+def test_every_video_input_kind_is_answered(pipeline, video_path):
+    with open(video_path, "rb") as handle:
+        data = handle.read()
+    frames = make_synthetic_frames(6, 64, 96)
+    kinds = {"path": video_path, "bytes": data, "frames": frames, "frame list": list(frames), "text only": None}
+    for kind, video in kinds.items():
+        result = pipeline.run(video, "What is in this video?", request_id=f"kind-{kind.replace(' ', '-')}")
+        assert len(result.token_ids) == 4 and result.finish_reason == "length", kind
+        assert (result.num_frames > 0) == (video is not None), kind
+        assert result.num_prompt_tokens > result.num_visual_tokens >= 0
+        assert {"video_s", "layout_s", "prefill_s", "decode_s", "total_s"} <= set(result.timings) or video is None
+        assert not _shm_files(result.request_id), "shared memory must be freed when a request ends"
+
+
+def test_streaming_yields_each_token(pipeline, video_path):
+    pieces = list(pipeline.stream(video_path, "Describe it.", max_new_tokens=5))
+    assert len(pieces) == 5
+
+
+def test_document_prompt_splits_context_from_question(pipeline):
+    result = pipeline.run(None, "What is the pass key?", document="The pass key is 1234. " * 40)
+    assert result.num_prompt_tokens > 200 and result.num_visual_tokens == 0
+
+
+@pytest.mark.parametrize(
+    "make_video,prompt,kwargs,stage,message",
+    [
+        (lambda tmp: str(tmp / "missing.mp4"), "hi", {}, "admission", "does not exist"),
+        (lambda tmp: _write(tmp / "empty.mp4", b""), "hi", {}, "admission", "is empty"),
+        (lambda tmp: _write(tmp / "noise.mp4", os.urandom(4096)), "hi", {}, "video", "video"),
+        (lambda tmp: _write(tmp / "text.mp4", b"hello world\n" * 100), "hi", {}, "video", "video"),
+        (lambda tmp: None, "   ", {}, "admission", "prompt is empty"),
+        (lambda tmp: None, "hi", {"temperature": -1.0}, "admission", "temperature"),
+        (lambda tmp: None, "hi", {"nucleus": 0.5}, "admission", "unknown sampling option"),
+        (lambda tmp: None, "hi", {"video_options": {"fps": -1.0}}, "admission", "fps"),
+    ],
+)
+def test_bad_input_fails_only_that_request(pipeline, tmp_path, make_video, prompt, kwargs, stage, message):
+    with pytest.raises(RequestError) as error:
+        pipeline.run(make_video(tmp_path), prompt, **kwargs)
+    assert error.value.stage == stage and error.value.kind == "bad_input"
+    assert message in str(error.value)
+    assert pipeline.run(None, "still serving?").finish_reason == "length"
+
+
+def _write(path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_over_budget_video_is_rejected_before_decoding_with_the_estimate(pipeline, video_path):
+    with pytest.raises(RequestError) as error:
+        pipeline.run(video_path, "hi", video_options={"min_pixels": 2_000_000, "max_pixels": 12_845_056})
+    text = str(error.value)
+    assert error.value.stage == "video" and "visual tokens" in text and "layout.max_visual_tokens=5000" in text
+
+
+def test_crashing_worker_fails_its_request_and_is_restarted(pipeline, fault_dir, video_path):
+    arm_fault(fault_dir, "layout-crash")
+    start = time.monotonic()
+    with pytest.raises(RequestError) as error:
+        pipeline.run(video_path, "hi", request_id="crash-layout")
+    assert error.value.stage == "layout" and error.value.kind == "worker_died"
+    assert time.monotonic() - start < 20
+    assert pipeline.run(video_path, "again").finish_reason == "length"
+    assert not _shm_files("crash-layout")
+
+
+def test_crashing_model_rank_fails_its_request_and_the_group_restarts(pipeline, fault_dir, video_path):
+    arm_fault(fault_dir, "prefill-crash-rank1")
+    with pytest.raises(RequestError) as error:
+        pipeline.run(video_path, "hi")
+    assert error.value.stage == "model" and error.value.kind == "worker_died"
+    assert pipeline.run(video_path, "again").finish_reason == "length"
+    assert pipeline.status().is_healthy
+
+
+def test_timeout_fails_the_request_and_frees_its_memory(pipeline, fault_dir, video_path):
+    arm_fault(fault_dir, "layout-sleep", "3")
+    with pytest.raises(RequestError) as error:
+        pipeline.run(video_path, "hi", timeout_s=1.0, request_id="slow-one")
+    assert error.value.kind == "timeout"
+    time.sleep(3.5)
+    assert not _shm_files("slow-one")
+    assert pipeline.run(None, "next").finish_reason == "length"
+
+
+def test_cancel_fails_the_request(pipeline, fault_dir, video_path):
+    arm_fault(fault_dir, "video-sleep", "2")
+    handle = pipeline.submit(video_path, "hi")
+    time.sleep(0.3)
+    handle.cancel()
+    with pytest.raises(RequestError) as error:
+        handle.result(timeout=30)
+    assert error.value.kind == "cancelled"
+
+
+def test_malformed_message_gets_an_error_and_the_scheduler_keeps_serving(pipeline):
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.connect(pipeline.control_address)
+    socket.send(b"\x93not-msgpack-at-all")
+    assert socket.poll(5000)
+    reply = decode_message(socket.recv())
+    assert isinstance(reply, ErrorOutput) and "malformed" in reply.message
+    socket.close(0)
+    context.term()
+    assert pipeline.run(None, "fine").finish_reason == "length"
+
+
+def test_hundred_queued_requests_all_finish(pipeline):
+    handles = [pipeline.submit(None, f"question {i}?", max_new_tokens=1, request_id=f"bulk-{i}") for i in range(100)]
+    results = [handle.result(timeout=600) for handle in handles]
+    assert [len(r.token_ids) for r in results] == [1] * 100
+    assert not glob.glob("/dev/shm/spava-bulk-*")
+    status = pipeline.status()
+    assert status.num_inflight == 0 and status.is_healthy
