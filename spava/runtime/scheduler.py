@@ -233,6 +233,12 @@ class Scheduler:
             self._complete(request)
 
     def _on_task_error(self, identity: bytes, message: TaskError) -> None:
+        if message.stage == "model" and message.kind == "internal":
+            # a collective error on one rank is usually a dead peer: report (and restart) that first
+            from spava.runtime.health import check_workers
+
+            time.sleep(0.2)
+            check_workers(self)
         if message.stage == "model":
             self._on_model(identity, ModelTaskOutput(message.request_id, message.worker_id, [], "error", {}, False))
         else:
