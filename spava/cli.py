@@ -77,12 +77,6 @@ def _launch(args: argparse.Namespace) -> int:
     return serve(args.config, list(args.overrides))
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from spava.bench.cli import main as bench_main
-
-    return bench_main(args.bench_args)
-
-
 def _check_attention(args: argparse.Namespace) -> int:
     from spava.tools.check_attention import CheckSpec, format_table, run_check
 
@@ -111,10 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(launch)
     launch.set_defaults(handler=_launch)
 
-    bench = commands.add_parser("bench", help="side-by-side prefill benchmark (see `spava bench --help`)",
-                                add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    bench.set_defaults(handler=_bench)
+    commands.add_parser("bench", help="side-by-side time-to-first-token benchmark (see `spava bench --help`)")
 
     check = commands.add_parser(
         "check-attention", help="run every sequence-parallel attention method on CPU ranks and compare with full"
@@ -127,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # `spava bench` owns its own arguments
+        from spava.bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.handler(args)
 

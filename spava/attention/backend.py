@@ -67,19 +67,46 @@ def _torch_cpu_kernel(q, k, v, is_causal, scale):
     return out[0].transpose(0, 1), lse[0].transpose(0, 1)
 
 
-def _torch_cuda_kernel(q, k, v, is_causal, scale):
-    k = expand_kv_heads(k, q.shape[1])
-    v = expand_kv_heads(v, q.shape[1])
-    qb, kb, vb = _to_bhsd(q), _to_bhsd(k), _to_bhsd(v)
-    try:
-        result = torch.ops.aten._scaled_dot_product_cudnn_attention(
-            qb, kb, vb, None, True, 0.0, is_causal, False, scale=scale
-        )
-    except RuntimeError:
-        result = torch.ops.aten._scaled_dot_product_flash_attention(qb, kb, vb, 0.0, is_causal, False, scale=scale)
-    out, lse = result[0], result[1]
-    num_q = q.shape[0]
-    return out[0].transpose(0, 1), lse.reshape(q.shape[1], num_q).transpose(0, 1)
+def _cudnn(qb, kb, vb, is_causal, scale):
+    return torch.ops.aten._scaled_dot_product_cudnn_attention(qb, kb, vb, None, True, 0.0, is_causal, False,
+                                                              scale=scale)
+
+
+def _aten_flash(qb, kb, vb, is_causal, scale):
+    return torch.ops.aten._scaled_dot_product_flash_attention(qb, kb, vb, 0.0, is_causal, False, scale=scale)
+
+
+class TorchCudaKernel:
+    """cuDNN attention through torch (fastest dense kernel on Hopper), else torch's FA2.
+
+    Tries cuDNN with native GQA first; if this torch/cuDNN rejects unequal head counts, KV heads are
+    expanded. The working mode is remembered per backend instance (no global state).
+    """
+
+    MODES = ("cudnn_gqa", "cudnn", "flash")
+
+    def __init__(self):
+        self.mode: str | None = None
+
+    def _call(self, mode, q, k, v, is_causal, scale):
+        if mode != "cudnn_gqa":
+            k, v = expand_kv_heads(k, q.shape[1]), expand_kv_heads(v, q.shape[1])
+        run = _aten_flash if mode == "flash" else _cudnn
+        return run(_to_bhsd(q), _to_bhsd(k), _to_bhsd(v), is_causal, scale)
+
+    def __call__(self, q, k, v, is_causal, scale):
+        modes = (self.mode,) if self.mode else self.MODES
+        for mode in modes:
+            try:
+                result = self._call(mode, q, k, v, is_causal, scale)
+            except RuntimeError:
+                if mode == self.MODES[-1] or self.mode:
+                    raise
+                continue
+            self.mode = mode
+            out, lse = result[0], result[1]
+            return out[0].transpose(0, 1), lse.reshape(q.shape[1], q.shape[0]).transpose(0, 1)
+        raise RuntimeError("no CUDA attention kernel accepted these inputs")
 
 
 def _flash_attn_kernel(q, k, v, is_causal, scale):
@@ -118,10 +145,10 @@ class AttentionBackend:
 
 
 _KERNELS = {
-    "flash_attn": (_flash_attn_kernel, True),
-    "torch_cuda": (_torch_cuda_kernel, False),
-    "torch_cpu": (_torch_cpu_kernel, False),
-    "math": (_math_kernel, False),
+    "flash_attn": (lambda: _flash_attn_kernel, True),
+    "torch_cuda": (TorchCudaKernel, False),
+    "torch_cpu": (lambda: _torch_cpu_kernel, False),
+    "math": (lambda: _math_kernel, False),
 }
 
 
@@ -145,8 +172,8 @@ def get_backend(name: str = "auto", device: torch.device | str | None = None) ->
         raise ValueError(f"unknown attention backend {name!r}; choose one of auto, {', '.join(_KERNELS)}")
     if name == "flash_attn" and not has_flash_attn():
         raise ValueError("attention backend 'flash_attn' needs `pip install flash-attn`; or set backend: auto")
-    kernel, is_native = _KERNELS[name]
-    return AttentionBackend(name=name, kernel=kernel, is_bottom_right_native=is_native)
+    make_kernel, is_native = _KERNELS[name]
+    return AttentionBackend(name=name, kernel=make_kernel(), is_bottom_right_native=is_native)
 
 
 def attend_pieces(

@@ -1,0 +1,81 @@
+"""FLOPs a method must do for one prefill, per rank (for achieved TFLOP/s and the roofline).
+
+Counted: the LLM's linear layers over the rank's local tokens, attention (4 * head_dim FLOPs per
+query-key pair and query head: QK^T and PV), and the vision tower. Not counted: norms, RoPE,
+scoring / top-k, communication.
+"""
+
+from __future__ import annotations
+
+from spava.attention.config import num_selected, resolve_passing_len
+from spava.plan.sequence import ROLE_CHUNK
+
+
+def _tri(n: int) -> int:
+    return n * (n + 1) // 2
+
+
+def linear_flops_per_token(text_config) -> int:
+    hidden, inter = text_config.hidden_size, text_config.intermediate_size
+    head_dim = hidden // text_config.num_attention_heads
+    q_out, kv_out = text_config.num_attention_heads * head_dim, text_config.num_key_value_heads * head_dim
+    per_layer = hidden * q_out + 2 * hidden * kv_out + q_out * hidden + 3 * hidden * inter
+    return 2 * per_layer * text_config.num_hidden_layers
+
+
+def _approx_pairs(method_name, plan, passing_len: int, round_to: int) -> int:
+    """Query-key pairs of the context rows of star / apb / spava on this rank."""
+    chunks = [plan.segments[i] for i in plan.find(ROLE_CHUNK)]
+    anchor = plan.anchor_len if plan.find("anchor") else 0
+    pairs = _tri(anchor)
+    if method_name == "star":
+        return _tri(anchor + chunks[0].length) if anchor else _tri(chunks[0].length)
+    lengths = [end - start for start, end in plan.chunks]
+    for chunk in chunks:
+        if method_name == "apb":
+            num_passing = sum(num_selected(passing_len, lengths[c] - (anchor if c == 0 else 0), round_to)
+                              for c in range(chunk.chunk_id))
+        else:
+            num_passing = sum(num_selected(passing_len, lengths[c], round_to) for c in range(chunk.chunk_id))
+        pairs += chunk.length * (anchor + num_passing) + _tri(chunk.length)
+    return pairs
+
+
+def attention_pair_heads(method, plan, num_heads: int, layer_idx: int = 0) -> int:
+    """Query-key pairs times query heads that `method` computes on this rank in one layer."""
+    name = method.name
+    if name in ("full", "ring", "zigzag_ring"):
+        return num_heads * sum(end * (end + 1) // 2 - start * (start + 1) // 2 for start, end in plan.global_ranges())
+    if name == "ulysses":
+        share = num_heads // plan.world_size + (1 if plan.rank < num_heads % plan.world_size else 0)
+        return share * _tri(plan.num_tokens)
+    cfg = method.config
+    passing = resolve_passing_len(cfg, plan.context_len, layer_idx)
+    owned = sum(end - start for start, end in plan.owned if start < plan.context_len)
+    query = plan.num_query_tokens * owned + (_tri(plan.num_query_tokens) if plan.rank == plan.decode_rank else 0)
+    return num_heads * (_approx_pairs(name, plan, passing, cfg.round_to) + query)
+
+
+def llm_prefill_flops(method, plan, text_config) -> int:
+    head_dim = text_config.hidden_size // text_config.num_attention_heads
+    layers = text_config.num_hidden_layers
+    attention = sum(attention_pair_heads(method, plan, text_config.num_attention_heads, i) for i in range(layers))
+    return plan.num_local_tokens * linear_flops_per_token(text_config) + 4 * head_dim * attention
+
+
+def vision_flops(vision_config, grid_thw: tuple[int, int, int], num_grids: int | None = None) -> int:
+    """FLOPs of the ViT over `num_grids` temporal grids (default all) of one video."""
+    grid_t, grid_h, grid_w = grid_thw
+    grids = grid_t if num_grids is None else num_grids
+    patches = grids * grid_h * grid_w
+    hidden, inter = vision_config.hidden_size, vision_config.intermediate_size
+    per_patch = 1176 * hidden + hidden * 3 * hidden + hidden * hidden + 3 * hidden * inter
+    linear = 2 * patches * per_patch * vision_config.depth
+    window = vision_config.window_size // vision_config.patch_size  # patches per window side
+    windows_pairs = grids * (grid_h * grid_w) * window * window  # upper bound: full windows
+    full_pairs = grids * (grid_h * grid_w) ** 2
+    num_full = len(vision_config.fullatt_block_indexes)
+    attention = 4 * hidden * (full_pairs * num_full + windows_pairs * (vision_config.depth - num_full))
+    merged = patches // 4
+    merger = 2 * merged * (4 * hidden) * (4 * hidden) + 2 * merged * (4 * hidden) * vision_config.out_hidden_size
+    return linear + attention + merger

@@ -1,0 +1,149 @@
+"""Per-rank benchmark loop: every method on the same inputs, timed the same way.
+
+Each rank holds the full random-weight model once. For every case and method: warm-up runs, then
+timed runs of time-to-first-token (video already decoded: ViT + prefill + last-token logits + the
+first token sampled and broadcast), each bracketed by a device synchronisation and a barrier; the
+slowest rank's time counts; the median is reported. `full` and `hf` run on rank 0 alone.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from spava.attention.config import AttentionConfig
+from spava.attention.registry import get_method
+from spava.bench.flops import llm_prefill_flops, vision_flops
+from spava.bench.inputs import VideoCase, make_inputs
+from spava.comm.collectives import SPComm
+from spava.models.runner import ModelRunner
+
+
+@dataclass
+class BenchSpec:
+    size: str = "7b"
+    cases: list = field(default_factory=lambda: [VideoCase(1440, 64)])
+    methods: list = field(default_factory=lambda: ["full", "zigzag_ring", "ulysses", "star", "apb", "spava", "hf"])
+    world_sizes: list = field(default_factory=lambda: [4])
+    repeats: int = 3
+    warmup: int = 1
+    device: str = "cuda"
+    dtype: str = "bfloat16"
+    backend: str = "auto"
+    mlp_chunk_size: int = 8192
+    hf_max_tokens: int = 10**9  # skip the HF baseline above this many prompt tokens
+    encoder: str = "hf"  # vision tower implementation: hf | fast
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: str, group) -> float:
+    """Wall time of fn() on the slowest rank of `group` (synchronised, barrier-bracketed)."""
+    _sync(device)
+    dist.barrier(group=group)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64,
+                           device=device if device.startswith("cuda") else "cpu")
+    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX, group=group)
+    return float(elapsed)
+
+
+class TimedEncoder:
+    """Wraps the adapter's vision encoder to accumulate its synchronised wall time."""
+
+    def __init__(self, encode, device: str):
+        self.encode, self.device, self.seconds = encode, device, 0.0
+
+    def __call__(self, rows, grid):
+        _sync(self.device)
+        start = time.perf_counter()
+        out = self.encode(rows, grid)
+        _sync(self.device)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def _first_token(runner: ModelRunner, inputs) -> None:
+    state = runner.prefill(inputs)
+    token = torch.zeros(1, dtype=torch.long)
+    if state.logits is not None:
+        token[0] = int(torch.argmax(state.logits))
+    runner.comm.broadcast(token, state.plan.decode_rank)
+
+
+def _hf_first_token(adapter, inputs, case: VideoCase) -> None:
+    ids = inputs.input_ids.to(adapter.device)[None]
+    mm_types = torch.zeros_like(ids)
+    mm_types[ids == adapter.config.video_token_id] = 2
+    with torch.inference_mode():
+        logits = adapter.hf(input_ids=ids, pixel_values_videos=inputs.pixel_values,
+                            video_grid_thw=torch.tensor([case.grid_thw()], device=adapter.device),
+                            second_per_grid_ts=torch.tensor([1.0]), mm_token_type_ids=mm_types,
+                            logits_to_keep=1, use_cache=True).logits
+        int(torch.argmax(logits[0, -1]))
+
+
+def _runner(adapter, spec: BenchSpec, name: str, comm: SPComm) -> ModelRunner:
+    method = get_method(AttentionConfig(method=name, backend=spec.backend))
+    return ModelRunner(adapter, method, comm, mlp_chunk_size=spec.mlp_chunk_size)
+
+
+def matmul_tflops(device: str, size: int = 8192, repeats: int = 10) -> float:
+    """Measured dense bf16 (fp32 on CPU) matmul rate: the ceiling used for the roofline."""
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    size = size if device.startswith("cuda") else 1024
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    times = []
+    for index in range(repeats + 2):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        if index >= 2:
+            times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e12
+
+
+def _sum_over(group, value: float, device: str) -> float:
+    tensor = torch.tensor([value], dtype=torch.float64, device=device if device.startswith("cuda") else "cpu")
+    dist.all_reduce(tensor, group=group)
+    return float(tensor)
+
+
+def _max_over(group, value: float, device: str) -> float:
+    tensor = torch.tensor([value], dtype=torch.float64, device=device if device.startswith("cuda") else "cpu")
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group)
+    return float(tensor)
+
+
+def _reset_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gb(device: str) -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else 0.0
+
+
+def measure(run_once, spec: BenchSpec, device: str, group, timer: TimedEncoder) -> dict:
+    """Warm-up, then `repeats` timed runs: median TTFT, median ViT time, peak memory (max over ranks)."""
+    _reset_memory(device)
+    for _ in range(spec.warmup):
+        run_once()
+    times, vit = [], []
+    for _ in range(spec.repeats):
+        timer.seconds = 0.0
+        times.append(_timed(run_once, device, group))
+        vit.append(_max_over(group, timer.seconds, device))
+    return {"seconds": statistics.median(times), "all_seconds": times, "vit_seconds": statistics.median(vit),
+            "peak_gb": _max_over(group, _peak_gb(device), device)}
