@@ -1,0 +1,20 @@
+"""Importing spava stays light: no torch, Triton, flash-attn, deepspeed, PyAV or ZMQ at `import spava`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_import_spava_is_light():
+    code = ("import sys, spava; heavy = [m for m in ('torch', 'triton', 'flash_attn', 'deepspeed', 'av', 'zmq', "
+            "'transformers') if m in sys.modules]; print(','.join(heavy))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert output == ""
+
+
+def test_public_names_resolve_lazily():
+    import spava
+
+    assert spava.Pipeline.__name__ == "Pipeline" and spava.RunResult.__name__ == "RunResult"
+    assert callable(spava.load_config)
