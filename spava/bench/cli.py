@@ -38,6 +38,7 @@ def parse_args(argv):
     parser.add_argument("--encoder", default="hf", choices=["hf", "fast"], help="vision tower implementation")
     parser.add_argument("--hf-max-tokens", type=int, default=10**9, help="skip the HF baseline above this length")
     parser.add_argument("--out", default="bench_out", help="output directory")
+    parser.add_argument("--profile", action="store_true", help="also write a torch.profiler table per method")
     return parser.parse_args(argv)
 
 
@@ -45,7 +46,8 @@ def _spec(args) -> BenchSpec:
     cases = [VideoCase(r, f) for r in args.resolutions for f in args.frames]
     return BenchSpec(size=args.size, cases=cases, methods=args.methods, world_sizes=args.world_sizes,
                      repeats=args.repeats, warmup=args.warmup, device=args.device, dtype=args.dtype,
-                     backend=args.backend, hf_max_tokens=args.hf_max_tokens, encoder=args.encoder)
+                     backend=args.backend, hf_max_tokens=args.hf_max_tokens, encoder=args.encoder,
+                     profile_dir=args.out if args.profile else "")
 
 
 def main(argv=None) -> int:

@@ -37,6 +37,7 @@ class BenchSpec:
     mlp_chunk_size: int = 8192
     hf_max_tokens: int = 10**9  # skip the HF baseline above this many prompt tokens
     encoder: str = "hf"  # vision tower implementation: hf | fast
+    profile_dir: str = ""  # when set: one profiled run per parallel method, rank 0, into this directory
 
 
 def _sync(device: str) -> None:
@@ -70,6 +71,45 @@ class TimedEncoder:
         _sync(self.device)
         self.seconds += time.perf_counter() - start
         return out
+
+
+class PhaseTimer:
+    """Synchronised wall time of named phases (wrapped callables), summed over a run."""
+
+    def __init__(self, device: str):
+        self.device, self.seconds = device, {}
+
+    def wrap(self, name: str, fn):
+        def timed(*args, **kwargs):
+            _sync(self.device)
+            start = time.perf_counter()
+            result = fn(*args, **kwargs)
+            _sync(self.device)
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            return result
+        return timed
+
+
+def instrument(runner: ModelRunner, phases: PhaseTimer) -> None:
+    """Time the vision feed and the decoder layers of `runner` (for the per-stage breakdown)."""
+    runner.vision_feed = phases.wrap("vision_feed_s", runner.vision_feed)
+    runner.decoder.prefill = phases.wrap("layers_s", runner.decoder.prefill)
+
+
+def profile_once(run_once, device: str, path: str) -> None:
+    """One run under torch.profiler; writes the top ops by device and by host time to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        run_once()
+        _sync(device)
+    averages = prof.key_averages()
+    key = "device_time_total" if device.startswith("cuda") else "cpu_time_total"
+    with open(path, "w") as handle:
+        handle.write(averages.table(sort_by=key, row_limit=30))
+        handle.write("\n\n")
+        handle.write(averages.table(sort_by="cpu_time_total", row_limit=30))
 
 
 def _first_token(runner: ModelRunner, inputs) -> None:

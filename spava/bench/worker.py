@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 import torch.distributed as dist
 
 from spava.bench.flops import llm_prefill_flops, vision_flops
 from spava.bench.harness import (
-    BenchSpec, TimedEncoder, _first_token, _hf_first_token, _runner, matmul_tflops, measure, _sum_over,
+    BenchSpec, PhaseTimer, TimedEncoder, _first_token, _hf_first_token, _runner, _sum_over, instrument,
+    matmul_tflops, measure, profile_once,
 )
 from spava.bench.inputs import make_inputs
 from spava.comm.collectives import SPComm
@@ -59,7 +61,13 @@ def _run_single(spec, name, adapter, inputs, case, device, timer, rate, group):
 
 def _run_parallel(spec, name, adapter, inputs, case, device, timer, rate, group, world_size, rank):
     runner = _runner(adapter, spec, name, SPComm(group))
+    phases = PhaseTimer(device)
+    instrument(runner, phases)
     result = measure(lambda: _first_token(runner, inputs), spec, device, group, timer)
+    result["phases_s"] = {k: v / (spec.repeats + spec.warmup) for k, v in phases.seconds.items()}
+    if spec.profile_dir:
+        path = os.path.join(spec.profile_dir, f"profile_{name}_w{world_size}_r{rank}.txt")
+        profile_once(lambda: _first_token(runner, inputs), device, path)
     flops = _sum_over(group, _rank_flops(runner, inputs, case, adapter, world_size, rank), device)
     return {**result, "flops": flops, "tflops_per_gpu": flops / world_size / result["seconds"] / 1e12,
             "roofline": flops / (world_size * rate * 1e12) / result["seconds"]}
@@ -91,6 +99,10 @@ def _case_entries(spec, adapter, case, device, timer, rate, groups, rank):
 def bench_rank(rank: int, world_size: int, spec: BenchSpec, init_method: str, out_path: str) -> None:
     device = f"cuda:{rank}" if spec.device == "cuda" else "cpu"
     backend = "nccl" if spec.device == "cuda" else "gloo"
+    # W processes each with one OpenMP thread per core oversubscribe the host: every small CPU op
+    # then spins for milliseconds and kernel launches starve (seen on 4xH200: 7.7 s of host time
+    # for 2.3 s of GPU work). A few threads per rank is plenty for a GPU process.
+    torch.set_num_threads(max(1, min(8, (os.cpu_count() or 1) // world_size)))
     if spec.device == "cuda":
         torch.cuda.set_device(rank)
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)

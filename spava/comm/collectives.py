@@ -77,8 +77,15 @@ class SPComm:
         dist.all_to_all_single(output, tensor, output_split_sizes, input_split_sizes, group=self.group)
 
     def broadcast(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
-        if self.world_size > 1:
-            dist.broadcast(tensor, self.global_rank(src), group=self.group)
+        """Broadcast from group rank `src`, in place. CPU tensors ride through the GPU on NCCL groups."""
+        if self.world_size == 1:
+            return tensor
+        if tensor.device.type == "cpu" and dist.get_backend(self.group) == "nccl":
+            staged = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.broadcast(staged, self.global_rank(src), group=self.group)
+            tensor.copy_(staged.cpu())
+            return tensor
+        dist.broadcast(tensor, self.global_rank(src), group=self.group)
         return tensor
 
     def barrier(self) -> None:

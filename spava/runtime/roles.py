@@ -32,6 +32,10 @@ def _build_model_role(worker):
     config, rank = worker.config, worker.args.rank
     placement = placement_from_config(config)
     device = placement.device(rank)
+    if device.startswith("cuda"):  # GPU ranks need few host threads; many would oversubscribe the host
+        import os
+
+        torch.set_num_threads(max(1, min(8, (os.cpu_count() or 1) // placement.world_size)))
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
     init_world(_dist_backend(config, device), config.runtime.dist_address, worker.args.dist_port, rank,
