@@ -42,10 +42,13 @@ class ModelConfig:
     dtype: str = "float32"
     seed: int = 0
     tokenizer: Optional[str] = None  # local tokenizer dir; default: model path, else the bundled Qwen one
+    vision_impl: str = "fast"  # vision tower forward: fast (spava's, same weights) | hf
 
     def __post_init__(self) -> None:
         if self.family != "qwen2_5_vl":
             raise ValueError(f"model.family {self.family!r} is not supported; use qwen2_5_vl")
+        if self.vision_impl not in ("fast", "hf"):
+            raise ValueError(f"model.vision_impl must be 'fast' or 'hf', got {self.vision_impl!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.path is not None and not os.path.isdir(self.path):

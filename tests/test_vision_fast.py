@@ -4,6 +4,7 @@ the benchmark script on CPU, and one GPU check at Qwen2.5-VL-7B vision size (ski
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import math
 import sys
@@ -63,7 +64,7 @@ def _pixels(grids, dtype=torch.float64, seed: int = 1) -> torch.Tensor:
 
 @torch.inference_mode()
 def _hf(tower, pixels, grids) -> torch.Tensor:
-    return tower(pixels, grid_thw=torch.tensor(grids)).pooler_output
+    return tower(pixels, grid_thw=torch.tensor(grids, device=pixels.device)).pooler_output
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -123,7 +124,7 @@ def test_plan_chunks_split_at_temporal_grids():
     grids = [(3, 10, 14), (2, 8, 8), (1, 6, 22)]
     chunks = plan_chunks(grids, 300)
     assert chunks[0][0] == 0 and chunks[-1][1] == sum(t * h * w for t, h, w in grids)
-    for (start, stop, chunk_grids), following in zip(chunks, chunks[1:] + [None]):
+    for (start, stop, chunk_grids), following in zip(chunks, chunks[1:] + [None], strict=True):
         assert stop - start == sum(t * h * w for t, h, w in chunk_grids) <= 300
         assert following is None or following[0] == stop
     frames = [(h, w) for _, _, grid in chunks for t, h, w in grid for _ in range(t)]
@@ -145,7 +146,7 @@ def test_layout_windows_are_contiguous_views_and_cached(tower64):
 
 def _loop_reference(q, k, v, cu_seqlens, scale=None):
     outs = []
-    for start, stop in zip(cu_seqlens[:-1], cu_seqlens[1:]):
+    for start, stop in itertools.pairwise(cu_seqlens):
         q_s, k_s, v_s = (x[start:stop].transpose(0, 1) for x in (q, k, v))
         weights = torch.softmax((q_s @ k_s.transpose(1, 2)) * (scale or q.shape[-1] ** -0.5), dim=-1)
         outs.append((weights @ v_s).transpose(0, 1))
@@ -162,7 +163,7 @@ def test_varlen_attention_equals_loop(lengths):
     ref = _loop_reference(q, k, v, cu, scale=0.3)
     torch.testing.assert_close(varlen_attention(q, k, v, cu, scale=0.3), ref, rtol=0, atol=1e-12)
     groups = plan_varlen_groups(torch.tensor(cu, dtype=torch.int32))
-    assert sorted(g.length for g in groups.groups) == sorted(set(length for length in lengths if length))
+    assert sorted(g.length for g in groups.groups) == sorted({length for length in lengths if length})
     batched = grouped_attention(q, k, v, groups, scale=0.3, max_seqs_per_call=2)
     torch.testing.assert_close(batched, ref, rtol=0, atol=1e-12)
     strided = torch.cat([q, k, v], dim=1)  # q/k/v as strided views, as the vision tower passes v

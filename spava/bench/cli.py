@@ -35,7 +35,7 @@ def parse_args(argv):
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--backend", default="auto", help="attention kernel backend")
-    parser.add_argument("--encoder", default="hf", choices=["hf", "fast"], help="vision tower implementation")
+    parser.add_argument("--encoder", default="fast", choices=["hf", "fast"], help="vision tower implementation")
     parser.add_argument("--hf-max-tokens", type=int, default=10**9, help="skip the HF baseline above this length")
     parser.add_argument("--out", default="bench_out", help="output directory")
     parser.add_argument("--profile", action="store_true", help="also write a torch.profiler table per method")

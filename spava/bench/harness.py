@@ -36,7 +36,7 @@ class BenchSpec:
     backend: str = "auto"
     mlp_chunk_size: int = 8192
     hf_max_tokens: int = 10**9  # skip the HF baseline above this many prompt tokens
-    encoder: str = "hf"  # vision tower implementation: hf | fast
+    encoder: str = "fast"  # vision tower implementation: fast | hf
     profile_dir: str = ""  # when set: one profiled run per parallel method, rank 0, into this directory
 
 

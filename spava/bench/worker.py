@@ -23,12 +23,8 @@ def _build_adapter(spec: BenchSpec, device: str):
     from spava.models.qwen2_5_vl.model import Qwen25VL
     from spava.models.qwen2_5_vl.presets import qwen2_5_vl_config
 
-    adapter = Qwen25VL.from_config(qwen2_5_vl_config(spec.size), dtype=torch_dtype(spec.dtype), device=device)
-    if spec.encoder == "fast":
-        from spava.models.qwen2_5_vl.vision_fast import FastQwen25Vision
-
-        adapter.encode = FastQwen25Vision(adapter.hf.model.visual).encode
-    return adapter
+    return Qwen25VL.from_config(qwen2_5_vl_config(spec.size), dtype=torch_dtype(spec.dtype), device=device,
+                                vision_impl=spec.encoder)
 
 
 def _rank_flops(runner, inputs, case, adapter, world_size: int, rank: int) -> float:

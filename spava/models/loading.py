@@ -24,6 +24,8 @@ def build_adapter(model_config, parts: tuple[str, ...], device: str):
 
     dtype, target = torch_dtype(model_config.dtype), resolve_device(device)
     if model_config.path is not None:
-        return Qwen25VL.from_pretrained(model_config.path, dtype=dtype, device=target, parts=parts)
+        return Qwen25VL.from_pretrained(model_config.path, dtype=dtype, device=target, parts=parts,
+                                        vision_impl=model_config.vision_impl)
     config = qwen2_5_vl_config(model_config.size)
-    return Qwen25VL.from_config(config, dtype=dtype, device=target, seed=model_config.seed, parts=parts)
+    return Qwen25VL.from_config(config, dtype=dtype, device=target, seed=model_config.seed, parts=parts,
+                                vision_impl=model_config.vision_impl)

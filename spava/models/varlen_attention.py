@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

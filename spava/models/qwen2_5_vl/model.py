@@ -16,6 +16,7 @@ import torch
 from spava.models.decoder import DecoderModules
 
 PARTS = ("vision", "text")
+VISION_IMPLS = ("fast", "hf")  # spava's fused vision forward (same weights and numerics) or HF's own
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,17 @@ def load_hf_config(path: str | None, size: str):
 class Qwen25VL:
     """Adapter over an HF Qwen2.5-VL model (any size)."""
 
-    def __init__(self, hf_model, parts: tuple[str, ...] = PARTS):
+    def __init__(self, hf_model, parts: tuple[str, ...] = PARTS, vision_impl: str = "fast"):
         unknown = set(parts) - set(PARTS)
         if unknown or not parts:
             raise ValueError(f"parts must be a non-empty subset of {PARTS}, got {parts}")
+        if vision_impl not in VISION_IMPLS:
+            raise ValueError(f"model.vision_impl must be one of {VISION_IMPLS}, got {vision_impl!r}")
         self.hf = hf_model.eval()
         self.config = hf_model.config
         self.parts = tuple(parts)
+        self.vision_impl = vision_impl
+        self._fast_vision = None  # built on first use (it copies the MLP weights once)
         if "vision" not in parts:
             self.hf.model.visual = None
         if "text" not in parts:
@@ -74,7 +79,8 @@ class Qwen25VL:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.bfloat16,
-                        device: str | torch.device = "cpu", parts: tuple[str, ...] = PARTS) -> "Qwen25VL":
+                        device: str | torch.device = "cpu", parts: tuple[str, ...] = PARTS,
+                        vision_impl: str = "fast") -> "Qwen25VL":
         """Load a local HF directory (config.json + *.safetensors); nothing is downloaded."""
         from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -85,11 +91,11 @@ class Qwen25VL:
         hf_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             path, dtype=dtype, local_files_only=True, attn_implementation="sdpa"
         )
-        return cls(hf_model.to(device), parts)
+        return cls(hf_model.to(device), parts, vision_impl)
 
     @classmethod
     def from_config(cls, config, *, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-                    seed: int = 0, parts: tuple[str, ...] = PARTS) -> "Qwen25VL":
+                    seed: int = 0, parts: tuple[str, ...] = PARTS, vision_impl: str = "fast") -> "Qwen25VL":
         """Random weights for any size (speed does not depend on weight values)."""
         from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -97,7 +103,7 @@ class Qwen25VL:
         torch.manual_seed(seed)
         with torch.device(device):
             hf_model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
-        return cls(hf_model, parts)
+        return cls(hf_model, parts, vision_impl)
 
     @property
     def device(self) -> torch.device:
@@ -115,7 +121,13 @@ class Qwen25VL:
         if self.hf.model.visual is None:
             raise RuntimeError("this rank loaded the model without its vision part (parts excludes 'vision')")
         visual = self.hf.model.visual
-        return visual(pixel_rows.to(visual.dtype), grid_thw=grid_thw).pooler_output
+        if self.vision_impl == "hf":
+            return visual(pixel_rows.to(visual.dtype), grid_thw=grid_thw).pooler_output
+        if self._fast_vision is None:
+            from spava.models.qwen2_5_vl.vision_fast import FastQwen25Vision
+
+            self._fast_vision = FastQwen25Vision(visual)
+        return self._fast_vision.encode(pixel_rows, grid_thw)
 
     def decoder_modules(self) -> DecoderModules:
         text = self.hf.model.language_model
