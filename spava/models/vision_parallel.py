@@ -110,15 +110,28 @@ def plan_route_table(units, assignment, vision_positions: torch.Tensor, plans: t
     return RouteTable(send_rows, recv_positions)
 
 
-def encode_units(encode, pixel_values: torch.Tensor, units, assignment, rank: int, device, dtype) -> torch.Tensor | None:
-    """Run the encoder on the units assigned to `rank`: -> `[n_rows, hidden]`, or None if it has none."""
+def encode_units(encode, pixel_values: torch.Tensor, units, assignment, rank: int, device, dtype,
+                 progress=None) -> torch.Tensor | None:
+    """Run the encoder on the units assigned to `rank`: -> `[n_rows, hidden]`, or None if it has none.
+
+    With a `progress(done, total)` callback and many units, the units are encoded in 8 calls (exact:
+    temporal grids never attend to each other) so a bar can move on long videos.
+    """
     start, stop = assignment[rank]
     if stop <= start:
         return None
     mine = units[start:stop]
-    grid = torch.tensor([[1, u.grid_h, u.grid_w] for u in mine], dtype=torch.long, device=device)
-    rows = pixel_values[mine[0].patch_start: mine[-1].patch_stop].to(device)
-    return encode(rows, grid).to(dtype)
+    num_calls = 8 if progress is not None and len(mine) >= 32 else 1
+    step = -(-len(mine) // num_calls)
+    pieces = []
+    for first in range(0, len(mine), step):
+        batch = mine[first: first + step]
+        grid = torch.tensor([[1, u.grid_h, u.grid_w] for u in batch], dtype=torch.long, device=device)
+        rows = pixel_values[batch[0].patch_start: batch[-1].patch_stop].to(device)
+        pieces.append(encode(rows, grid).to(dtype))
+        if progress is not None:
+            progress(min(first + step, len(mine)), len(mine))
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def _local_index(plan: SequencePlan, positions: torch.Tensor) -> torch.Tensor:
@@ -129,7 +142,7 @@ def _local_index(plan: SequencePlan, positions: torch.Tensor) -> torch.Tensor:
 
 
 def encode_and_route(encode, pixel_values, units, assignment, table: RouteTable, hidden: torch.Tensor,
-                     comm: SPComm) -> None:
+                     comm: SPComm, progress=None) -> None:
     """Colocated: every rank encodes its units, one all-to-all delivers rows to the ranks holding them.
 
     Args:
@@ -137,7 +150,7 @@ def encode_and_route(encode, pixel_values, units, assignment, table: RouteTable,
         hidden: `[S, d]` this rank's input embeddings, filled in place at its vision positions.
     """
     rank, width = comm.rank, hidden.shape[1]
-    embeds = encode_units(encode, pixel_values, units, assignment, rank, hidden.device, hidden.dtype)
+    embeds = encode_units(encode, pixel_values, units, assignment, rank, hidden.device, hidden.dtype, progress)
     if embeds is None:
         embeds = hidden.new_empty((0, width))
     send_rows = table.send_rows[rank]

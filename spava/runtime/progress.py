@@ -6,7 +6,7 @@ import sys
 
 
 class LayerProgress:
-    """`callback(done, total)` per decoder layer; a bar appears for prefills of many layers."""
+    """`callback(done, total)` after each step; a bar appears when there are at least `min_total` steps."""
 
     def __init__(self, description: str, min_total: int = 8):
         self.description = description
@@ -20,7 +20,7 @@ class LayerProgress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=self.description, file=sys.stderr, leave=False)
-        self._bar.update(1)
+        self._bar.update(done - self._bar.n)
         if done >= total:
             self._bar.close()
             self._bar = None

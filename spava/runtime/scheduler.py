@@ -29,6 +29,7 @@ from spava.comm.messages import (
 )
 from spava.comm.transport import unlink_shared
 from spava.runtime.launch import free_port, worker_specs
+from spava.runtime.metrics import Metrics
 from spava.runtime.policy import admission_error, resolve_options, resolve_sampling
 from spava.runtime.state import Request, WorkerState
 
@@ -56,6 +57,7 @@ class Scheduler:
         self.is_healthy = True
         self.ready = threading.Event()
         self.startup_error: str | None = None
+        self.metrics = Metrics(config.runtime.metrics_port)
 
     # ----- lifecycle ----------------------------------------------------------------------------
 
@@ -76,6 +78,7 @@ class Scheduler:
                     continue
                 self._check_health()
                 self._dispatch()
+                self.metrics.update(self.queues, self.is_healthy)
         finally:
             self._shutdown()
 
@@ -273,6 +276,7 @@ class Scheduler:
         )
         self._forget(request)  # free shared memory before the client learns the request ended
         self._send(request.client, result)
+        self.metrics.finished("ok", "done", timings)
 
     def _fail(self, request: Request, stage: str, kind: str, message: str) -> None:
         if request.request_id not in self.requests:
@@ -283,6 +287,7 @@ class Scheduler:
                 queue.remove(request.request_id)
         self._forget(request)
         self._send(request.client, ErrorOutput(request.request_id, stage, kind, message))
+        self.metrics.finished(kind, stage, request.timings)
 
     def _forget(self, request: Request) -> None:
         for ref in request.refs:

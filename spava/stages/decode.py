@@ -32,6 +32,17 @@ def sampling_params(defaults, overrides: dict) -> SamplingParams:
         raise BadInputError(f"sampling: {error}") from None
 
 
+def _progress_bar(total: int, is_quiet: bool, min_total: int = 64):
+    """A tqdm bar on stderr for long generations (None when quiet or short)."""
+    if is_quiet or total < min_total:
+        return None
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="decode tokens", file=sys.stderr, leave=False)
+
+
 class DecodeWorker(Stage):
     name = "decode"
 
@@ -62,8 +73,12 @@ class DecodeWorker(Stage):
         params = sampling_params(self.defaults, task.sampling)
         is_decode_rank = result.state.plan.rank == result.state.plan.decode_rank
 
+        bar = _progress_bar(params.max_new_tokens, context.is_quiet or not is_decode_rank)
+
         def on_token(token_ids: list[int]) -> None:
             context.send(TokenOutput(task.request_id, token_ids, self.tokenizer.decode(token_ids)))
+            if bar is not None:
+                bar.update(len(token_ids))
 
         start = time.perf_counter()
         output = self.runner.decode_loop(
@@ -71,6 +86,8 @@ class DecodeWorker(Stage):
             eos_token_ids=tuple(t for t in self.eos_token_ids if t is not None), on_token=on_token,
             should_cancel=lambda: context.is_cancelled(task.request_id),
         )
+        if bar is not None:
+            bar.close()
         timings = {"prefill_s": result.seconds, "decode_s": time.perf_counter() - start}
         tokens = output.token_ids if is_decode_rank else []
         text = self.tokenizer.decode(tokens, skip_special_tokens=True) if is_decode_rank else ""

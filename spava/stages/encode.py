@@ -49,6 +49,13 @@ class VisionEncoder(Stage):
     def setup(self) -> None:
         self.adapter = build_adapter(self.model_config, ("vision",), self.context.device)
 
+    def _progress(self):
+        if self.context.is_quiet or self.context.rank != 0:
+            return None
+        from spava.runtime.progress import LayerProgress
+
+        return LayerProgress("encode grids")
+
     def process(self, task: ModelTaskReq) -> ModelTaskOutput:
         start = time.perf_counter()
         inputs = read_prompt_inputs(task.layout)
@@ -58,7 +65,7 @@ class VisionEncoder(Stage):
             units, assignment, table = route_for(self.method, inputs, placement, merge)
             rank = self.context.rank
             embeds = encode_units(self.adapter.encode, inputs.pixel_values, units, assignment, rank,
-                                  self.adapter.device, self.adapter.dtype)
+                                  self.adapter.device, self.adapter.dtype, self._progress())
             pending = Pending()
             for receiver, rows in enumerate(table.send_rows[rank]):
                 if rows.numel():

@@ -52,14 +52,16 @@ class PrefillWorker(Stage):
         feed = None if placement.is_colocated else self._remote_vision_feed
         self.runner = ModelRunner(adapter, get_method(self.config.attention), SPComm(self.context.group),
                                   mlp_chunk_size=self.config.mlp_chunk_size, vision_feed=feed,
-                                  progress=self._progress_callback())
+                                  progress=self._progress_callback("prefill layers"),
+                                  encode_progress=self._progress_callback("encode grids"))
 
-    def _progress_callback(self):
+    def _progress_callback(self, description: str):
+        """A progress bar on the first prefill rank only (one bar per request, not W)."""
         if self.context.is_quiet or self.context.rank != self.context.placement.num_encoders:
             return None
         from spava.runtime.progress import LayerProgress
 
-        return LayerProgress("prefill layers")
+        return LayerProgress(description)
 
     def _remote_vision_feed(self, inputs: PromptInputs, ctx, hidden: torch.Tensor) -> None:
         """Receive this rank's visual embedding rows from every encoder rank."""
