@@ -144,6 +144,7 @@ class RuntimeConfig:
     log_level: str = "INFO"
     metrics_port: Optional[int] = None
     shm_dir: str = "/dev/shm"
+    secret: Optional[str] = None  # CURVE-authenticate control sockets (else $SPAVA_SECRET); needed off-host
 
     def __post_init__(self) -> None:
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 
 from spava.bench.harness import BenchSpec
 from spava.bench.inputs import VideoCase

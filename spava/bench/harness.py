@@ -17,8 +17,7 @@ import torch.distributed as dist
 
 from spava.attention.config import AttentionConfig
 from spava.attention.registry import get_method
-from spava.bench.flops import llm_prefill_flops, vision_flops
-from spava.bench.inputs import VideoCase, make_inputs
+from spava.bench.inputs import VideoCase
 from spava.comm.collectives import SPComm
 from spava.models.runner import ModelRunner
 

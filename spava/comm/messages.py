@@ -119,7 +119,7 @@ class ReadyReq:
     rank: int
     pid: int
     device: str
-    secret: str = ""  # runtime shared secret, when configured
+    host: str = ""  # hostname of the worker's node (for lost-host reports)
 
 
 @dataclass

@@ -13,7 +13,6 @@ All functions here are pure; `encode_and_route` is the only one that runs the en
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -55,11 +55,13 @@ class LocalLauncher:
         command = [
             sys.executable, "-m", "spava.runtime.worker", "--role", spec.role, "--rank", str(spec.rank),
             "--worker-id", spec.worker_id, "--config", self.config_path, "--control", self.control_address,
-            "--dist-port", str(dist_port), "--secret", self.secret,
+            "--dist-port", str(dist_port),
         ]
         if self.is_quiet:
             command.append("--quiet")
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        if self.secret:  # through the environment, not the command line (visible in `ps`)
+            env["SPAVA_SECRET"] = self.secret
         stderr = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - owned by the child
         self.processes[spec.worker_id] = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
                                                           stdout=stderr, stderr=stderr)

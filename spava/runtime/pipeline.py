@@ -119,9 +119,11 @@ class Pipeline:
         return cls(config, **kwargs)
 
     @classmethod
-    def connect(cls, address: str, config: PipelineConfig | None = None) -> "Pipeline":
+    def connect(cls, address: str, config: PipelineConfig | None = None, *, secret: str | None = None) -> "Pipeline":
         """A client of a pipeline already served elsewhere (`spava launch`), at its control address."""
         pipeline = cls(config or load_config())
+        if secret is not None:
+            pipeline.config.runtime.secret = secret
         pipeline._connect_address = address
         return pipeline
 
@@ -145,8 +147,11 @@ class Pipeline:
         if address == "auto":
             address = f"ipc://{self._tmp}/control"
         self.control_address = address
-        launcher = LocalLauncher(config_path, address, is_quiet=self.is_quiet, log_path=self.log_path)
-        self.scheduler = Scheduler(self.config, address, launcher, config_hash=config_hash(self.config))
+        from spava.comm.security import resolve_secret
+
+        secret = resolve_secret(self.config.runtime.secret)
+        launcher = LocalLauncher(config_path, address, secret=secret, is_quiet=self.is_quiet, log_path=self.log_path)
+        self.scheduler = Scheduler(self.config, address, launcher, config_hash=config_hash(self.config), secret=secret)
         self.scheduler.start_workers()
         self._spawn(self.scheduler.run, self._stop)
         self.scheduler.ready.wait()
@@ -225,10 +230,13 @@ class Pipeline:
     # ----- client socket (one thread owns it) ---------------------------------------------------
 
     def _client_loop(self, address: str) -> None:
+        from spava.comm.security import resolve_secret, secure_client
+
         context = zmq.Context()
         socket = context.socket(zmq.DEALER)
         socket.setsockopt(zmq.IDENTITY, f"client-{uuid.uuid4().hex[:8]}".encode())
         socket.setsockopt(zmq.LINGER, 0)
+        secure_client(socket, resolve_secret(self.config.runtime.secret))
         socket.connect(address)
         try:
             while not self._stop.is_set():

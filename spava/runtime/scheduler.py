@@ -29,6 +29,7 @@ from spava.comm.messages import (
 )
 from spava.comm.transport import unlink_shared
 from spava.runtime.launch import free_port, worker_specs
+from spava.comm.security import secure_server
 from spava.runtime.metrics import Metrics
 from spava.runtime.policy import admission_error, resolve_options, resolve_sampling
 from spava.runtime.state import Request, WorkerState
@@ -47,6 +48,7 @@ class Scheduler:
         self.socket = self.zmq_context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.authenticator = secure_server(self.zmq_context, self.socket, secret)
         self.socket.bind(control_address)
         self.workers = {spec.worker_id: WorkerState(spec) for spec in worker_specs(config)}
         self.requests: dict[str, Request] = {}
@@ -100,6 +102,8 @@ class Scheduler:
         for request in list(self.requests.values()):
             self._fail(request, "scheduler", "internal", "the pipeline was shut down")
         self.socket.close()
+        if self.authenticator is not None:
+            self.authenticator.stop()
         self.zmq_context.term()
 
     # ----- messages -----------------------------------------------------------------------------
@@ -175,11 +179,12 @@ class Scheduler:
 
     def _on_ready(self, identity: bytes, message: ReadyReq) -> None:
         state = self.workers.get(message.worker_id)
-        if state is None or (self.secret and message.secret != self.secret):
+        if state is None or identity != message.worker_id.encode():
             logger.error("rejected a worker that is not part of this pipeline: %r", message.worker_id)
             return
         state.is_ready, state.device, state.last_seen = True, message.device, time.monotonic()
-        logger.info("worker %s ready (pid %d, %s)", message.worker_id, message.pid, message.device)
+        state.host = message.host
+        logger.info("worker %s ready on %s (pid %d, %s)", message.worker_id, message.host, message.pid, message.device)
 
     def _on_heartbeat(self, identity: bytes, message: HeartbeatReq) -> None:
         state = self.workers.get(message.worker_id)

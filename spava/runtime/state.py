@@ -54,6 +54,7 @@ class WorkerState:
     request_id: Optional[str] = None
     num_restarts: int = 0
     device: str = ""
+    host: str = ""
 
     @property
     def is_idle(self) -> bool:

@@ -16,6 +16,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import traceback
@@ -23,19 +24,21 @@ import traceback
 import zmq
 
 from spava.comm.messages import (
-    CancelReq, HeartbeatReq, LayoutTaskReq, MessageError, ModelTaskReq, ReadyReq, ShutdownReq, TaskError,
-    VideoTaskReq, decode_message, encode_message,
+    CancelReq, HeartbeatReq, MessageError, ModelTaskReq, ReadyReq, ShutdownReq, TaskError,
+    decode_message, encode_message,
 )
-from spava.stages.base import BadInputError, StageContext, load_stage_class
+from spava.comm.security import resolve_secret, secure_client
+from spava.stages.base import BadInputError, StageContext
 
 
 class WorkerChannel:
     """The worker's DEALER socket, with a backlog so cancellation checks can peek mid-task."""
 
-    def __init__(self, context: zmq.Context, address: str, worker_id: str, logger: logging.Logger):
+    def __init__(self, context: zmq.Context, address: str, worker_id: str, logger: logging.Logger, secret: str = ""):
         self.socket = context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IDENTITY, worker_id.encode())
         self.socket.setsockopt(zmq.LINGER, 1000)
+        secure_client(self.socket, secret)
         self.socket.connect(address)
         self.logger = logger
         self.backlog: collections.deque = collections.deque()
@@ -70,10 +73,11 @@ class WorkerChannel:
         return request_id in self.cancelled
 
 
-def _heartbeat_loop(context, address, worker_id, interval_s, stop: threading.Event, state: dict) -> None:
+def _heartbeat_loop(context, address, worker_id, interval_s, stop: threading.Event, state: dict, secret: str) -> None:
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.IDENTITY, f"{worker_id}#hb".encode())
     socket.setsockopt(zmq.LINGER, 0)
+    secure_client(socket, secret)
     socket.connect(address)
     while not stop.wait(interval_s):
         socket.send(encode_message(HeartbeatReq(worker_id, state.get("request_id"))))
@@ -99,7 +103,8 @@ class Worker:
         self.worker_id = args.worker_id
         self.logger = logging.getLogger(f"spava.{args.role}")
         self.zmq_context = zmq.Context()
-        self.channel = WorkerChannel(self.zmq_context, args.control, self.worker_id, self.logger)
+        self.secret = resolve_secret(config.runtime.secret)
+        self.channel = WorkerChannel(self.zmq_context, args.control, self.worker_id, self.logger, self.secret)
         self.state: dict = {}
         self.handlers = {}
 
@@ -121,11 +126,12 @@ class Worker:
         stop = threading.Event()
         interval = self.config.runtime.heartbeat_interval_s
         beat = threading.Thread(target=_heartbeat_loop, daemon=True,
-                                args=(self.zmq_context, self.args.control, self.worker_id, interval, stop, self.state))
+                                args=(self.zmq_context, self.args.control, self.worker_id, interval, stop, self.state,
+                                      self.secret))
         beat.start()
         device = self.build()
         self.channel.send(ReadyReq(self.worker_id, self.args.role, self.args.rank, os.getpid(), device,
-                                   self.args.secret))
+                                   host=socket.gethostname()))
         self.logger.info("ready on %s", device)
         try:
             self._loop()
@@ -176,7 +182,6 @@ def parse_args(argv=None):
     parser.add_argument("--config", required=True, help="resolved pipeline YAML")
     parser.add_argument("--control", required=True, help="scheduler ZMQ address")
     parser.add_argument("--dist-port", type=int, default=0)
-    parser.add_argument("--secret", default="")
     parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)
 

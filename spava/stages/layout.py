@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 
 from spava.comm.messages import LayoutTaskOutput, LayoutTaskReq
 from spava.comm.transport import read_shared, write_shared
