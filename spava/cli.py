@@ -74,7 +74,11 @@ def _run(args: argparse.Namespace) -> int:
 def _launch(args: argparse.Namespace) -> int:
     from spava.runtime.serve import serve
 
-    return serve(args.config, list(args.overrides))
+    try:
+        return serve(args)
+    except ValueError as error:
+        print(f"spava launch: {error}", file=sys.stderr)
+        return 2
 
 
 def _check_attention(args: argparse.Namespace) -> int:
@@ -101,8 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--connect", help="send the request to a pipeline served by `spava launch` at this address")
     run.set_defaults(handler=_run)
 
-    launch = commands.add_parser("launch", help="start a pipeline on this machine and serve requests")
+    launch = commands.add_parser("launch", help="start a pipeline (one node or several) and serve requests")
     _add_config_args(launch)
+    launch.add_argument("--hostfile", help="deepspeed-style hostfile: 'host slots=N' per line, head first")
+    launch.add_argument("--nnodes", type=int, help="number of nodes (torchrun style)")
+    launch.add_argument("--node-rank", type=int, help="this node's rank (0 = head)")
+    launch.add_argument("--master-addr", help="the head node's address (its interface to bind)")
+    launch.add_argument("--master-port", type=int, default=29600, help="control port; model ranks meet at +1")
+    launch.add_argument("--nproc-per-node", type=int, help="model ranks per node (default: split evenly)")
     launch.set_defaults(handler=_launch)
 
     commands.add_parser("bench", help="side-by-side time-to-first-token benchmark (see `spava bench --help`)")

@@ -7,7 +7,6 @@ many cases inside the workers. A worker's exception fails the test with that wor
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import time
 import traceback

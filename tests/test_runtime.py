@@ -11,7 +11,6 @@ import glob
 import os
 import time
 
-import numpy as np
 import pytest
 import zmq
 

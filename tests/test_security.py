@@ -36,3 +36,34 @@ def test_members_with_the_secret_are_admitted_and_strangers_refused():
     assert not _pair("s3cret", "wrong")
     assert not _pair("s3cret", "")  # plain socket against a CURVE server
     assert _pair("", "")  # no secret configured: plain sockets (loopback / ipc only)
+
+
+def test_data_server_streams_spava_files_only_to_members(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+    import torch
+
+    from spava.comm import data_server, transport
+    from spava.comm.data_server import DataServer, fetch_file
+    from spava.runtime.launch import free_port
+
+    monkeypatch.setattr(data_server, "CHUNK_BYTES", 1000)  # force several chunks
+    monkeypatch.setenv("SPAVA_SECRET", "member-key")
+    monkeypatch.setenv("SPAVA_NODE_NAME", "head")
+    ref = transport.write_shared(torch.arange(3000, dtype=torch.float32), str(tmp_path), "r1", "x")
+    (tmp_path / "private.txt").write_text("not for you")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    server = DataServer(address, str(tmp_path), "member-key")
+    try:
+        monkeypatch.setenv("SPAVA_NODE_NAME", "node1")
+        monkeypatch.setenv("SPAVA_DATA_ADDRESS", address)
+        assert torch.equal(transport.read_shared(ref), torch.arange(3000, dtype=torch.float32))
+        assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(ref.path), "private.txt"])
+        with pytest.raises(FileNotFoundError, match="not a spava shared tensor"):
+            fetch_file(address, str(tmp_path / "private.txt"), str(tmp_path))
+        monkeypatch.setenv("SPAVA_SECRET", "stranger")
+        with pytest.raises(TimeoutError):
+            fetch_file(address, ref.path, str(tmp_path), timeout_s=2)
+    finally:
+        server.close()

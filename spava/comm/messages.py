@@ -32,11 +32,16 @@ class MessageError(ValueError):
 
 @dataclass
 class TensorRef:
-    """A tensor in a shared-memory file: `path` (under runtime.shm_dir), shape and dtype name."""
+    """A tensor in a shared-memory file: `path` (under runtime.shm_dir), shape and dtype name.
+
+    `node` names the node whose tmpfs holds the file; other nodes fetch it from that node's data
+    server (spava.comm.data_server) before mapping it.
+    """
 
     path: str
     shape: list[int]
     dtype: str
+    node: str = ""
 
 
 # ----- client <-> scheduler -------------------------------------------------------------------

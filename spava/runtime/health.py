@@ -54,7 +54,14 @@ def _on_cpu_worker_died(scheduler, state, problem: str) -> None:
 
 
 def _on_model_rank_died(scheduler, state, problem: str) -> None:
-    _fail_current(scheduler, state, "model", problem)
+    _fail_current(scheduler, state, "model", f"on host {state.host or '?'} {problem}")
+    if not scheduler.can_restart_model_group():  # ranks on other nodes: their node is gone or cut off
+        lost = sorted({state.host or "?"} | {w.host or "?" for w in scheduler._model_workers()
+                                              if _worker_problem(scheduler, w)})
+        for worker in scheduler._model_workers():
+            worker.is_ready = False
+        _mark_unhealthy(scheduler, "model", f"lost host {', '.join(lost)} (model ranks there stopped answering)")
+        return
     if state.num_restarts < scheduler.runtime.max_worker_restarts:
         logger.warning("restarting the model group")
         scheduler.restart_model_group()
@@ -69,6 +76,7 @@ def _on_model_rank_died(scheduler, state, problem: str) -> None:
 
 def _mark_unhealthy(scheduler, stage: str, reason: str) -> None:
     scheduler.is_healthy = False
+    scheduler.health_detail = reason
     logger.error("pipeline unhealthy: %s", reason)
     for request in list(scheduler.requests.values()):
         if request.stage != "done":

@@ -31,6 +31,15 @@ class WorkerSpec:
     rank: int
 
 
+def local_specs(config, node_layout=None) -> list[WorkerSpec]:
+    """The workers this node runs: all of them on one machine; per `NodeLayout` across nodes."""
+    specs = worker_specs(config)
+    if node_layout is None:
+        return specs
+    ranks = set(node_layout.model_ranks(node_layout.node_rank))
+    return [s for s in specs if (s.role == "model" and s.rank in ranks) or (s.role != "model" and node_layout.is_head)]
+
+
 def worker_specs(config) -> list[WorkerSpec]:
     """Every worker the pipeline needs: video and layout workers, then the model ranks."""
     specs = [WorkerSpec(f"video-{i}", "video", i) for i in range(config.video.num_workers)]
@@ -67,6 +76,10 @@ class LocalLauncher:
                                                           stdout=stderr, stderr=stderr)
         if stderr is not None:
             stderr.close()
+
+    def is_local(self, worker_id: str) -> bool:
+        """Whether this launcher started (and can restart) the worker; others run on other nodes."""
+        return worker_id in self.processes
 
     def exit_code(self, worker_id: str) -> int | None:
         """None while running; the exit code once the process ended."""

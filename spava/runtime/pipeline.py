@@ -97,8 +97,12 @@ def _video_message(video: Any, request_id: str, shm_dir: str) -> dict:
 class Pipeline:
     """Runs a YAML-defined spava pipeline; see the module docstring."""
 
-    def __init__(self, config: PipelineConfig, *, is_quiet: bool = False, log_path: str | None = None):
+    def __init__(self, config: PipelineConfig, *, is_quiet: bool = False, log_path: str | None = None,
+                 node_layout=None):
+        """`node_layout` (spava.runtime.nodes.NodeLayout): this process is the head node of a multi-node
+        pipeline and starts only the head's workers; the other nodes run `spava launch --node-rank R`."""
         self.config = config
+        self.node_layout = node_layout
         self.is_quiet = is_quiet
         self.log_path = log_path
         self._outbox: queue.Queue = queue.Queue()
@@ -107,6 +111,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._tmp: str | None = None
         self._connect_address: str | None = None
+        self._data_server = None
         self.control_address: str | None = None
         self.scheduler = None
 
@@ -152,7 +157,14 @@ class Pipeline:
         secret = resolve_secret(self.config.runtime.secret)
         launcher = LocalLauncher(config_path, address, secret=secret, is_quiet=self.is_quiet, log_path=self.log_path)
         self.scheduler = Scheduler(self.config, address, launcher, config_hash=config_hash(self.config), secret=secret)
-        self.scheduler.start_workers()
+        from spava.runtime.launch import local_specs
+
+        local = local_specs(self.config, self.node_layout) if self.node_layout is not None else None
+        self.scheduler.start_workers({spec.worker_id for spec in local} if local is not None else None)
+        if self.node_layout is not None:
+            from spava.comm.data_server import DataServer
+
+            self._data_server = DataServer(self.node_layout.data_address, self.config.runtime.shm_dir, secret)
         self._spawn(self.scheduler.run, self._stop)
         self.scheduler.ready.wait()
         if self.scheduler.startup_error:
@@ -173,6 +185,9 @@ class Pipeline:
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
+        if self._data_server is not None:
+            self._data_server.close()
+            self._data_server = None
         for handle in list(self._pending.values()):
             if not handle.done():
                 handle.set_exception(RequestError(handle.request_id, "scheduler", "internal", "pipeline closed"))

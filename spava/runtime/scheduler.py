@@ -57,16 +57,19 @@ class Scheduler:
         self.model_since = 0.0
         self.model_seq = 0
         self.is_healthy = True
+        self.health_detail = ""
         self.ready = threading.Event()
         self.startup_error: str | None = None
         self.metrics = Metrics(config.runtime.metrics_port)
 
     # ----- lifecycle ----------------------------------------------------------------------------
 
-    def start_workers(self) -> None:
-        port = free_port(self.runtime.dist_address)
+    def start_workers(self, local_ids: set[str] | None = None) -> None:
+        """Start this node's workers (all by default); the others connect from their own nodes."""
+        port = self.runtime.dist_port or free_port(self.runtime.dist_address)
         for state in self.workers.values():
-            self.launcher.start(state.spec, dist_port=port)
+            if local_ids is None or state.spec.worker_id in local_ids:
+                self.launcher.start(state.spec, dist_port=port)
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set or a ShutdownReq arrives."""
@@ -172,7 +175,8 @@ class Scheduler:
         workers = {wid: ("busy" if w.request_id else "idle") if w.is_ready else "starting"
                    for wid, w in self.workers.items()}
         queued = {stage: len(queue) for stage, queue in self.queues.items()}
-        self._send(identity, StatusOutput(message.request_id, self.is_healthy, workers, queued, len(self.requests)))
+        self._send(identity, StatusOutput(message.request_id, self.is_healthy, workers, queued, len(self.requests),
+                                          self.health_detail))
 
     def _on_shutdown(self, identity: bytes, message: ShutdownReq) -> None:
         raise SystemExit(0)
@@ -353,6 +357,9 @@ class Scheduler:
 
         check_workers(self)
         check_deadlines(self)
+
+    def can_restart_model_group(self) -> bool:
+        return all(self.launcher.is_local(w.spec.worker_id) for w in self._model_workers())
 
     def restart_model_group(self) -> None:
         """Kill every model rank and start a fresh group (new rendezvous port)."""

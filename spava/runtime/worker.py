@@ -131,7 +131,7 @@ class Worker:
         beat.start()
         device = self.build()
         self.channel.send(ReadyReq(self.worker_id, self.args.role, self.args.rank, os.getpid(), device,
-                                   host=socket.gethostname()))
+                                   host=os.environ.get("SPAVA_NODE_NAME") or socket.gethostname()))
         self.logger.info("ready on %s", device)
         try:
             self._loop()
