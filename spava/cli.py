@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("bench", help="side-by-side time-to-first-token benchmark (see `spava bench --help`)")
 
+    from spava.eval.cli import add_eval_parser
+
+    add_eval_parser(commands)
+
     check = commands.add_parser(
         "check-attention", help="run every sequence-parallel attention method on CPU ranks and compare with full"
     )

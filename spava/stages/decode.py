@@ -46,8 +46,10 @@ def _progress_bar(total: int, is_quiet: bool, min_total: int = 64):
 class DecodeWorker(Stage):
     name = "decode"
 
-    def __init__(self, context: StageContext, decode_config, tokenizer_path: str | None, eos_token_ids=()):
+    def __init__(self, context: StageContext, decode_config, tokenizer_path: str | None, eos_token_ids=(),
+                 family: str = "qwen2_5_vl"):
         self.context = context
+        self.family = family
         self.defaults = decode_config
         self.tokenizer_path = tokenizer_path
         self.eos_token_ids = tuple(eos_token_ids)
@@ -56,9 +58,14 @@ class DecodeWorker(Stage):
 
     @classmethod
     def from_config(cls, config, context: StageContext) -> "DecodeWorker":
-        return cls(context, config.decode, config.model.tokenizer or config.model.path)
+        return cls(context, config.decode, config.model.tokenizer or config.model.path, family=config.model.family)
 
     def setup(self) -> None:
+        if self.family == "text":
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path, local_files_only=True)
+            return
         from spava.models.qwen2_5_vl.prompt import load_qwen_tokenizer
 
         self.tokenizer = load_qwen_tokenizer(self.tokenizer_path)
@@ -67,6 +74,8 @@ class DecodeWorker(Stage):
 
     def bind(self, runner) -> None:
         self.runner = runner
+        if not self.eos_token_ids and hasattr(runner.adapter, "eos_token_ids"):
+            self.eos_token_ids = tuple(runner.adapter.eos_token_ids())
 
     def process(self, result: PrefillResult) -> ModelTaskOutput:
         task, context = result.task, self.context

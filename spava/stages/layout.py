@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 
 
+import torch
+
 from spava.comm.messages import LayoutTaskOutput, LayoutTaskReq
 from spava.comm.transport import read_shared, write_shared
 from spava.stages.base import BadInputError, Stage, StageContext
@@ -20,8 +22,9 @@ class LayoutPlanner(Stage):
     name = "layout"
 
     def __init__(self, context: StageContext, tokenizer_path: str | None, model_path: str | None, model_size: str,
-                 system_prompt: str, max_prompt_tokens: int):
+                 system_prompt: str, max_prompt_tokens: int, family: str = "qwen2_5_vl"):
         self.context = context
+        self.family = family
         self.tokenizer_path = tokenizer_path
         self.model_path = model_path
         self.model_size = model_size
@@ -34,9 +37,14 @@ class LayoutPlanner(Stage):
     def from_config(cls, config, context: StageContext) -> "LayoutPlanner":
         model = config.model
         return cls(context, model.tokenizer or model.path, model.path, model.size, config.layout.system_prompt,
-                   config.layout.max_prompt_tokens)
+                   config.layout.max_prompt_tokens, model.family)
 
     def setup(self) -> None:
+        if self.family == "text":
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path, local_files_only=True)
+            return
         from spava.models.qwen2_5_vl.model import load_hf_config, vision_token_ids
         from spava.models.qwen2_5_vl.prompt import load_qwen_tokenizer
 
@@ -59,6 +67,8 @@ class LayoutPlanner(Stage):
         start = time.perf_counter()
         if not task.prompt.strip():
             raise BadInputError("the prompt is empty; ask a question about the video")
+        if self.family == "text":
+            return self._process_text(task, start)
         pixel_values, grid = self._pixels(task)
         if task.document is not None and grid is None:
             prompt = build_document_prompt(self.tokenizer, task.document, task.prompt, self.system_prompt)
@@ -77,6 +87,24 @@ class LayoutPlanner(Stage):
             second_per_grid_ts=[task.second_per_grid] if grid else None,
         )
         return self._write(task.request_id, inputs, grid, time.perf_counter() - start)
+
+    def _process_text(self, task: LayoutTaskReq, start: float) -> LayoutTaskOutput:
+        """Text-family models: the document is the context the prefill splits, the question the query."""
+        from spava.models.text_lm import build_text_inputs
+
+        if task.frames is not None:
+            raise BadInputError("model.family=text answers questions about documents, not videos; pass document=")
+        if not task.document:
+            raise BadInputError("a text model needs a document to ask about (document=... / --document FILE)")
+        try:
+            inputs, _ = build_text_inputs(self.tokenizer, task.document, task.prompt)
+        except ValueError as error:
+            raise BadInputError(str(error)) from None
+        if inputs.num_tokens > self.max_prompt_tokens:
+            raise BadInputError(f"the prompt has {inputs.num_tokens} tokens, over layout.max_prompt_tokens="
+                                f"{self.max_prompt_tokens}; shorten the document")
+        inputs.vision_positions = torch.empty(0, dtype=torch.long)
+        return self._write(task.request_id, inputs, None, time.perf_counter() - start)
 
     def _write(self, request_id: str, inputs, grid, seconds: float) -> LayoutTaskOutput:
         shm = self.context.shm_dir
