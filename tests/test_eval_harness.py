@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from _text_helpers import CharTokenizer
 from spava.eval.videobench import (
     ANSWER_INSTRUCTION, build_mcq_prompt, evaluate, frames_answerer, load_longvideobench, load_vnbench,
     paper_frame_sampling, parse_option_letter, read_annotations, run_benchmark,
@@ -158,22 +159,6 @@ def test_frames_answerer_samples_64_frames_uniformly(tmp_path):
     expected = plan_frame_sampling(200, 25.0, paper_frame_sampling()).indices
     assert len(expected) == 64 and expected[0] == 0 and expected[-1] == 199
     assert seen["indices"] == list(expected)
-
-
-class CharTokenizer:
-    """Character-level tokenizer with a ChatML-like template (stands in for SmolLM2's)."""
-
-    chat_template = "chatml"
-
-    def __call__(self, text, add_special_tokens=True):
-        return {"input_ids": ([1] if add_special_tokens else []) + [ord(c) for c in text]}
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
-        text = "".join(f"<s>user\n{m['content']}</s>\n" for m in messages)
-        return text + ("<s>assistant\n" if add_generation_prompt else "")
-
-    def decode(self, ids, skip_special_tokens=False):
-        return "".join(chr(i) for i in ids)
 
 
 def test_passkey_case_fits_the_length_and_places_the_needle():

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from _dist import run_distributed
+from _text_helpers import CharTokenizer
 from spava.attention.config import AttentionConfig
 from spava.attention.registry import get_method
 from spava.comm.collectives import SPComm
@@ -117,19 +118,6 @@ def test_sliding_window_models_are_refused():
     config.layer_types = ["sliding_attention"] * config.num_hidden_layers
     with pytest.raises(ValueError, match="sliding-window"):
         TextLM.from_config(config, dtype=torch.float64)
-
-
-class CharTokenizer:
-    """A character-level tokenizer with a ChatML-like template (enough for `build_text_inputs`)."""
-
-    chat_template = "chatml"
-
-    def __call__(self, text, add_special_tokens=True):
-        return {"input_ids": ([1] if add_special_tokens else []) + [ord(c) for c in text]}
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
-        text = "".join(f"<s>user\n{m['content']}</s>\n" for m in messages)
-        return text + ("<s>assistant\n" if add_generation_prompt else "")
 
 
 @pytest.mark.parametrize("use_chat_template", [True, False])

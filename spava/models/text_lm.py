@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from spava.models.adapter import HFAdapter, common_prefix_length
 from spava.models.decoder import DecoderModules
 from spava.models.runner import PromptInputs
 
@@ -25,7 +26,7 @@ from spava.models.runner import PromptInputs
 _CACHE_DONE = "spava_gguf_source.txt"
 
 
-class TextLM:
+class TextLM(HFAdapter):
     """Adapter over an HF decoder-only causal LM with Llama / Qwen2-style layers.
 
     Args:
@@ -82,14 +83,6 @@ class TextLM:
             # The cache is float32 whatever `dtype` asks now, so later loads at any dtype lose nothing.
             convert_gguf(gguf_path, cache_dir, torch.float32)
         return cls.from_pretrained(cache_dir, dtype=dtype, device=device)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.hf.parameters()).dtype
 
     def eos_token_ids(self) -> tuple[int, ...]:
         """Stop ids: the generation config's eos ids, else the model config's (GGUF tokenizers may
@@ -168,14 +161,6 @@ def convert_gguf(gguf_path: Path, cache_dir: Path, dtype: torch.dtype) -> None:
     (cache_dir / _CACHE_DONE).write_text(_cache_stamp(gguf_path))
 
 
-def _common_prefix_length(first: list[int], second: list[int]) -> int:
-    length = 0
-    for a, b in zip(first, second):
-        if a != b:
-            break
-        length += 1
-    return length
-
 
 def render_prompt(tokenizer, document: str, question: str, *, use_chat_template: bool = True,
                   separator: str = "\n\n") -> tuple[str, str]:
@@ -212,7 +197,7 @@ def build_text_inputs(tokenizer, document: str, question: str, *, use_chat_templ
     add_special = not use_chat_template
     input_ids = list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
     context_ids = list(tokenizer(context_text, add_special_tokens=add_special)["input_ids"])
-    num_context = _common_prefix_length(context_ids, input_ids)
+    num_context = common_prefix_length(context_ids, input_ids)
     if num_context in (0, len(input_ids)):
         raise ValueError("the prompt has an empty document or an empty question; give both")
     ids = torch.tensor(input_ids, dtype=torch.long)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from spava.models.adapter import HFAdapter
 from spava.models.decoder import DecoderModules
 
 PARTS = ("vision", "text")
@@ -57,7 +58,7 @@ def load_hf_config(path: str | None, size: str):
     return Qwen2_5_VLConfig.from_pretrained(path, local_files_only=True)
 
 
-class Qwen25VL:
+class Qwen25VL(HFAdapter):
     """Adapter over an HF Qwen2.5-VL model (any size)."""
 
     def __init__(self, hf_model, parts: tuple[str, ...] = PARTS, vision_impl: str = "fast"):
@@ -104,14 +105,6 @@ class Qwen25VL:
         with torch.device(device):
             hf_model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
         return cls(hf_model, parts, vision_impl)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.hf.parameters()).dtype
 
     def token_ids(self) -> VisionTokenIds:
         return vision_token_ids(self.config)

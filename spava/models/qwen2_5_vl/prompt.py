@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from spava.models.adapter import common_prefix_length
+
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 IM_START = "<|im_start|>"
@@ -151,14 +153,6 @@ def _as_single_grid(grid_thw: torch.Tensor | Sequence[int], merge_size: int) -> 
     return grid_t * (grid_h // merge_size) * (grid_w // merge_size)
 
 
-def _common_prefix_length(first: list[int], second: list[int]) -> int:
-    length = 0
-    for a, b in zip(first, second):
-        if a != b:
-            break
-        length += 1
-    return length
-
 
 def _build_text_prompt(tokenizer, header: str, question_and_suffix: str) -> ChatPrompt:
     """A prompt without vision. The query starts at the first token not fully inside the header.
@@ -167,7 +161,7 @@ def _build_text_prompt(tokenizer, header: str, question_and_suffix: str) -> Chat
     Such a token then counts as query.
     """
     input_ids = _encode(tokenizer, header + question_and_suffix)
-    num_prefix = _common_prefix_length(_encode(tokenizer, header), input_ids)
+    num_prefix = common_prefix_length(_encode(tokenizer, header), input_ids)
     return ChatPrompt(torch.tensor(input_ids, dtype=torch.int64), num_prefix, 0, len(input_ids) - num_prefix)
 
 
