@@ -59,7 +59,11 @@ def _launch(host, node_rank: int, hostfile: str) -> subprocess.Popen:
 def _client(host, mode: str, secret: str = SECRET, timeout: float = 200) -> dict:
     command = [sys.executable, "tests/_netns_client.py", f"tcp://{HEAD[2]}:{PORT}", secret, mode]
     process = _in_host(host, command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    output, _ = process.communicate(timeout=timeout)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop(process, signal.SIGKILL)
+        raise
     return json.loads(output.strip().splitlines()[-1])
 
 

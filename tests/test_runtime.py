@@ -25,6 +25,7 @@ OVERRIDES = [
     "stages.layout=spava.testing.faults:FaultyLayout",
     "stages.prefill=spava.testing.faults:FaultyPrefill",
     "runtime.heartbeat_timeout_s=4",
+    "runtime.request_timeout_s=120",  # a stuck request fails the test instead of hanging it
     "runtime.log_level=WARNING",
     "layout.max_visual_tokens=5000",
     "decode.max_new_tokens=4",

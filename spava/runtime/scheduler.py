@@ -48,6 +48,9 @@ class Scheduler:
         self.socket = self.zmq_context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # a restarted worker reconnects under its old identity, possibly before the dead peer's
+        # connection is dropped: hand the identity over to the new connection instead of refusing it
+        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.authenticator = secure_server(self.zmq_context, self.socket, secret)
         self.socket.bind(control_address)
         self.workers = {spec.worker_id: WorkerState(spec) for spec in worker_specs(config)}
