@@ -14,7 +14,7 @@ from spava.bench.harness import (
     matmul_tflops, measure, profile_once,
 )
 from spava.bench.inputs import make_inputs
-from spava.comm.collectives import SPComm
+from spava.comm.collectives import SPComm, end_spawned_rank
 from spava.models.vision_parallel import assign_units, plan_vision_units
 
 
@@ -117,7 +117,6 @@ def bench_rank(rank: int, world_size: int, spec: BenchSpec, init_method: str, ou
         for entry in _case_entries(spec, adapter, case, device, timer, rate, groups, rank):
             if handle:
                 _record(handle, entry)
-    dist.barrier()
     if handle:
         handle.close()
-    dist.destroy_process_group()
+    end_spawned_rank()

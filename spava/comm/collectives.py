@@ -160,3 +160,19 @@ def new_group(ranks: list[int]) -> dist.ProcessGroup | None:
 def destroy_world() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def end_spawned_rank() -> None:
+    """Successful end of a spawned rank: barrier, leave the group, exit without interpreter teardown.
+
+    gloo's background threads can abort the process while Python tears down ("terminate called
+    without an active exception"), which would turn a finished run into a crashed one.
+    """
+    import os
+    import sys
+
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -32,7 +32,7 @@ import torch.multiprocessing as mp
 
 from spava.attention.config import AttentionConfig, num_selected, resolve_passing_len
 from spava.attention.registry import get_method
-from spava.comm.collectives import SPComm
+from spava.comm.collectives import SPComm, end_spawned_rank
 from spava.models.generation import SamplingParams
 from spava.models.runner import ModelRunner, PromptInputs
 from spava.models.text_lm import TextLM, build_text_inputs
@@ -196,17 +196,15 @@ def _rank_main(rank: int, world_size: int, init_file: str, spec: FidelitySpec, m
     """One rank: run every (method, case) and save the decode rank's results to `result_dir`."""
     torch.set_num_threads(spec.num_threads)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        model = TextLM.from_pretrained(spec.model_dir, load_tokenizer=False)
-        for method in methods:
-            runner = ModelRunner(model, get_method(spec.attention_config(method)), SPComm())
-            for case in cases:
-                result = _run_case(runner, case, spec, model.eos_token_ids())
-                if result is not None:
-                    torch.save(result, os.path.join(result_dir, f"{method}_W{world_size}_{case.name}.pt"))
-                    print(f"  {method:>6} W={world_size} {case.name:<22} {result['seconds']:6.1f} s", flush=True)
-    finally:
-        dist.destroy_process_group()
+    model = TextLM.from_pretrained(spec.model_dir, load_tokenizer=False)
+    for method in methods:
+        runner = ModelRunner(model, get_method(spec.attention_config(method)), SPComm())
+        for case in cases:
+            result = _run_case(runner, case, spec, model.eos_token_ids())
+            if result is not None:
+                torch.save(result, os.path.join(result_dir, f"{method}_W{world_size}_{case.name}.pt"))
+                print(f"  {method:>6} W={world_size} {case.name:<22} {result['seconds']:6.1f} s", flush=True)
+    end_spawned_rank()
 
 
 def run_configs(spec: FidelitySpec, world_size: int, methods, cases, result_dir: str) -> float:

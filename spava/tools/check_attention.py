@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from spava.attention.backend import get_backend
 from spava.attention.config import AttentionConfig
 from spava.attention.registry import available_methods, get_method
-from spava.comm.collectives import SPComm
+from spava.comm.collectives import SPComm, end_spawned_rank
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def _worker(rank: int, spec: CheckSpec, init_file: str, result_dir: str) -> None
         lines.append(f"{name} {context_error} {query_error} {elapsed}")
     with open(os.path.join(result_dir, f"rank{rank}"), "w") as handle:
         handle.write("\n".join(lines))
-    dist.destroy_process_group()
+    end_spawned_rank()
 
 
 def run_check(spec: CheckSpec) -> list[tuple[str, float, float, float]]:
