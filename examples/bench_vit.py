@@ -368,18 +368,21 @@ def run(args) -> list[dict]:
         if args.json:
             with open(args.json, "w") as handle:
                 json.dump({"args": vars(args), "rates": rates, "results": results}, handle, indent=1)
-    if world_size > 1:
+    if world_size > 1 and "SPAVA_SPAWNED_RANK" not in os.environ:  # torchrun: plain teardown
         dist.destroy_process_group()
     return results
 
 
 def _spawned(rank: int, argv: list[str], world_size: int, port: int) -> None:
+    from spava.comm.collectives import end_spawned_rank
+
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), SPAVA_SPAWNED_RANK="1")
     args = parse_args(argv)
     if args.device == "cpu":  # ranks share the cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     run(args)
+    end_spawned_rank()  # barrier, leave the group, exit without teardown (gloo threads can abort at exit)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -76,8 +76,8 @@ def test_every_method_over_nccl_matches_dense_attention():
 def _nccl_entry(rank, world_size, port):
     import torch.distributed as dist
 
+    from spava.comm.collectives import end_spawned_rank
+
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        _methods_over_nccl(rank, world_size)
-    finally:
-        dist.destroy_process_group()
+    _methods_over_nccl(rank, world_size)
+    end_spawned_rank()
