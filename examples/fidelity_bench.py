@@ -24,6 +24,7 @@ from spava.eval.fidelity import DEFAULT_DEPTHS, FidelitySpec, format_markdown, r
 from spava.eval.smollm2 import DEFAULT_CACHE_DIR, GGUF_NAME, load_smollm2
 
 QUICK_DEPTHS = (0.0, 0.5, 1.0)
+SMOKE_DEPTHS = (0.5,)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--text-cuts", type=int, default=2, help="natural-text windows per length (KL cases)")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: depths {QUICK_DEPTHS} and 1 text window per length (about half the time)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few minutes on 2 cores: spava vs full only, depth 0.5 and 1 text window per length")
     parser.add_argument("--round-to", type=int, default=None,
                         help="override the methods' round_to (default: keep theirs, 128 as in the paper)")
     parser.add_argument("--threads-per-rank", type=int, default=1,
@@ -98,6 +101,8 @@ def main(argv=None) -> None:
     model = load_smollm2(args.cache_dir)  # converts the GGUF once, before any rank starts
     del model
     depths, text_cuts = (QUICK_DEPTHS, 1) if args.quick else (tuple(args.depths), args.text_cuts)
+    if args.smoke:
+        depths, text_cuts, args.methods = SMOKE_DEPTHS, 1, ["spava"]
     spec = FidelitySpec(model_dir=os.path.expanduser(args.cache_dir), lengths=tuple(args.lengths),
                         depths=depths, world_sizes=tuple(args.world_sizes), methods=tuple(args.methods),
                         num_text_cuts=text_cuts, round_to=args.round_to,
