@@ -15,7 +15,6 @@ import tempfile
 import threading
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,21 +35,13 @@ class RequestError(RuntimeError):
         self.request_id, self.stage, self.kind = request_id, stage, kind
 
 
-@dataclass
-class RunResult:
-    """The answer to one request, with where the time went."""
+class RunResult(ResultOutput):
+    """The answer to one request, with where the time went.
 
-    request_id: str
-    text: str
-    token_ids: list[int]
-    finish_reason: str
-    timings: dict[str, float]
-    num_visual_tokens: int
-    num_prompt_tokens: int
-    num_frames: int
-    method: str
-    world_size: int
-    config_hash: str
+    Fields (from the wire message `ResultOutput`): request_id, token_ids, text, finish_reason, timings
+    (seconds per stage and queue), num_visual_tokens, num_prompt_tokens, num_frames, method,
+    world_size, config_hash.
+    """
 
 
 class RequestHandle(Future):
@@ -284,6 +275,6 @@ class Pipeline:
         if isinstance(message, ErrorOutput):
             handle.set_exception(RequestError(message.request_id, message.stage, message.kind, message.message))
         elif isinstance(message, ResultOutput):
-            handle.set_result(RunResult(**{f: getattr(message, f) for f in RunResult.__dataclass_fields__}))
+            handle.set_result(RunResult(**vars(message)))
         elif isinstance(message, StatusOutput):
             handle.set_result(message)
