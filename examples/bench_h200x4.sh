@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The recorded GPU run of BENCHMARKS.md (nvidia-h200-x4): GPU tests, then the side-by-side TTFT
-# benchmark of Qwen2.5-VL-7B at 1440p (64 frames, all methods; 256 frames, spava), into $OUT.
+# The recorded GPU run of BENCHMARKS.md (nvidia-h200-x4), into $OUT: GPU tests (attention backends,
+# every method over NCCL, the Triton kernels), the kernel micro-benchmark, then the side-by-side TTFT
+# benchmark of Qwen2.5-VL-7B: 360p / 720p / 1440p at 64 frames on W = 2 and 4 (all methods), and
+# 1440p at 256 frames (spava).
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/kernels${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-bench_out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpus.txt"
-timeout 100 python3 -m pytest tests/test_gpu.py -q -x -k "torch_cuda or nccl" -p no:cacheprovider 2>&1 \
-  | tail -15 | tee "$OUT/gpu_tests.txt"
-timeout 330 python3 -m spava.cli bench --size 7b --resolutions 1440 --frames 64 --world-sizes 4 \
-  --methods spava zigzag_ring apb full hf ulysses star --encoder fast --repeats 3 --warmup 1 \
-  --out "$OUT/b64" 2>&1 | grep -v -i warn | tail -30
-timeout 150 python3 -m spava.cli bench --size 7b --resolutions 1440 --frames 256 --world-sizes 4 \
-  --methods spava --encoder fast --repeats 1 --warmup 0 --out "$OUT/b256" 2>&1 | grep -v -i warn | tail -8
+timeout 150 python3 -m pytest tests/test_gpu.py tests/test_kernels.py -q -x -m gpu -k "torch_cuda or nccl or kernel or merge or pack or score" \
+  -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
+timeout 60 python3 examples/bench_kernels.py --json "$OUT/kernels.json" 2>&1 | tail -12
+timeout 420 python3 -m spava.cli bench --size 7b --resolutions 1440 720 360 --frames 64 --world-sizes 4 2 \
+  --methods spava apb zigzag_ring ulysses star full --encoder fast --repeats 3 --warmup 1 \
+  --out "$OUT/b64" 2>&1 | grep -v -i -E "warn|USDT" | tail -40
+timeout 120 python3 -m spava.cli bench --size 7b --resolutions 1440 --frames 256 --world-sizes 4 \
+  --methods spava --encoder fast --repeats 1 --warmup 1 --out "$OUT/b256" 2>&1 | grep -v -i -E "warn|USDT" | tail -4

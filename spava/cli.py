@@ -1,4 +1,4 @@
-"""The `spava` command line: run, launch, bench, check-attention."""
+"""The `spava` command line: run, launch, bench, bench-stream, eval, check-attention."""
 
 from __future__ import annotations
 
@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     launch.set_defaults(handler=_launch)
 
     commands.add_parser("bench", help="side-by-side time-to-first-token benchmark (see `spava bench --help`)")
+    commands.add_parser("bench-stream", help="requests/s and TTFT of a request stream per GPU layout "
+                                             "(see `spava bench-stream --help`)")
 
     from spava.eval.cli import add_eval_parser
 
@@ -137,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         from spava.bench.cli import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["bench-stream"]:  # so does `spava bench-stream`
+        from spava.bench.stream import main as stream_main
+
+        return stream_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.handler(args)
 

@@ -64,6 +64,6 @@ class APBAttention(AttentionMethod):
             exchange.wait(0)
             pieces.append((*exchange.passing(0, plan.rank), False))
         rows = slice(chunk_start, chunk_stop)
-        out[rows] = attend_pieces(ctx.backend, q[rows], pieces, ctx.scale)[0]
+        attend_pieces(ctx.backend, q[rows], pieces, ctx.scale, out=out[rows])
         finish_query_rows(out, partial, plan)
         return out

@@ -11,7 +11,7 @@ import torch
 
 from spava.attention.base import AttnContext
 from spava.attention.exact import DistributedPartial, owned_pieces
-from spava.attention.scoring import get_scorer, pool_scores, select_into
+from spava.attention.scoring import get_scorer, pool_scores
 from spava.plan.sequence import SequencePlan
 
 
@@ -49,8 +49,18 @@ def causal_rows(out, q, k, v, ctx: AttnContext, start: int, stop: int) -> None:
 
 
 def select_chunk(scorer_name, window, q_query, k, v, start, stop, num_select, send_k, send_v) -> None:
-    """Score local keys [start, stop) against the query, pool within the range, keep the top ones."""
+    """Score local keys [start, stop) against the query, pool within the range, keep the top ones.
+
+    The default scorer runs as one fused score + max-pool kernel and one K/V packing kernel on CUDA
+    (`spava_kernels`; torch references elsewhere, identical results).
+    """
     if num_select == 0:
         return
-    scores = get_scorer(scorer_name)(q_query, k[start:stop])
-    select_into(pool_scores(scores, window), num_select, k[start:stop], v[start:stop], send_k, send_v)
+    from spava_kernels.dispatch import score_and_pool, select_into
+
+    keys, values = k[start:stop], v[start:stop]
+    if scorer_name == "query_aware":
+        pooled = score_and_pool(q_query, keys, window)
+    else:
+        pooled = pool_scores(get_scorer(scorer_name)(q_query, keys), window)
+    select_into(pooled, num_select, keys, values, send_k, send_v)

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from spava.attention.merge import merge_partials_, start_accumulator
+from spava.attention.merge import accumulator_dtype, merge_two_into
 
 KernelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool, float], tuple[torch.Tensor, torch.Tensor]]
 
@@ -139,9 +139,10 @@ class AttentionBackend:
             out, lse = self.kernel(q, k, v, is_causal, scale)
             return out, lse.float() if lse.dtype != torch.float64 else lse
         prefix = num_k - num_q
-        out, lse = start_accumulator(*self.kernel(q, k[:prefix], v[:prefix], False, scale))
-        merge_partials_(out, lse, *self.kernel(q, k[prefix:], v[prefix:], True, scale))
-        return out.to(q.dtype), lse
+        out = torch.empty_like(q)
+        lse = merge_two_into(out, *self.kernel(q, k[:prefix], v[:prefix], False, scale),
+                             *self.kernel(q, k[prefix:], v[prefix:], True, scale))
+        return out, lse
 
 
 _KERNELS = {
@@ -181,20 +182,37 @@ def attend_pieces(
     q: torch.Tensor,
     pieces: list[tuple[torch.Tensor, torch.Tensor, bool]],
     scale: float | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows q `[Sq, Hq, D]` attending to the union of several key pieces, merged by LSE.
 
     Args:
         pieces: (k `[Sk, Hkv, D]`, v, is_causal) per piece; empty pieces are skipped. The first
-            non-empty piece must give every row at least one key (it starts the accumulator).
+            non-empty piece must give every row at least one key (it starts the merge).
+        out: optional destination `[Sq, Hq, D]` (e.g. a row slice of the layer output): the last
+            merge writes straight into it, in its dtype.
     Returns:
-        (out `[Sq, Hq, D]` float32/64 accumulator, lse `[Sq, Hq]`).
+        (out: `out` when given, else a float32/64 accumulator `[Sq, Hq, D]`; lse `[Sq, Hq]`).
+    Each merge is one fused kernel on CUDA (`merge_two_into`); partials stay in the kernel's dtype.
     """
     pieces = [piece for piece in pieces if piece[0].shape[0] > 0]
     if not pieces:
         raise ValueError("attend_pieces needs at least one non-empty key piece")
     k, v, is_causal = pieces[0]
-    out, lse = start_accumulator(*backend.attend(q, k, v, is_causal=is_causal, scale=scale))
-    for k, v, is_causal in pieces[1:]:
-        merge_partials_(out, lse, *backend.attend(q, k, v, is_causal=is_causal, scale=scale))
+    acc, lse = backend.attend(q, k, v, is_causal=is_causal, scale=scale)
+    accumulator = None
+    for index, (k, v, is_causal) in enumerate(pieces[1:], start=2):
+        out_b, lse_b = backend.attend(q, k, v, is_causal=is_causal, scale=scale)
+        if index == len(pieces) and out is not None:
+            dest = out
+        else:  # intermediate results stay in float32 so that only the last write rounds
+            if accumulator is None:
+                accumulator = torch.empty(q.shape, dtype=accumulator_dtype(q.dtype), device=q.device)
+            dest = accumulator
+        lse = merge_two_into(dest, acc, lse, out_b, lse_b)
+        acc = dest
+    if out is None:
+        return acc.to(accumulator_dtype(q.dtype)), lse
+    if acc is not out:
+        out.copy_(acc)
     return out, lse

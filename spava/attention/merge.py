@@ -35,7 +35,20 @@ def merge_partials_(out: torch.Tensor, lse: torch.Tensor, out_b: torch.Tensor, l
         lse: accumulator `[S, H]`, same dtype as `out`.
         out_b: partial output `[S, H, D]`, any float dtype.
         lse_b: partial log-sum-exp `[S, H]`, any float dtype.
+    On CUDA (float32 accumulators) this is one fused Triton kernel; `merge_partials_torch_` is the
+    torch reference it is tested against.
     """
+    if out.is_cuda and lse.dtype == torch.float32:
+        from spava_kernels.dispatch import merge_into_, use_triton  # lazy: imports Triton on first use
+
+        if use_triton("auto", out, out_b, allow_float64=False):
+            merge_into_(out, lse, out_b, lse_b)
+            return
+    merge_partials_torch_(out, lse, out_b, lse_b)
+
+
+def merge_partials_torch_(out: torch.Tensor, lse: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor) -> None:
+    """`merge_partials_` in plain torch (the reference)."""
     lse_b = lse_b.to(lse.dtype)
     weight_b = torch.sigmoid(lse_b - lse).unsqueeze(-1)
     out.sub_(weight_b * (out - out_b.to(out.dtype)))
@@ -54,3 +67,26 @@ def merge_stacked(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor,
     for index in range(1, outs.shape[0]):
         merge_partials_(out, lse, outs[index], lses[index])
     return out, lse
+
+
+def merge_two_into(out: torch.Tensor, out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor,
+                   lse_b: torch.Tensor) -> torch.Tensor:
+    """Merge two partials and write the result into `out` (any float dtype; may alias out_a).
+
+    Args:
+        out: destination `[S, H, D]`, e.g. a bf16 row slice of the method's output (no extra copy).
+        out_a, out_b: partial outputs `[S, H, D]`; lse_a, lse_b: `[S, H]`.
+    Returns:
+        the merged lse `[S, H]` in float32 (float64 for float64 inputs).
+    On CUDA this is one fused Triton kernel (`spava_kernels`): read both partials once, write once.
+    """
+    if out.is_cuda:
+        from spava_kernels.dispatch import merge_two, use_triton  # lazy: imports Triton on first use
+
+        if use_triton("auto", out, out_a, out_b, allow_float64=False):
+            return merge_two(out_a, lse_a, out_b, lse_b, out=out)[1]
+    acc_dtype = accumulator_dtype(out_a.dtype)
+    lse_a, lse_b = lse_a.to(acc_dtype), lse_b.to(acc_dtype)
+    weight_b = torch.sigmoid(lse_b - lse_a).unsqueeze(-1)
+    out.copy_(torch.lerp(out_a.to(acc_dtype), out_b.to(acc_dtype), weight_b.to(acc_dtype)))
+    return lse_a - F.logsigmoid(lse_a - lse_b)

@@ -1,9 +1,11 @@
 """Exchange of passing blocks: every rank's selected K/V gathered into slot buffers, asynchronously.
 
-The slot buffers `[num_slots, slot_len, Hkv, D]` (one for K, one for V) are laid out so that the
-passing block of every chunk is one contiguous run of slots, hence a view and never a `torch.cat`.
-A slot holds `counts[slot]` valid rows; when counts differ (only when a budget reaches the chunk
-size) the valid rows are compacted with one index_select.
+The buffers (one for K, one for V) hold `num_slots` slots of `slot_len` rows `[Hkv, D]`, and
+optionally a *gap* of `gap_len` rows just before slot `gap_before`, which the method fills itself
+(spava puts the anchor there). Slots and gap are laid out so that every key set a chunk attends to
+besides its own keys is one contiguous run of rows: a view, never a `torch.cat`, and one attention
+call. A slot holds `counts[slot]` valid rows; when counts differ (only when a budget reaches the
+chunk size) the valid rows are compacted with one index_select.
 """
 
 from __future__ import annotations
@@ -33,40 +35,66 @@ class PassingSlots:
 class PassingExchange:
     """All-gathers of selections into slot buffers; a block of W slots is filled by one gather."""
 
-    def __init__(self, comm: SPComm, slots: PassingSlots, like: torch.Tensor):
+    def __init__(self, comm: SPComm, slots: PassingSlots, like: torch.Tensor, *, gap_before: int = 0,
+                 gap_len: int = 0):
+        """like: `[S, Hkv, D]` keys (dtype, device, row shape); gap: `gap_len` rows before slot `gap_before`."""
         self.comm, self.slots = comm, slots
-        shape = (len(slots.counts), slots.slot_len, *like.shape[1:])
-        self.buf_k = like.new_empty(shape)
-        self.buf_v = like.new_empty(shape)
+        self.gap_before, self.gap_len = gap_before, gap_len
+        num_rows = len(slots.counts) * slots.slot_len + gap_len
+        self.buf_k = like.new_empty((num_rows, *like.shape[1:]))
+        self.buf_v = like.new_empty((num_rows, *like.shape[1:]))
         self._pending: dict[int, Pending] = {}
+
+    def slot_row(self, slot: int) -> int:
+        """First buffer row of `slot` (slots at or after the gap are shifted by it)."""
+        return slot * self.slots.slot_len + (self.gap_len if slot >= self.gap_before else 0)
+
+    def gap(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views `[gap_len, Hkv, D]` of the gap rows of K and V."""
+        start = self.slot_row(self.gap_before) - self.gap_len
+        return self.buf_k[start: start + self.gap_len], self.buf_v[start: start + self.gap_len]
 
     def send_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Fresh `[slot_len, Hkv, D]` buffers for this rank's selection (unused rows stay zero)."""
-        shape = self.buf_k.shape[1:]
+        shape = (self.slots.slot_len, *self.buf_k.shape[1:])
         return self.buf_k.new_zeros(shape), self.buf_v.new_zeros(shape)
 
     def launch(self, first_slot: int, sel_k: torch.Tensor, sel_v: torch.Tensor) -> None:
         """Gather every rank's selection into slots [first_slot, first_slot + W), rank order."""
-        block = slice(first_slot, first_slot + self.comm.world_size)
-        pending_k = self.comm.all_gather_into(self.buf_k[block], sel_k, async_op=True)
-        pending_v = self.comm.all_gather_into(self.buf_v[block], sel_v, async_op=True)
+        world_size, slot_len = self.comm.world_size, self.slots.slot_len
+        start = self.slot_row(first_slot)
+        block_shape = (world_size, slot_len, *self.buf_k.shape[1:])
+        block_k = self.buf_k[start: start + world_size * slot_len].view(block_shape)
+        block_v = self.buf_v[start: start + world_size * slot_len].view(block_shape)
+        pending_k = self.comm.all_gather_into(block_k, sel_k, async_op=True)
+        pending_v = self.comm.all_gather_into(block_v, sel_v, async_op=True)
         self._pending[first_slot] = Pending(pending_k.works + pending_v.works)
 
     def wait(self, first_slot: int) -> None:
-        self._pending.pop(first_slot).wait()
+        """Wait for the gather that fills slots from `first_slot` (no-op when none was launched)."""
+        pending = self._pending.pop(first_slot, None)
+        if pending is not None:
+            pending.wait()
 
-    def passing(self, slot_start: int, slot_stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K, V `[n, Hkv, D]` of the valid rows of slots [slot_start, slot_stop)."""
-        tail = self.buf_k.shape[2:]
-        if slot_stop <= slot_start:
-            empty = self.buf_k.new_empty((0, *tail))
-            return empty, empty
-        k = self.buf_k[slot_start:slot_stop].reshape(-1, *tail)
-        v = self.buf_v[slot_start:slot_stop].reshape(-1, *tail)
-        if self.slots.is_uniform:
+    def passing(self, slot_start: int, slot_stop: int, with_gap: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V `[n, Hkv, D]`: the valid rows of slots [slot_start, slot_stop), plus the gap rows when
+        they lie inside that run or `with_gap` asks for them right before `slot_start == gap_before`."""
+        lead = self.gap_len if with_gap and slot_start == self.gap_before else 0
+        start = self.slot_row(slot_start) - lead
+        stop = self.slot_row(slot_stop) - (self.gap_len if slot_stop == self.gap_before else 0)
+        stop = max(stop, start + lead)
+        k, v = self.buf_k[start:stop], self.buf_v[start:stop]
+        if self.slots.is_uniform or self.slots.slot_len == 0:
             return k, v
-        slot_len = self.slots.slot_len
-        rows = [torch.arange(s * slot_len, s * slot_len + self.slots.counts[s + slot_start])
-                for s in range(slot_stop - slot_start)]
-        index = torch.cat(rows).to(k.device)
+        index = self._valid_rows(slot_start, slot_stop, start, stop).to(k.device)
         return k.index_select(0, index), v.index_select(0, index)
+
+    def _valid_rows(self, slot_start: int, slot_stop: int, start: int, stop: int) -> torch.Tensor:
+        """Buffer-row indices (relative to `start`) of the valid slot rows and gap rows in [start, stop)."""
+        keep = torch.zeros(stop - start, dtype=torch.bool)
+        for slot in range(slot_start, slot_stop):
+            row = self.slot_row(slot) - start
+            keep[row: row + self.slots.counts[slot]] = True
+        gap_start = self.slot_row(self.gap_before) - self.gap_len - start
+        keep[max(gap_start, 0): max(gap_start + self.gap_len, 0)] = True
+        return keep.nonzero().flatten()

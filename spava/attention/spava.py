@@ -4,12 +4,14 @@ Layout on rank r of W: [anchor | chunk r | chunk 2W-1-r | query] (zigzag, 2W vir
 Per layer:
   1. query-aware scores of the local chunk keys (summary query per KV head, float32), max-pooled
      within each chunk, top-k per KV head (`spava.attention.scoring`);
-  2. the selection of chunk r, then of chunk 2W-1-r, is all-gathered asynchronously into slot
-     buffers ordered [sel(2W-1-s) for s in ranks | sel(s) for s in ranks], so the passing block of
-     chunk r is slots [W, W+r) and that of chunk 2W-1-r is slots [r+1, 2W): both contiguous views;
+  2. the selection of chunk r, then of chunk 2W-1-r, is all-gathered asynchronously into buffers
+     ordered [sel(2W-1-s) for s in ranks | anchor | sel(s) for s in ranks], so the non-local keys
+     of chunk r are [anchor | slots W..W+r-1] and those of chunk 2W-1-r are [slots r+1..W-1 |
+     anchor | slots W..2W-1]: both one contiguous view;
   3. the query rows' exact partial over the owned keys is computed and its all-gather started;
-  4. anchor rows attend causally within the anchor; chunk r attends to [passing | anchor | chunk r]
-     once its selections arrived (overlapping the second gather); chunk 2W-1-r likewise;
+  4. anchor rows attend causally within the anchor; chunk r attends causally to itself and, once
+     its selections arrived (overlapping the second gather), to its non-local view; the two
+     partials are merged by one fused kernel straight into the output; chunk 2W-1-r likewise;
   5. the query rows' partials are LSE-merged (exact, identical on all ranks).
 With a passing budget that covers whole chunks every context row sees all earlier tokens, and the
 method equals exact causal attention.
@@ -46,35 +48,36 @@ class SpavaAttention(AttentionMethod):
 
     def forward(self, q, k, v, ctx: AttnContext, layer_idx: int = 0) -> torch.Tensor:
         plan, cfg = ctx.plan, self.config
-        world_size, rank = plan.world_size, plan.rank
+        world_size, rank, anchor_len = plan.world_size, plan.rank, plan.anchor_len
         first, second = (plan.local_range(i) for i in plan.find(ROLE_CHUNK))
         out = torch.empty_like(q)
         slots = spava_slots(plan, resolve_passing_len(cfg, plan.context_len, layer_idx), cfg.round_to)
-        exchange = PassingExchange(ctx.comm, slots, k) if slots.slot_len > 0 else None
-        if exchange is not None:
+        # The anchor sits in the passing buffers between the two slot blocks, so that each chunk's
+        # non-local keys ([anchor | passing of chunk r], [passing of the later chunks | anchor | ...])
+        # are one contiguous view: two attention calls and one fused merge per chunk.
+        exchange = PassingExchange(ctx.comm, slots, k, gap_before=world_size, gap_len=anchor_len)
+        if slots.slot_len > 0:
             q_query = q[query_start(plan):]
             for chunk, first_slot, slot in ((first, world_size, world_size + rank), (second, 0, rank)):
                 send_k, send_v = exchange.send_buffers()
                 select_chunk(cfg.scorer, cfg.pool_window, q_query, k, v, *chunk,
                              slots.counts[slot], send_k, send_v)
                 exchange.launch(first_slot, send_k, send_v)
+        gap_k, gap_v = exchange.gap()
+        gap_k.copy_(k[:anchor_len])
+        gap_v.copy_(v[:anchor_len])
         partial = launch_query_rows(q, k, v, ctx)
-        anchor_len = plan.anchor_len
         causal_rows(out, q, k, v, ctx, 0, anchor_len)
-        self._chunk_rows(out, q, k, v, ctx, first, [(k[: first[1]], v[: first[1]], True)],
-                         exchange, world_size, (world_size, world_size + rank))
-        anchor = [(k[:anchor_len], v[:anchor_len], False)]
-        self._chunk_rows(out, q, k, v, ctx, second, [(k[second[0]: second[1]], v[second[0]: second[1]], True)] + anchor,
-                         exchange, 0, (rank + 1, 2 * world_size))
+        exchange.wait(world_size)
+        self._chunk_rows(out, q, k, v, ctx, first, exchange.passing(world_size, world_size + rank, with_gap=True))
+        exchange.wait(0)
+        self._chunk_rows(out, q, k, v, ctx, second, exchange.passing(rank + 1, 2 * world_size, with_gap=True))
         finish_query_rows(out, partial, plan)
         return out
 
     @staticmethod
-    def _chunk_rows(out, q, k, v, ctx, chunk, local_pieces, exchange, first_slot, passing_slots) -> None:
-        """out[chunk] = chunk rows over their local key pieces plus the passing slots (once arrived)."""
-        pieces = list(local_pieces)
-        if exchange is not None:
-            exchange.wait(first_slot)
-            pieces.append((*exchange.passing(*passing_slots), False))
+    def _chunk_rows(out, q, k, v, ctx, chunk, other_kv) -> None:
+        """out[chunk] = chunk rows over their own keys (causal) and `other_kv` (anchor + passing)."""
         rows = slice(*chunk)
-        out[rows] = attend_pieces(ctx.backend, q[rows], pieces, ctx.scale)[0]
+        pieces = [(k[rows], v[rows], True), (*other_kv, False)]
+        attend_pieces(ctx.backend, q[rows], pieces, ctx.scale, out=out[rows])

@@ -8,6 +8,7 @@ slowest rank's time counts; the median is reported. `full` and `hf` run on rank 
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -95,20 +96,34 @@ def instrument(runner: ModelRunner, phases: PhaseTimer) -> None:
     runner.decoder.prefill = phases.wrap("layers_s", runner.decoder.prefill)
 
 
-def profile_once(run_once, device: str, path: str) -> None:
-    """One run under torch.profiler; writes the top ops by device and by host time to `path`."""
+def profile_once(run_once, device: str, path: str, trace_path: str = "") -> None:
+    """One run under torch.profiler; writes the top ops by device and by host time to `path`, and
+    (when `trace_path` is given) a gzipped Chrome trace for a timeline view (idle gaps, overlap)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    _sync(device)
+    start = time.perf_counter()
     with profile(activities=activities) as prof:
         run_once()
         _sync(device)
+    wall = time.perf_counter() - start
     averages = prof.key_averages()
     key = "device_time_total" if device.startswith("cuda") else "cpu_time_total"
     with open(path, "w") as handle:
-        handle.write(averages.table(sort_by=key, row_limit=30))
+        handle.write(f"profiled run: {wall:.3f} s wall (profiler overhead included)\n")
+        handle.write(averages.table(sort_by=key, row_limit=40))
         handle.write("\n\n")
         handle.write(averages.table(sort_by="cpu_time_total", row_limit=30))
+    if trace_path:
+        import gzip
+        import shutil
+
+        raw = trace_path.removesuffix(".gz")
+        prof.export_chrome_trace(raw)
+        with open(raw, "rb") as src, gzip.open(trace_path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.remove(raw)
 
 
 def _first_token(runner: ModelRunner, inputs) -> None:

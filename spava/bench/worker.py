@@ -63,7 +63,8 @@ def _run_parallel(spec, name, adapter, inputs, case, device, timer, rate, group,
     result["phases_s"] = {k: v / (spec.repeats + spec.warmup) for k, v in phases.seconds.items()}
     if spec.profile_dir:
         path = os.path.join(spec.profile_dir, f"profile_{name}_w{world_size}_r{rank}.txt")
-        profile_once(lambda: _first_token(runner, inputs), device, path)
+        trace = path.replace(".txt", ".json.gz") if rank == 1 else ""
+        profile_once(lambda: _first_token(runner, inputs), device, path, trace)
     flops = _sum_over(group, _rank_flops(runner, inputs, case, adapter, world_size, rank), device)
     return {**result, "flops": flops, "tflops_per_gpu": flops / world_size / result["seconds"] / 1e12,
             "roofline": flops / (world_size * rate * 1e12) / result["seconds"]}

@@ -21,17 +21,8 @@ from torch import nn
 
 from spava.attention.base import AttentionMethod, AttnContext
 from spava.attention.exact import decode_attention
+from spava.models.fused_ops import FusedOps, is_compile_default
 from spava.models.kv_cache import DistributedKVCache
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x `[S, H, D]`, cos/sin `[S, D]` -> rotated x (HF's rotate-half convention)."""
-    return x * cos[:, None, :] + rotate_half(x) * sin[:, None, :]
 
 
 @dataclass
@@ -53,11 +44,15 @@ class ShardedDecoder:
     """Runs prefill and decode steps of one request on this rank's tokens."""
 
     def __init__(self, modules: DecoderModules, method: AttentionMethod, mlp_chunk_size: int = 8192,
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None, compile: bool | None = None):
+        """`compile`: fuse the elementwise ops with torch.compile (None: on CUDA with Triton)."""
         self.m = modules
         self.method = method
         self.mlp_chunk_size = mlp_chunk_size
         self.progress = progress
+        if compile is None:
+            compile = is_compile_default(modules.embed_tokens.weight.device)
+        self.ops = FusedOps(bool(compile))
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         """`[S]` ids -> `[S, hidden]`."""
@@ -77,13 +72,13 @@ class ShardedDecoder:
         v = attn.v_proj(hidden).view(num_tokens, self.m.num_kv_heads, self.m.head_dim)
         if hasattr(attn, "q_norm"):  # Qwen3-style per-head RMSNorm before RoPE
             q, k = attn.q_norm(q), attn.k_norm(k)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        return (*self.ops.rope_qk(q, k, cos, sin), v)
 
     def _mlp_residual_(self, layer, hidden: torch.Tensor) -> None:
         """hidden += mlp(norm(hidden)), in token chunks (bounded [chunk, intermediate] memory)."""
         for start in range(0, hidden.shape[0], self.mlp_chunk_size):
             rows = hidden[start: start + self.mlp_chunk_size]
-            rows += layer.mlp(layer.post_attention_layernorm(rows))
+            rows += self.ops.mlp(layer.mlp, self.ops.norm(layer.post_attention_layernorm, rows))
 
     def prefill(self, hidden: torch.Tensor, position_ids: torch.Tensor, ctx: AttnContext) -> tuple[torch.Tensor, DistributedKVCache]:
         """Run every layer over the local tokens.
@@ -99,7 +94,7 @@ class ShardedDecoder:
         cache = DistributedKVCache(is_owner=ctx.plan.rank == ctx.plan.decode_rank)
         num_layers = len(self.m.layers)
         for index, layer in enumerate(self.m.layers):
-            q, k, v = self._qkv(layer, layer.input_layernorm(hidden), cos, sin)
+            q, k, v = self._qkv(layer, self.ops.norm(layer.input_layernorm, hidden), cos, sin)
             out = self.method.forward(q, k, v, ctx, layer_idx=index)
             hidden += layer.self_attn.o_proj(out.reshape(out.shape[0], -1))
             del q, out
@@ -114,7 +109,7 @@ class ShardedDecoder:
         """One step for new tokens replicated on every rank: hidden `[T, hidden]` -> `[T, hidden]`."""
         cos, sin = self.rope(hidden, position_ids)
         for index, layer in enumerate(self.m.layers):
-            q, k, v = self._qkv(layer, layer.input_layernorm(hidden), cos, sin)
+            q, k, v = self._qkv(layer, self.ops.norm(layer.input_layernorm, hidden), cos, sin)
             layer_cache = cache.layers[index]
             if cache.is_owner:
                 layer_cache.append(k, v)
@@ -126,4 +121,4 @@ class ShardedDecoder:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """`[T, hidden]` final hidden states -> `[T, vocab]` float32 logits (last norm + lm_head)."""
-        return self.m.lm_head(self.m.norm(hidden)).float()
+        return self.m.lm_head(self.ops.norm(self.m.norm, hidden)).float()

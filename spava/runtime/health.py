@@ -55,6 +55,10 @@ def _on_cpu_worker_died(scheduler, state, problem: str) -> None:
 
 def _on_model_rank_died(scheduler, state, problem: str) -> None:
     _fail_current(scheduler, state, "model", f"on host {state.host or '?'} {problem}")
+    for request in list(scheduler.requests.values()):  # disaggregated: a second request may be in flight
+        if request.stage == "model":
+            scheduler._fail(request, "model", "worker_died",
+                            f"model rank {state.spec.worker_id} on host {state.host or '?'} {problem}")
     if not scheduler.can_restart_model_group():  # ranks on other nodes: their node is gone or cut off
         lost = sorted({state.host or "?"} | {w.host or "?" for w in scheduler._model_workers()
                                               if _worker_problem(scheduler, w)})
@@ -93,8 +97,9 @@ def check_deadlines(scheduler) -> None:
             scheduler._broadcast_model(CancelReq(request.request_id))
         scheduler._fail(request, stage, "timeout",
                         f"timed out after {now - request.created:.1f} s (timeout_s / runtime.request_timeout_s)")
-    orphan = scheduler.model_request
-    if orphan is not None and orphan not in scheduler.requests:
-        if now - scheduler.model_since > scheduler.runtime.request_timeout_s + 30.0:
-            logger.error("model ranks still busy with failed request %s; restarting them", orphan)
+    for group in scheduler.model_groups.busy_groups():
+        if group.request_id not in scheduler.requests and now - group.since > scheduler.runtime.request_timeout_s + 30.0:
+            logger.error("%s ranks still busy with failed request %s; restarting the model ranks",
+                         group.name, group.request_id)
             scheduler.restart_model_group()
+            return

@@ -31,6 +31,7 @@ from spava.comm.transport import unlink_shared
 from spava.runtime.launch import free_port, worker_specs
 from spava.comm.security import secure_server
 from spava.runtime.metrics import Metrics
+from spava.runtime.model_groups import ModelGroups
 from spava.runtime.policy import admission_error, resolve_options, resolve_sampling
 from spava.runtime.state import Request, WorkerState
 
@@ -56,9 +57,7 @@ class Scheduler:
         self.workers = {spec.worker_id: WorkerState(spec) for spec in worker_specs(config)}
         self.requests: dict[str, Request] = {}
         self.queues = {stage: collections.deque() for stage in ("video", "layout", "model")}
-        self.model_request: str | None = None
-        self.model_since = 0.0
-        self.model_seq = 0
+        self.model_groups = ModelGroups.from_workers(self._model_workers(), len(config.encode.devices))
         self.is_healthy = True
         self.health_detail = ""
         self.ready = threading.Event()
@@ -236,11 +235,8 @@ class Scheduler:
             self._send(request.client, message)
 
     def _on_model(self, identity: bytes, message: ModelTaskOutput) -> None:
+        self.model_groups.release(message.worker_id, message.request_id)
         request = self.requests.get(message.request_id)
-        if message.request_id == self.model_request:
-            self.workers[message.worker_id].request_id = None
-            if all(w.request_id is None for w in self._model_workers()):
-                self.model_request = None
         if request is None:
             return
         request.model_outputs[message.worker_id] = message
@@ -338,16 +334,15 @@ class Scheduler:
             self._assign(state, request, "layout", LayoutTaskReq(
                 request.request_id, request.submit.prompt, video.frames if video else None,
                 video.second_per_grid if video else 0.0, request.options, request.submit.document))
-        model = self._model_workers()
-        if self.queues["model"] and self.model_request is None and all(w.is_idle for w in model):
-            request = self.requests[self.queues["model"].popleft()]
-            self.model_seq += 1
-            self.model_request, self.model_since = request.request_id, time.monotonic()
-            request.enter("model")
-            task = ModelTaskReq(request.request_id, self.model_seq, request.layout, request.sampling)
-            for state in model:
-                state.request_id = request.request_id
+        for task, group, is_new in self.model_groups.next_tasks(self.queues["model"], self._model_task):
+            if is_new:
+                self.requests[task.request_id].enter("model")
+            for state in group.workers:
                 self._send(state.spec.worker_id.encode(), task)
+
+    def _model_task(self, request_id: str, seq: int) -> ModelTaskReq:
+        request = self.requests[request_id]
+        return ModelTaskReq(request_id, seq, request.layout, request.sampling)
 
     def _assign(self, state: WorkerState, request: Request, stage: str, task) -> None:
         state.request_id = request.request_id
@@ -373,4 +368,4 @@ class Scheduler:
             state.is_ready, state.request_id = False, None
             state.num_restarts += 1
             self.launcher.start(state.spec, dist_port=port)
-        self.model_request = None
+        self.model_groups.reset()

@@ -1,0 +1,121 @@
+"""Fused elementwise pieces of a decoder layer: RMSNorm, rotary embedding, SwiGLU.
+
+HF's modules run them eagerly: RMSNorm alone is six kernels over float32 copies of `[S, hidden]`,
+RoPE five over `[S, H, D]`, SwiGLU two over `[S, intermediate]`. On a 4xH200 profile of Qwen2.5-VL-7B
+(37K rows per rank) these eager kernels took about 0.2 s of a 2.1 s time to first token. Here each
+is one function with HF's arithmetic (RMSNorm in float32, then the weight in the input dtype;
+rotate-half RoPE; silu(gate) * up), compiled by `torch.compile` into a single kernel on CUDA, and
+plain eager torch elsewhere (CPU tests compare against HF bit for bit on that path).
+
+Only module types whose forward is known are fused (`RMS_NORM_TYPES`, `SWIGLU_MLP_TYPES`); any other
+module is called as is, so custom layers keep working.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger("spava.models")
+
+# RMSNorm classes whose forward is: float32, x * rsqrt(mean(x^2) + eps), cast back, times weight.
+RMS_NORM_TYPES = frozenset({"Qwen2_5_VLRMSNorm", "Qwen2RMSNorm", "LlamaRMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"})
+# MLP classes whose forward is: down_proj(act_fn(gate_proj(x)) * up_proj(x)).
+SWIGLU_MLP_TYPES = frozenset({"Qwen2MLP", "Qwen2_5_VLMLP", "LlamaMLP", "Qwen3MLP", "MistralMLP"})
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF RMSNorm: x `[S, C]` -> `[S, C]` (statistics in float32, weight applied in x.dtype)."""
+    hidden = x.to(torch.float32)
+    hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * hidden.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x `[S, H, D]`, cos/sin `[S, D]` -> rotated x (HF's rotate-half convention)."""
+    return x * cos[:, None, :] + rotate_half(x) * sin[:, None, :]
+
+
+def rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """RoPE of q `[S, Hq, D]` and k `[S, Hkv, D]` in one call (one fused kernel when compiled)."""
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's elementwise part: silu(gate) * up, `[S, I]`."""
+    return F.silu(gate) * up
+
+
+def is_compile_default(device: torch.device) -> bool:
+    """Compile on CUDA when Triton is importable, unless SPAVA_COMPILE=0."""
+    if os.environ.get("SPAVA_COMPILE", "1") == "0":
+        return False
+    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
+
+
+def _dynamic_rows(fn: Callable) -> Callable:
+    """Compile fn with the leading (row) dimension of every tensor argument dynamic, the rest static
+    (static widths and head counts keep the generated kernels as fast as hand-written ones).
+
+    If compiling fails (an unsupported toolchain, say), a warning is logged once and the eager
+    function is used from then on: slower, never wrong.
+    """
+    compiled = torch.compile(fn, dynamic=None)
+    state = {"failed": False}  # per wrapper, not module level
+
+    def call(*args):
+        if state["failed"]:
+            return fn(*args)
+        for arg in args:
+            if isinstance(arg, torch.Tensor) and arg.dim() > 1 and arg.shape[0] > 1:
+                torch._dynamo.maybe_mark_dynamic(arg, 0)
+        try:
+            return compiled(*args)
+        except Exception as error:  # noqa: BLE001 - compilation problems must not fail a request
+            state["failed"] = True
+            logger.warning("torch.compile of %s failed (%s: %s); running it eagerly",
+                           fn.__name__, type(error).__name__, error)
+            return fn(*args)
+
+    return call
+
+
+class FusedOps:
+    """The decoder's elementwise functions, compiled or eager (one instance per decoder)."""
+
+    def __init__(self, is_compiled: bool):
+        self.is_compiled = is_compiled
+        wrap = _dynamic_rows if is_compiled else (lambda fn: fn)
+        self._rms_norm = wrap(rms_norm)
+        self._rope_qk = wrap(rope_qk)
+        self._silu_mul = wrap(silu_mul)
+
+    def norm(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """module(x) for an RMSNorm module; fused when its type is known."""
+        if type(module).__name__ in RMS_NORM_TYPES:
+            return self._rms_norm(x, module.weight, module.variance_epsilon)
+        return module(x)
+
+    def rope_qk(self, q, k, cos, sin):
+        return self._rope_qk(q, k, cos, sin)
+
+    def mlp(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """module(x) for an MLP module; SwiGLU's elementwise part fused when its type is known."""
+        if type(module).__name__ in SWIGLU_MLP_TYPES and _is_silu(module.act_fn):
+            return module.down_proj(self._silu_mul(module.gate_proj(x), module.up_proj(x)))
+        return module(x)
+
+
+def _is_silu(act: nn.Module) -> bool:
+    return isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"
