@@ -10,6 +10,7 @@ from spava.attention.registry import available_methods, get_method
 from spava.attention.ring import plan_ring_schedule
 from spava.attention.ulysses import plan_head_shards
 from spava.plan.sequence import (
+    anchor_shard_len,
     ROLE_ANCHOR,
     ROLE_QUERY,
     anchor_shard,
@@ -58,14 +59,21 @@ def test_local_order_is_increasing_and_held_tokens_cover_prompt(method, world_si
 
 @pytest.mark.parametrize("method", ["star", "apb", "spava"])
 @pytest.mark.parametrize("world_size", [2, 3, 4])
-def test_anchor_and_query_are_replicated(method, world_size):
+def test_anchor_and_query_placement(method, world_size):
+    """The query is replicated; star / apb replicate the anchor on ranks > 0; spava shards it."""
     plans = _plans(method, 1000, 13, world_size)
+    shares = []
     for plan in plans:
         queries = [plan.segments[i] for i in plan.find(ROLE_QUERY)]
         assert [(s.start, s.stop) for s in queries] == [(987, 1000)]
-        anchors = [plan.segments[i] for i in plan.find(ROLE_ANCHOR)]
-        if method == "spava" or plan.rank > 0:
-            assert [(s.start, s.stop) for s in anchors] == [(0, plan.anchor_len)]
+        anchors = [(plan.segments[i].start, plan.segments[i].stop) for i in plan.find(ROLE_ANCHOR)]
+        if method == "spava":
+            shares += anchors
+            assert all(stop - start <= anchor_shard_len(plan.anchor_len, world_size) for start, stop in anchors)
+        elif plan.rank > 0:
+            assert anchors == [(0, plan.anchor_len)]
+    if method == "spava":  # the shares tile the anchor once, in rank order
+        assert [r for share in shares for r in range(*share)] == list(range(plans[0].anchor_len))
     assert plans[0].decode_rank == 0
 
 
@@ -108,7 +116,7 @@ def test_spava_sizes_follow_the_paper_defaults():
     assert num_selected(1024, 16_124, 128) == 1024
     assert num_selected(1024, 900, 128) == 896
     plans = [get_method(config).plan(131_072, 32, 4, r) for r in range(4)]
-    assert {p.num_local_tokens for p in plans} == {2048 + 2 * 16_124 + 32}
+    assert {p.num_local_tokens for p in plans} == {2048 // 4 + 2 * 16_124 + 32}  # anchor sharded
     assert anchor_shard(2048, 4, 3) == (1536, 2048)
 
 

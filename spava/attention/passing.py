@@ -44,6 +44,7 @@ class PassingExchange:
         self.buf_k = like.new_empty((num_rows, *like.shape[1:]))
         self.buf_v = like.new_empty((num_rows, *like.shape[1:]))
         self._pending: dict[int, Pending] = {}
+        self._gap_staging: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def slot_row(self, slot: int) -> int:
         """First buffer row of `slot` (slots at or after the gap are shifted by it)."""
@@ -53,6 +54,35 @@ class PassingExchange:
         """Views `[gap_len, Hkv, D]` of the gap rows of K and V."""
         start = self.slot_row(self.gap_before) - self.gap_len
         return self.buf_k[start: start + self.gap_len], self.buf_v[start: start + self.gap_len]
+
+    def launch_gap_gather(self, local_k: torch.Tensor, local_v: torch.Tensor, shard: int) -> None:
+        """All-gather every rank's `shard`-row piece (rank r: rows [r*shard, ...) of the gap, the last
+        pieces possibly shorter or empty) into the gap; `wait_gap()` before reading it.
+
+        local_k, local_v: `[n <= shard, Hkv, D]` this rank's piece. When W * shard exceeds the gap,
+        the pieces land in a staging buffer and the first `gap_len` rows are copied over on wait.
+        """
+        world_size = self.comm.world_size
+        row_shape = self.buf_k.shape[1:]
+        if world_size * shard == self.gap_len:
+            out_k, out_v = (view.view(world_size, shard, *row_shape) for view in self.gap())
+        else:
+            out_k, out_v = (self.buf_k.new_empty((world_size, shard, *row_shape)) for _ in range(2))
+            self._gap_staging = (out_k, out_v)
+        if local_k.shape[0] < shard:  # pad: all-gather needs equal pieces
+            local_k = torch.cat([local_k, local_k.new_zeros((shard - local_k.shape[0], *row_shape))])
+            local_v = torch.cat([local_v, local_v.new_zeros((shard - local_v.shape[0], *row_shape))])
+        pending_k = self.comm.all_gather_into(out_k, local_k, async_op=True)
+        pending_v = self.comm.all_gather_into(out_v, local_v, async_op=True)
+        self._pending[-1] = Pending(pending_k.works + pending_v.works)
+
+    def wait_gap(self) -> None:
+        self.wait(-1)
+        if self._gap_staging is not None:
+            gap_k, gap_v = self.gap()
+            gap_k.copy_(self._gap_staging[0].flatten(0, 1)[: self.gap_len])
+            gap_v.copy_(self._gap_staging[1].flatten(0, 1)[: self.gap_len])
+            self._gap_staging = None
 
     def send_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Fresh `[slot_len, Hkv, D]` buffers for this rank's selection (unused rows stay zero)."""

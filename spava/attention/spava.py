@@ -1,7 +1,10 @@
 """`spava`: Spava / APB-V (arXiv 2601.21444), the method this project is named after.
 
-Layout on rank r of W: [anchor | chunk r | chunk 2W-1-r | query] (zigzag, 2W virtual hosts).
+Layout on rank r of W: [anchor share r | chunk r | chunk 2W-1-r | query] (zigzag, 2W virtual
+hosts). The anchor is sharded: each rank computes 1/W of its rows (the reference recomputed the
+whole anchor on every host) and every layer all-gathers the shares' K/V.
 Per layer:
+  0. the anchor shares' K/V are all-gathered (asynchronously) into the passing buffers;
   1. query-aware scores of the local chunk keys (summary query per KV head, float32), max-pooled
      within each chunk, top-k per KV head (`spava.attention.scoring`);
   2. the selection of chunk r, then of chunk 2W-1-r, is all-gathered asynchronously into buffers
@@ -9,7 +12,7 @@ Per layer:
      of chunk r are [anchor | slots W..W+r-1] and those of chunk 2W-1-r are [slots r+1..W-1 |
      anchor | slots W..2W-1]: both one contiguous view;
   3. the query rows' exact partial over the owned keys is computed and its all-gather started;
-  4. anchor rows attend causally within the anchor; chunk r attends causally to itself and, once
+  4. the anchor share rows attend causally to the gathered anchor; chunk r attends causally to itself and, once
      its selections arrived (overlapping the second gather), to its non-local view; the two
      partials are merged by one fused kernel straight into the output; chunk 2W-1-r likewise;
   5. the query rows' partials are LSE-merged (exact, identical on all ranks).
@@ -21,12 +24,12 @@ from __future__ import annotations
 
 import torch
 
-from spava.attention.approx import causal_rows, finish_query_rows, launch_query_rows, query_start, select_chunk
+from spava.attention.approx import finish_query_rows, launch_query_rows, query_start, select_chunk
 from spava.attention.backend import attend_pieces
 from spava.attention.base import AttentionMethod, AttnContext
 from spava.attention.config import num_selected, resolve_anchor_len, resolve_passing_len
 from spava.attention.passing import PassingExchange, PassingSlots
-from spava.plan.sequence import ROLE_CHUNK, SequencePlan, plan_spava
+from spava.plan.sequence import ROLE_ANCHOR, ROLE_CHUNK, SequencePlan, anchor_shard_len, plan_spava
 
 
 def spava_slots(plan: SequencePlan, passing_len: int, round_to: int) -> PassingSlots:
@@ -56,6 +59,9 @@ class SpavaAttention(AttentionMethod):
         # non-local keys ([anchor | passing of chunk r], [passing of the later chunks | anchor | ...])
         # are one contiguous view: two attention calls and one fused merge per chunk.
         exchange = PassingExchange(ctx.comm, slots, k, gap_before=world_size, gap_len=anchor_len)
+        share_len = sum(plan.segments[i].length for i in plan.find(ROLE_ANCHOR))
+        if anchor_len > 0:  # every rank computed K/V of its anchor share: gather the whole anchor
+            exchange.launch_gap_gather(k[:share_len], v[:share_len], anchor_shard_len(anchor_len, world_size))
         if slots.slot_len > 0:
             q_query = q[query_start(plan):]
             for chunk, first_slot, slot in ((first, world_size, world_size + rank), (second, 0, rank)):
@@ -63,17 +69,29 @@ class SpavaAttention(AttentionMethod):
                 select_chunk(cfg.scorer, cfg.pool_window, q_query, k, v, *chunk,
                              slots.counts[slot], send_k, send_v)
                 exchange.launch(first_slot, send_k, send_v)
-        gap_k, gap_v = exchange.gap()
-        gap_k.copy_(k[:anchor_len])
-        gap_v.copy_(v[:anchor_len])
         partial = launch_query_rows(q, k, v, ctx)
-        causal_rows(out, q, k, v, ctx, 0, anchor_len)
+        self._anchor_rows(out, q, exchange, ctx)
         exchange.wait(world_size)
         self._chunk_rows(out, q, k, v, ctx, first, exchange.passing(world_size, world_size + rank, with_gap=True))
         exchange.wait(0)
         self._chunk_rows(out, q, k, v, ctx, second, exchange.passing(rank + 1, 2 * world_size, with_gap=True))
         finish_query_rows(out, partial, plan)
         return out
+
+    @staticmethod
+    def _anchor_rows(out, q, exchange: PassingExchange, ctx: AttnContext) -> None:
+        """out[share] = this rank's anchor rows over the gathered anchor keys before them (causal)."""
+        anchors = ctx.plan.find(ROLE_ANCHOR)
+        if exchange.gap_len == 0:
+            return
+        exchange.wait_gap()
+        if not anchors:
+            return
+        share = ctx.plan.segments[anchors[0]]
+        gap_k, gap_v = exchange.gap()
+        rows = slice(0, share.length)
+        out[rows] = ctx.backend.attend(q[rows], gap_k[: share.stop], gap_v[: share.stop], is_causal=True,
+                                       scale=ctx.scale)[0]
 
     @staticmethod
     def _chunk_rows(out, q, k, v, ctx, chunk, other_kv) -> None:

@@ -26,8 +26,10 @@ def linear_flops_per_token(text_config) -> int:
 def _approx_pairs(method_name, plan, passing_len: int, round_to: int) -> int:
     """Query-key pairs of the context rows of star / apb / spava on this rank."""
     chunks = [plan.segments[i] for i in plan.find(ROLE_CHUNK)]
-    anchor = plan.anchor_len if plan.find("anchor") else 0
-    pairs = _tri(anchor)
+    anchor_segments = [plan.segments[i] for i in plan.find("anchor")]
+    # spava shards the anchor rows but every chunk still attends to the whole anchor
+    anchor = plan.anchor_len if anchor_segments or method_name == "spava" else 0
+    pairs = sum(_tri(seg.stop) - _tri(seg.start) for seg in anchor_segments)
     if method_name == "star":
         return _tri(anchor + chunks[0].length) if anchor else _tri(chunks[0].length)
     lengths = [end - start for start, end in plan.chunks]

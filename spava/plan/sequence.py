@@ -18,7 +18,7 @@ Layouts per method (rank r of W):
   zigzag_ring  [chunk r | chunk 2W-1-r]    2W contiguous chunks of N
   star         r=0: [block 0 | query]; r>0: [anchor=block 0 | block r | query]   W blocks of L
   apb          r=0: [chunk 0 | query]; r>0: [anchor | chunk r | query]           W chunks of L
-  spava        [anchor | chunk r | chunk 2W-1-r | query]    anchor + 2W chunks of L - A
+  spava        [anchor share r | chunk r | chunk 2W-1-r | query]   anchor (1/W per rank) + 2W chunks of L - A
 Chunks are balanced: lengths differ by at most one token (the reference put the remainder on the
 last chunk; balancing keeps every rank's load within one token).
 """
@@ -237,13 +237,19 @@ def plan_zigzag(num_tokens: int, num_query_tokens: int, world_size: int, rank: i
     return _plan_exact("zigzag_ring", num_tokens, num_query_tokens, world_size, rank, chunks, owners, 0)
 
 
-def _plan_approx(method, num_tokens, num_query_tokens, world_size, rank, anchor_len, chunks, owners, owned):
-    """Assemble an approximate-method plan: [anchor?] + held chunks + replicated query."""
+def _plan_approx(method, num_tokens, num_query_tokens, world_size, rank, anchor_len, chunks, owners, owned,
+                 anchor_rows=None):
+    """Assemble an approximate-method plan: [anchor rows?] + held chunks + replicated query.
+
+    `anchor_rows`: the global anchor range this rank computes (default: the whole anchor on ranks
+    whose first chunk does not start the context)."""
     context_len = num_tokens - num_query_tokens
     held = [i for i, owner in enumerate(owners) if owner == rank]
     segments = []
-    if anchor_len > 0 and chunks[held[0]][0] > 0:
-        segments.append(Segment(ROLE_ANCHOR, 0, anchor_len))
+    if anchor_rows is None:
+        anchor_rows = (0, anchor_len) if anchor_len > 0 and chunks[held[0]][0] > 0 else (0, 0)
+    if anchor_rows[1] > anchor_rows[0]:
+        segments.append(Segment(ROLE_ANCHOR, *anchor_rows))
     segments.extend(Segment(ROLE_CHUNK, *chunks[i], chunk_id=i) for i in held)
     if num_query_tokens > 0:
         segments.append(Segment(ROLE_QUERY, context_len, num_tokens))
@@ -295,14 +301,21 @@ def plan_apb(num_tokens: int, num_query_tokens: int, world_size: int, rank: int,
     )
 
 
+def anchor_shard_len(anchor_len: int, world_size: int) -> int:
+    """Rows of one anchor share (spava): ceil(A / W); the last shares may be shorter or empty."""
+    return -(-anchor_len // world_size)
+
+
 def anchor_shard(anchor_len: int, world_size: int, rank: int) -> tuple[int, int]:
-    """The 1/W share of the anchor whose K/V this rank owns (spava): [r*ceil(A/W), ...)."""
-    shard = -(-anchor_len // world_size)
+    """The 1/W share of the anchor that this rank computes and owns (spava): [r*ceil(A/W), ...)."""
+    shard = anchor_shard_len(anchor_len, world_size)
     return min(rank * shard, anchor_len), min((rank + 1) * shard, anchor_len)
 
 
 def plan_spava(num_tokens: int, num_query_tokens: int, world_size: int, rank: int, anchor_len: int) -> SequencePlan:
-    """Spava: replicated anchor, 2W zigzag chunks of the rest of the context, replicated query."""
+    """Spava: 2W zigzag chunks of the context after the anchor, replicated query; the anchor is
+    sharded: rank r computes (and owns) only its 1/W share of the anchor rows, and every layer
+    all-gathers the shares' K/V, instead of every rank recomputing the whole anchor."""
     _check_common(num_tokens, num_query_tokens, world_size, rank)
     context_len = num_tokens - num_query_tokens
     if anchor_len < 0 or context_len - anchor_len < 2 * world_size:
@@ -314,7 +327,8 @@ def plan_spava(num_tokens: int, num_query_tokens: int, world_size: int, rank: in
     chunks = balanced_bounds(anchor_len, context_len, 2 * world_size)
     owners = [zigzag_owner(i, world_size) for i in range(2 * world_size)]
     held = [chunks[i] for i, owner in enumerate(owners) if owner == rank]
-    owned = (anchor_shard(anchor_len, world_size, rank), *held)
+    share = anchor_shard(anchor_len, world_size, rank)
     return _plan_approx(
-        "spava", num_tokens, num_query_tokens, world_size, rank, anchor_len, chunks, owners, owned
+        "spava", num_tokens, num_query_tokens, world_size, rank, anchor_len, chunks, owners, (share, *held),
+        anchor_rows=share,
     )
