@@ -28,7 +28,7 @@ import torch.distributed as dist
 from spava.models.qwen2_5_vl.presets import qwen2_5_vl_config
 from spava.models.qwen2_5_vl.processing import QwenProcessorConfig, get_grid_thw
 from spava.models.qwen2_5_vl.vision_fast import FastQwen25Vision, canonical_grids
-from spava.models.varlen_attention import VarlenGroup, VarlenGroups, grouped_attention
+from spava.models.varlen_attention import plan_varlen_groups, triton_windows_available, varlen_attention
 from spava.models.vision_parallel import assign_units, plan_vision_units
 
 RESOLUTIONS = {360: (360, 640), 720: (720, 1280), 1440: (1440, 2560)}
@@ -52,8 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--world-size", type=int, default=1, help="frame-parallel ranks (spawned unless torchrun)")
     parser.add_argument("--max-patches-per-chunk", type=int, default=600_000, help="ours: chunked encoding bound")
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="ours: torch.compile")
-    parser.add_argument("--attn-backends", default="auto",
-                        help="ours: 'auto' (time each), 'default' (PyTorch's order) or e.g. 'cudnn,flash'")
+    parser.add_argument("--attn-backends", nargs="+", default=["auto"],
+                        help="ours: 'auto' (time each), 'default' (FastQwen25Vision's: Triton windows on CUDA) "
+                             "or e.g. 'cudnn,flash' ('triton,cudnn': Triton windows, cuDNN elsewhere); "
+                             "several values: one 'ours' row each")
     parser.add_argument("--mlp-multiple", type=int, default=64, help="ours: MLP width padding")
     parser.add_argument("--matmul-size", type=int, default=None, help="n of the n^3 rate probe (8192 GPU, 512 CPU)")
     parser.add_argument("--profile", action="store_true", help="print ours' top kernels for the first case")
@@ -211,14 +213,17 @@ def pick_backends(fast: FastQwen25Vision, grids, device, dtype) -> dict[str, lis
         count = min(group.num_seqs, max_seqs)
         qkv = torch.randn(count * group.length, 3, heads, head_dim, device=device, dtype=dtype)
         q, k, v = qkv[:, 0].contiguous(), qkv[:, 1].contiguous(), qkv[:, 2]
-        sub = VarlenGroups((VarlenGroup(group.length, count, 0, None),), q.shape[0], group.length, torch.zeros(1))
+        sub = plan_varlen_groups(torch.arange(count + 1) * group.length, device)
+        # the Triton window kernel competes where it applies (windows; it falls back to SDPA elsewhere)
+        is_triton = kind == "window" and device.type == "cuda" and triton_windows_available()
         timed = []
-        for backends in BACKEND_CHOICES:
+        for backends in BACKEND_CHOICES + ((["triton"],) if is_triton else ()):
             def attend(q=q, k=k, v=v, sub=sub, backends=backends):
-                return grouped_attention(q, k, v, sub, scale=fast.scale, backends=backends)
+                return varlen_attention(q, k, v, None, scale=fast.scale, groups=sub, backends=backends,
+                                        use_flash=False)
             try:
                 seconds = median_seconds(attend, device, repeats=3)
-            except RuntimeError as error:  # this backend cannot run this shape / dtype
+            except Exception as error:  # noqa: BLE001 - this backend cannot run (or compile) this shape / dtype
                 log(f"  attention {kind} L={group.length}: {backends[0]} unavailable ({str(error)[:80]})")
                 continue
             tflops = 4.0 * count * group.length ** 2 * heads * head_dim / seconds / 1e12
@@ -229,20 +234,22 @@ def pick_backends(fast: FastQwen25Vision, grids, device, dtype) -> dict[str, lis
     return chosen
 
 
-def make_ours(tower, args, grids, device, dtype, is_compiled: bool | None) -> FastQwen25Vision:
-    """FastQwen25Vision with the SDPA backends that --attn-backends asks for."""
+def make_ours(tower, args, grids, device, dtype, is_compiled: bool | None, spec: str) -> FastQwen25Vision:
+    """FastQwen25Vision with the SDPA backends that `spec` (one --attn-backends value) asks for."""
     fast = FastQwen25Vision(tower, compile=is_compiled, mlp_multiple=args.mlp_multiple)
-    if args.attn_backends == "auto" and device.type == "cuda" and grids:
+    if spec == "auto" and device.type == "cuda" and grids:
         fast.backends = pick_backends(fast, grids, device, dtype)
-    elif args.attn_backends not in ("auto", "default"):
-        fast.backends = dict.fromkeys(("window", "natural"), args.attn_backends.split(","))
+    elif spec not in ("auto", "default"):
+        fast.backends = dict.fromkeys(("window", "natural"), spec.split(","))
+    if "triton" in spec.split(",") and not triton_windows_available():
+        log("  Triton window kernel not importable (PYTHONPATH needs the repo's kernels/): SDPA used")
     return fast
 
 
-def time_ours(tower, args, grids, rows, device, dtype) -> tuple[dict, FastQwen25Vision]:
+def time_ours(tower, args, grids, rows, device, dtype, spec: str) -> tuple[dict, FastQwen25Vision]:
     """Time FastQwen25Vision; if compiling fails, say why and time it eager."""
     is_compiled = {"auto": None, "on": True, "off": False}[args.compile]
-    fast = make_ours(tower, args, grids, device, dtype, is_compiled)
+    fast = make_ours(tower, args, grids, device, dtype, is_compiled, spec)
     def encode():  # reads `fast` when called, so the eager fallback below is timed too
         return fast.encode_chunked(rows, grids, args.max_patches_per_chunk)
     if not fast.is_compiled:
@@ -251,7 +258,7 @@ def time_ours(tower, args, grids, rows, device, dtype) -> tuple[dict, FastQwen25
         return time_runs(encode, max(args.warmup, 1), args.repeats, device), fast
     except Exception as error:  # noqa: BLE001 - compiler failures come in many types; fall back to eager
         log(f"  compiled run failed ({type(error).__name__}: {str(error)[:300]}); timing eager instead")
-        fast = make_ours(tower, args, grids, device, dtype, False)
+        fast = make_ours(tower, args, grids, device, dtype, False, spec)
         return time_runs(encode, args.warmup, args.repeats, device), fast
 
 
@@ -303,19 +310,21 @@ def run_case(tower, args, resolution, frames, rank, world_size, device, dtype, r
             "flops": count_flops(vcfg, grids), "bytes": count_bytes(vcfg, grids)}
     describe_case(base["flops"], base["bytes"], rates, world_size)
     results = []
-    if args.impl in ("ours", "both"):
-        timing, fast = time_ours(tower, args, mine, rows, device, dtype)
+    for index, spec in enumerate(args.attn_backends if args.impl in ("ours", "both") else []):
+        timing, fast = time_ours(tower, args, mine, rows, device, dtype, spec)
         note = f"compile={fast.is_compiled} warmup={sum(timing['warmup_runs']):.1f}s backends={fast.backends}"
         results.append(dict(impl="ours", note=note, **timing))
-        if args.profile and rank == 0 and (resolution, frames) == (args.resolutions[0], args.frames[0]):
+        is_first_case = (resolution, frames) == (args.resolutions[0], args.frames[0])
+        if args.profile and rank == 0 and index == 0 and is_first_case:
             profile_ours(fast, rows, mine, args, device)
         del fast
     if args.impl in ("hf", "both"):
         results += [r for r in [hf_result(tower, args, shares, mine, rows, device, rates)] if r is not None]
     outs = [r.pop("out") for r in results]
-    if len(results) == 2 and outs[0] is not None and outs[1] is not None:
-        diff = (outs[0].float() - outs[1].float()).abs().max() / outs[1].float().abs().max()
-        results[1]["rel_max_diff_vs_ours"] = max_over_ranks([float(diff)], device)[0]
+    for result, other in zip(results[1:], outs[1:]):  # every later row against the first 'ours' row
+        if outs[0] is not None and other is not None:
+            diff = (outs[0].float() - other.float()).abs().max() / other.float().abs().max()
+            result["rel_max_diff_vs_ours"] = max_over_ranks([float(diff)], device)[0]
     for result in results:
         result.update(base, tflops=base["flops"]["total"] / result["seconds"] / 1e12 / world_size)  # per GPU
         result["matmul_fraction"] = result["tflops"] / rates["matmul_tflops"]

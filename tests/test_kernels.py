@@ -26,6 +26,7 @@ import torch
 
 from spava.attention.merge import merge_partials_torch_ as merge_partials_, start_accumulator
 from spava.attention.scoring import pool_scores, query_aware_scores, select_into
+from spava.models.varlen_attention import varlen_attention
 from spava_kernels import dispatch, reference
 
 NEG_INF = float("-inf")
@@ -168,6 +169,41 @@ def check_pack_bad_index_is_zero(device, impl="triton"):
     assert torch.equal(out_k[5], k[index[5], torch.arange(3, device=device)])
 
 
+def _window_inputs(device, dtype, lengths, num_heads, dim, seed=50):
+    """Strided q, k, v `[T, H, D]` views of one packed qkv `[T, 3, H, D]` (as the ViT's), values exactly
+    representable in `dtype`, and cu_seqlens `[S + 1]` int32."""
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device=device)
+    qkv = _randn((int(cu[-1]), 3, num_heads, dim), device, seed).to(dtype)
+    return qkv[:, 0], qkv[:, 1], qkv[:, 2], cu
+
+
+def check_window_attention(device, dtype, lengths, num_heads, dim, interpreted=False, impl="triton", config=None):
+    """Kernel vs a float64 truth of the dtype-rounded inputs: error <= 2x the torch reference's error in
+    `dtype` (computed in float32, rounded once, like SDPA's math backend); written into a row/head
+    view of a bigger buffer, which must stay untouched elsewhere."""
+    q, k, v, cu = _window_inputs(device, dtype, lengths, num_heads, dim)
+    max_seqlen, scale = max(lengths), 1.3 * dim ** -0.5  # a little sharper than usual
+    truth = dispatch.window_attention_reference(q.double(), k.double(), v.double(), cu, max_seqlen, scale)
+    same_dtype = dispatch.window_attention_reference(q, k, v, cu, max_seqlen, scale)
+    big = torch.zeros((q.shape[0] + 3, 2 * num_heads, dim), dtype=dtype, device=device)
+    if config is None:
+        out = dispatch.window_attention(q, k, v, cu, max_seqlen, scale, out=big[2:-1, ::2], impl=impl)
+    else:  # the Triton module directly, with a launch config of the kernel's sweep
+        from spava_kernels.window_attention import Config, window_attention
+
+        out = window_attention(q, k, v, cu, max_seqlen, scale, out=big[2:-1, ::2], config=Config(*config))
+    assert out.data_ptr() == big[2].data_ptr() and out.dtype == dtype
+    assert not big[:2].any() and not big[-1:].any() and not big[:, 1::2].any(), "wrote outside out"
+    torch_error = float((same_dtype.double() - truth).abs().max())
+    error = float((out.double() - truth).abs().max())
+    assert error <= 2 * torch_error + _slack(dtype, truth, interpreted), (error, torch_error)
+    fresh = dispatch.window_attention(q, k, v, cu, max_seqlen, scale, impl=impl)  # out=None: new, q's dtype
+    assert fresh.dtype == dtype and fresh.shape == q.shape and torch.equal(fresh, out)
+
+
+WINDOW_LENGTHS = [64, 48, 36, 1, 17, 64, 30]  # ViT windows (64, 48, 36) and odd lengths
+
+
 # ---------------------------------------------------------------- references agree with spava (CPU, float64)
 
 def test_reference_merge_is_spava_merge_in_float64():
@@ -222,6 +258,21 @@ def test_reference_select_is_spava_select_into():
     assert torch.equal(buf[:, :, 0], want_k) and torch.equal(buf[:, :, 1], want_v)
 
 
+@pytest.mark.parametrize("dim", [80, 64])
+def test_reference_window_attention_is_spava_varlen_attention_in_float64(dim):
+    generator = torch.Generator().manual_seed(51)
+    lengths = torch.randint(1, 65, (23,), generator=generator).tolist() + [64, 64, 1, 64]
+    q, k, v, cu = _window_inputs("cpu", torch.float64, lengths, 3, dim)
+    want = varlen_attention(q, k, v, cu, scale=0.2, backends=["math"], use_flash=False)
+    got = dispatch.window_attention_reference(q, k, v, cu, max(lengths), 0.2)
+    assert got.dtype == torch.float64 and float((got - want).abs().max()) <= 1e-12
+    auto = dispatch.window_attention(q, k, v, cu, 64, 0.2)  # CPU, float64: the reference
+    assert torch.equal(auto, got)
+    with pytest.raises(ValueError):
+        dispatch.window_attention_reference(q, k, v, cu, 63)
+    check_window_attention("cpu", torch.float32, WINDOW_LENGTHS, 2, dim, impl="torch")
+
+
 def test_dispatch_picks_torch_on_cpu_and_validates_impl():
     x = torch.zeros(2, 2, 4)
     assert not dispatch.use_triton("auto", x) and not dispatch.use_triton("torch", x)
@@ -251,6 +302,12 @@ INTERPRETED = {
     "pack_bf16_d128_slot": lambda: check_pack("cpu", torch.bfloat16, 128, strided_out=False),
     "pack_f16_d80_strided": lambda: check_pack("cpu", torch.float16, 80, strided_out=True),
     "pack_bad_index_is_zero": lambda: check_pack_bad_index_is_zero("cpu"),
+    "window_f32_d80": lambda: check_window_attention("cpu", torch.float32, WINDOW_LENGTHS, 2, 80, interpreted=True),
+    "window_bf16_d80": lambda: check_window_attention("cpu", torch.bfloat16, WINDOW_LENGTHS, 2, 80, interpreted=True),
+    "window_f16_d64_block128": lambda: check_window_attention("cpu", torch.float16, [128, 100, 5], 2, 64,
+                                                              interpreted=True),
+    "window_bf16_d80_heads2_partial": lambda: check_window_attention("cpu", torch.bfloat16, WINDOW_LENGTHS, 3, 80,
+                                                                     interpreted=True, config=(2, 4, 2)),
 }
 
 
@@ -336,6 +393,48 @@ def test_cuda_pack_bad_index_and_select_into_match_spava():
     select_into(scores, 77, k, v, *want)
     dispatch.select_into(scores, 77, k, v, *got)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def _vit_window_lengths(seed: int) -> list[int]:
+    """7B-like windows in a shuffled order: 600 of 64 patches, 40 of 48, 4 of 36."""
+    lengths = torch.tensor([64] * 600 + [48] * 40 + [36] * 4)
+    return lengths[torch.randperm(lengths.numel(), generator=torch.Generator().manual_seed(seed))].tolist()
+
+
+@pytest.mark.parametrize("dtype,dim,lengths,config", [
+    (torch.bfloat16, 80, "vit", None),
+    (torch.bfloat16, 80, "vit", (2, 4, 2)),
+    (torch.bfloat16, 80, "vit", (4, 4, 3)),
+    (torch.float16, 64, [128, 100, 5, 64, 128, 17], None),
+    (torch.float32, 128, [128, 100, 5, 64, 128, 17], None),
+    (torch.bfloat16, 72, [33, 1, 16, 31], None),
+])
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.usefixtures("cuda_triton")
+def test_cuda_window_attention(dtype, dim, lengths, config):
+    """The flash-attention rule at 7B ViT shapes (H = 16): kernel error <= 2x the torch reference's."""
+    lengths = _vit_window_lengths(52) if lengths == "vit" else lengths
+    check_window_attention(torch.device("cuda"), dtype, lengths, 16, dim, impl="auto", config=config)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.usefixtures("cuda_triton")
+def test_cuda_varlen_attention_triton_backend_is_the_kernel():
+    """varlen_attention(backends=["triton", ...]): the kernel for windows, SDPA for long sequences;
+    error vs float64 <= 2x SDPA's math backend in bf16 (+1e-6)."""
+    device = torch.device("cuda")
+    q, k, v, cu = _window_inputs(device, torch.bfloat16, _vit_window_lengths(53), 16, 80)
+    truth = varlen_attention(q.double(), k.double(), v.double(), cu, backends=["math"], use_flash=False)
+    math_bf16 = varlen_attention(q, k, v, cu, backends=["math"], use_flash=False)
+    got = varlen_attention(q, k, v, cu, backends=["triton", "cudnn"])
+    assert torch.equal(got, dispatch.window_attention(q, k, v, cu, 64))
+    math_error = float((math_bf16.double() - truth).abs().max())
+    assert float((got.double() - truth).abs().max()) <= 2 * math_error + 1e-6
+    long_cu = torch.tensor([0, 200, q.shape[0]], dtype=torch.int32, device=device)  # > 128: SDPA path
+    got = varlen_attention(q, k, v, long_cu, backends=["triton", "math"], use_flash=False)
+    assert torch.equal(got, varlen_attention(q, k, v, long_cu, backends=["math"], use_flash=False))
 
 
 if __name__ == "__main__":

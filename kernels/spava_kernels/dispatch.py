@@ -102,3 +102,51 @@ def select_into(
     if num_select == 0:
         return
     pack_selected(k, v, select_topk(scores, num_select), out_k, out_v, impl=impl)
+
+
+def window_attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+    max_seqlen: Optional[int] = None, scale: Optional[float] = None, out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Torch reference of `window_attention`, loop-free: every sequence padded to the longest one.
+
+    q, k `[T, H, D]`, v `[T, H, Dv]`, cu_seqlens `[S + 1]` -> out `[T, H, Dv]` (q's dtype when new).
+    Computed in float32 (float64 for float64 inputs) and rounded once, like SDPA's math backend.
+    Memory is O(S * L * H * (D + L)): meant for tests, not for speed. `max_seqlen` is only checked.
+    """
+    num_tokens, num_heads, _ = q.shape
+    if out is None:
+        out = q.new_empty(num_tokens, num_heads, v.shape[2])
+    cu = torch.as_tensor(cu_seqlens).to(q.device, torch.int64)
+    starts, lengths = cu[:-1], cu[1:] - cu[:-1]
+    longest = int(lengths.max()) if lengths.numel() else 0
+    if max_seqlen is not None and longest > max_seqlen:
+        raise ValueError(f"a sequence of {longest} tokens is longer than max_seqlen={max_seqlen}")
+    if longest == 0 or num_tokens == 0:
+        return out
+    positions = torch.arange(longest, device=q.device)
+    valid = positions[None, :] < lengths[:, None]  # [S, L]
+    rows = (starts[:, None] + positions).clamp(max=num_tokens - 1)  # padding rows read a real row
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qs, ks, vs = (x[rows].to(acc) for x in (q, k, v))  # [S, L, H, D]
+    scale = q.shape[2] ** -0.5 if scale is None else scale
+    scores = torch.einsum("sihd,sjhd->shij", qs, ks) * scale
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    # rows beyond a length are all -inf (NaN after softmax) but never written
+    attended = torch.einsum("shij,sjhd->sihd", scores.softmax(-1), vs)
+    out[rows[valid]] = attended[valid].to(out.dtype)
+    return out
+
+
+def window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+    scale: Optional[float] = None, out: Optional[torch.Tensor] = None, impl: str = "auto",
+) -> torch.Tensor:
+    """Non-causal attention within each packed short sequence (ViT windows): q, k `[T, H, D]`,
+    v `[T, H, Dv]`, cu_seqlens `[S + 1]` int32 -> `[T, H, Dv]` (into `out` when given).
+
+    Triton (`spava_kernels.window_attention`: every sequence <= 128 tokens, head_dim <= 128,
+    fp16/bf16/fp32) or the torch reference (float64 always goes to the reference)."""
+    if use_triton(impl, q, k, v, cu_seqlens, allow_float64=False):
+        return _kernels("window_attention").window_attention(q, k, v, cu_seqlens, max_seqlen, scale, out=out)
+    return window_attention_reference(q, k, v, cu_seqlens, max_seqlen, scale, out=out)

@@ -12,11 +12,16 @@ non-flash path runs one attention call per sequence, which is launch-bound. Here
   scattered with a precomputed index. The only Python loop is over distinct lengths (a handful).
 
 `plan_varlen_groups` does the grouping once per layout so that every layer reuses it.
+
+Backend "triton" (first in `backends`, CUDA, every sequence <= 128 tokens): one Triton launch over
+ALL sequences straight from `cu_seqlens` (`spava_kernels.window_attention`; no grouping, no
+gather), for the ViT's 64-patch windows, where batched SDPA runs well below the copy rate.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -111,6 +116,32 @@ def sdpa_backend_context(backends: Sequence[str] | None):
     return sdpa_kernel(chosen, set_priority=True)
 
 
+# Longest sequence the Triton window kernel holds in one tile (spava_kernels.window_attention.MAX_SEQLEN).
+TRITON_MAX_SEQLEN = 128
+
+
+@functools.lru_cache(maxsize=None)
+def triton_windows_available() -> bool:
+    """Whether the Triton window kernel can be imported (Triton and `spava_kernels`, e.g. the repo's
+    kernels/ on PYTHONPATH); neither is imported here."""
+    return all(importlib.util.find_spec(name) is not None for name in ("triton", "spava_kernels"))
+
+
+def _triton_window_fn(q: torch.Tensor, v: torch.Tensor, backends: Sequence[str] | None,
+                      max_seqlen: int) -> Callable | None:
+    """`spava_kernels.dispatch.window_attention` when `backends` starts with "triton" and it can run
+    here (CUDA fp16/bf16/fp32, sequences <= 128, head_dim <= 128), else None (the SDPA/flash path)."""
+    if not backends or backends[0] != "triton" or not q.is_cuda or max_seqlen > TRITON_MAX_SEQLEN:
+        return None
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or max(q.shape[2], v.shape[2]) > 128:
+        return None
+    if not triton_windows_available():
+        return None
+    from spava_kernels.dispatch import window_attention  # lazy: imports Triton on first use
+
+    return window_attention
+
+
 def _flash_varlen_fn() -> Callable | None:
     """flash-attn's varlen kernel if the package imports, else None."""
     if importlib.util.find_spec("flash_attn") is None:
@@ -189,13 +220,23 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         cu_seqlens: `[S + 1]` cumulative sequence lengths (0, ..., T); may be None when `groups` is given.
         scale: softmax scale (default `D ** -0.5`).
         groups: a precomputed `plan_varlen_groups(cu_seqlens)`, reused across layers.
-        backends: SDPA backend names in priority order (`cudnn`, `flash`, `efficient`, `math`).
+        backends: SDPA backend names in priority order (`cudnn`, `flash`, `efficient`, `math`); a
+            leading "triton" runs the Triton kernel for short sequences (see the module docstring),
+            and is skipped wherever it cannot run.
         use_flash: flash-attn varlen kernel: None = when importable and usable, False = never.
     """
     if groups is None:
         if cu_seqlens is None:
             raise ValueError("pass cu_seqlens or groups")
         groups = plan_varlen_groups(cu_seqlens, device=q.device)
+    # Triton first when asked for: one launch for all sequences, straight from cu_seqlens.
+    window_fn = _triton_window_fn(q, v, backends, groups.max_seqlen)
+    if window_fn is not None:
+        if groups.num_tokens != q.shape[0]:
+            raise ValueError(f"cu_seqlens covers {groups.num_tokens} tokens but q has {q.shape[0]}")
+        return window_fn(q, k, v, groups.cu_seqlens.to(q.device), groups.max_seqlen, scale, impl="triton")
+    if backends:  # "triton" is not an SDPA backend: whatever follows it is the fallback order
+        backends = [name for name in backends if name != "triton"]
     flash_fn = _is_flash_usable(q, use_flash)
     if flash_fn is not None:
         cu = groups.cu_seqlens.to(q.device)

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from spava.models.varlen_attention import VarlenGroups, plan_varlen_groups, varlen_attention
+from spava.models.varlen_attention import (VarlenGroups, plan_varlen_groups, triton_windows_available,
+                                           varlen_attention)
 
 Grid = tuple[int, int, int]
 
@@ -272,7 +273,9 @@ class FastQwen25Vision:
         hf_visual: a `Qwen2_5_VisionTransformerPretrainedModel`.
         compile: torch.compile the elementwise pieces; None = on CUDA when Triton is importable.
         mlp_multiple: pad the MLP intermediate width to a multiple of this (1: no padding).
-        window_backends / full_backends: SDPA backend names in priority order for the two block kinds.
+        window_backends / full_backends: SDPA backend names in priority order for the two block kinds
+            (window default on CUDA: ["triton"], the Triton window kernel, when it is importable;
+            PyTorch's SDPA order otherwise and for full blocks).
         use_flash: flash-attn varlen kernel (None: when importable).
         max_cached_layouts: grid_thw layouts kept (least recently used dropped).
     """
@@ -298,6 +301,10 @@ class FastQwen25Vision:
             compile = self.device.type == "cuda" and importlib.util.find_spec("triton") is not None
         self.is_compiled = bool(compile)
         self.ops = _make_ops(self.is_compiled)
+        if window_backends is None and self.device.type == "cuda" and triton_windows_available():
+            # One Triton launch over all windows reads q/k/v once (batched SDPA per window length ran
+            # at ~40% of the copy rate); shapes it cannot take fall through to PyTorch's SDPA order.
+            window_backends = ["triton"]
         self.backends = {"window": window_backends, "natural": full_backends}
         self.use_flash = use_flash
         self.max_cached_layouts = max_cached_layouts
