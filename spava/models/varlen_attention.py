@@ -129,11 +129,12 @@ def triton_windows_available() -> bool:
 
 def _triton_window_fn(q: torch.Tensor, v: torch.Tensor, backends: Sequence[str] | None,
                       max_seqlen: int) -> Callable | None:
-    """`spava_kernels.dispatch.window_attention` when `backends` starts with "triton" and it can run
-    here (CUDA fp16/bf16/fp32, sequences <= 128, head_dim <= 128), else None (the SDPA/flash path)."""
+    """`spava_kernels.dispatch.window_attention` when `backends` starts with "triton" and it suits
+    (CUDA fp16/bf16, sequences <= 128, head_dim <= 128), else None (the SDPA/flash path). fp32 stays
+    with SDPA: the kernel's exact fp32 dots run without tensor cores and spill registers."""
     if not backends or backends[0] != "triton" or not q.is_cuda or max_seqlen > TRITON_MAX_SEQLEN:
         return None
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or max(q.shape[2], v.shape[2]) > 128:
+    if q.dtype not in (torch.float16, torch.bfloat16) or max(q.shape[2], v.shape[2]) > 128:
         return None
     if not triton_windows_available():
         return None
