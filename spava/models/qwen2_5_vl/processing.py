@@ -228,13 +228,29 @@ def _import_pillow():
 
 
 def _resize_frames_pil(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pillow bicubic resize of uint8 ``[T, H, W, 3]`` frames -> ``[T, height, width, 3]`` uint8."""
+    """Pillow bicubic resize of uint8 ``[T, H, W, 3]`` frames -> ``[T, height, width, 3]`` uint8.
+
+    Frames are resized on ``torch.get_num_threads()`` threads (Pillow releases the GIL while it
+    resizes); every frame is resized exactly as alone, so the result does not depend on the count.
+    """
     image_module = _import_pillow()
     resized = np.empty((frames.shape[0], height, width, NUM_CHANNELS), dtype=np.uint8)
-    for index, frame in enumerate(frames.numpy()):
-        image = image_module.fromarray(np.ascontiguousarray(frame))
+    source = frames.numpy()
+
+    def resize_one(index: int) -> None:
+        image = image_module.fromarray(np.ascontiguousarray(source[index]))
         # PIL takes (width, height); BICUBIC is HF's resample for Qwen2-VL.
         resized[index] = np.asarray(image.resize((width, height), resample=image_module.Resampling.BICUBIC))
+
+    num_threads = min(torch.get_num_threads(), frames.shape[0])
+    if num_threads <= 1:
+        for index in range(frames.shape[0]):
+            resize_one(index)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(num_threads) as pool:
+            list(pool.map(resize_one, range(frames.shape[0])))
     return torch.from_numpy(resized)
 
 
