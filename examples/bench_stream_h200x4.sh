@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Issue 6 stream benchmark on nvidia-h200-x4 (one command, about 6-7 min): Qwen2.5-VL-7B (random bf16
 # weights), a stream of 8 requests of 720p frames (64 / 96 / 128 frames, cycled), spava attention.
-# Frames are 1288x728 (what 720p is resized to: the same tokens, no CPU resize in the layout stage).
 # Layouts: colocated on 4 GPUs (served one request at a time = `sequential`, and as a stream), then
 # disaggregated 1 encoder + 3 prefill GPUs and 2 + 2 (streams). Results: $OUT/stream.json (rewritten
 # after every layout, so a cut-off run keeps what finished), the table in $OUT/stream.txt, worker
@@ -15,7 +14,7 @@ OUT=${OUT:-bench_out}
 mkdir -p "$OUT"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; df -h /dev/shm; } 2>&1 | tee "$OUT/gpus.txt"
 timeout 480 python3 -m spava.cli bench-stream --device cuda --size 7b --dtype bfloat16 --method spava \
-  --layouts colocated4 sequential disagg1+3 disagg2+2 --num-requests 8 --resolution 1288x728 --frames 64 96 128 \
+  --layouts colocated4 sequential disagg1+3 disagg2+2 --num-requests 8 --resolution 720 --frames 64 96 128 \
   --max-new-tokens 2 --warmup 3 --max-prepared 4 --layout-workers 8 \
   --json "$OUT/stream.json" --worker-log "$OUT/workers.log" 2>&1 | tee "$OUT/stream.txt"
 exit "${PIPESTATUS[0]}"
