@@ -12,9 +12,10 @@ Per layer:
      of chunk r are [anchor | slots W..W+r-1] and those of chunk 2W-1-r are [slots r+1..W-1 |
      anchor | slots W..2W-1]: both one contiguous view;
   3. the query rows' exact partial over the owned keys is computed and its all-gather started;
-  4. the anchor share rows attend causally to the gathered anchor; chunk r attends causally to itself and, once
-     its selections arrived (overlapping the second gather), to its non-local view; the two
-     partials are merged by one fused kernel straight into the output; chunk 2W-1-r likewise;
+  4. the anchor share rows attend causally to the gathered anchor; chunk r attends causally to
+     itself and, once its selections arrived (overlapping the second gather), to its non-local
+     view; the two partials are merged by one fused kernel straight into the output; chunk
+     2W-1-r likewise;
   5. the query rows' partials are LSE-merged (exact, identical on all ranks).
 With a passing budget that covers whole chunks every context row sees all earlier tokens, and the
 method equals exact causal attention.
