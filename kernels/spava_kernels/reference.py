@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from spava.attention.merge import merge_partials_torch_ as merge_partials_, start_accumulator
+from spava.attention import scoring
 from spava.attention.scoring import pool_scores, query_aware_scores
 
 
@@ -146,7 +147,5 @@ def _gather_rows(src: torch.Tensor, expanded: torch.Tensor, dst: torch.Tensor) -
 def select_into(
     scores: torch.Tensor, num_select: int, k: torch.Tensor, v: torch.Tensor, out_k: torch.Tensor, out_v: torch.Tensor
 ) -> None:
-    """spava's `select_into`: top-`num_select` rows per KV head of `scores` `[S, Hkv]`, packed."""
-    if num_select == 0:
-        return
-    pack_selected(k, v, select_topk(scores, num_select), out_k, out_v)
+    """spava's `select_into` itself: top-`num_select` rows per KV head of `scores` `[S, Hkv]`, packed."""
+    scoring.select_into(scores, num_select, k, v, out_k, out_v)

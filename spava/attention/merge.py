@@ -78,15 +78,9 @@ def merge_two_into(out: torch.Tensor, out_a: torch.Tensor, lse_a: torch.Tensor, 
         out_a, out_b: partial outputs `[S, H, D]`; lse_a, lse_b: `[S, H]`.
     Returns:
         the merged lse `[S, H]` in float32 (float64 for float64 inputs).
-    On CUDA this is one fused Triton kernel (`spava_kernels`): read both partials once, write once.
+    On CUDA this is one fused Triton kernel (read both partials once, write once); elsewhere the
+    torch reference, i.e. `start_accumulator` + `merge_partials_torch_` rounded once into `out`.
     """
-    if out.is_cuda:
-        from spava_kernels.dispatch import merge_two, use_triton  # lazy: imports Triton on first use
+    from spava_kernels.dispatch import merge_two  # lazy: spava_kernels' reference imports this module
 
-        if use_triton("auto", out, out_a, out_b, allow_float64=False):
-            return merge_two(out_a, lse_a, out_b, lse_b, out=out)[1]
-    acc_dtype = accumulator_dtype(out_a.dtype)
-    lse_a, lse_b = lse_a.to(acc_dtype), lse_b.to(acc_dtype)
-    weight_b = torch.sigmoid(lse_b - lse_a).unsqueeze(-1)
-    out.copy_(torch.lerp(out_a.to(acc_dtype), out_b.to(acc_dtype), weight_b.to(acc_dtype)))
-    return lse_a - F.logsigmoid(lse_a - lse_b)
+    return merge_two(out_a, lse_a, out_b, lse_b, out=out)[1]
