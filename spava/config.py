@@ -94,12 +94,26 @@ class LayoutConfig:
 
 @dataclass
 class EncodeConfig:
-    """Vision encoder placement. Empty `devices` = colocated on the prefill ranks."""
+    """Vision encoder placement. Empty `devices` = colocated on the prefill ranks.
+
+    Disaggregated (`devices` set), the encoder ranks batch requests: when they are free they take up
+    to `max_batch_requests` of the requests ready for the model stage (in order, while their pixel
+    patches, sum of t*h*w over grid_thw, total at most `max_batch_patches`; a larger request is taken
+    alone) and encode all their temporal grids in one vision-tower call. That helps streams of short
+    videos, whose tower calls are otherwise launch/size-bound; `max_batch_requests: 1` encodes one
+    request at a time. The prefill ranks still take the requests one by one. Colocated, both are unused.
+    """
 
     devices: list[str] = field(default_factory=lambda: ["cpu"])
+    max_batch_requests: int = 4  # requests per encoder batch (>= 1; 1 = no batching)
+    max_batch_patches: int = 300_000  # pixel patches per encoder batch, over all its requests (>= 1)
 
     def __post_init__(self) -> None:
         _check_devices("encode.devices", self.devices)
+        if self.max_batch_requests < 1:
+            raise ValueError(f"encode.max_batch_requests must be >= 1, got {self.max_batch_requests}")
+        if self.max_batch_patches < 1:
+            raise ValueError(f"encode.max_batch_patches must be >= 1, got {self.max_batch_patches}")
 
 
 @dataclass
@@ -142,7 +156,9 @@ class RuntimeConfig:
     startup_timeout_s: float = 300.0
     request_timeout_s: float = 600.0
     max_queued_requests: int = 256
-    max_prepared_requests: int = 2  # decoded+laid-out requests waiting for the model (bounds memory)
+    # decoded+laid-out requests waiting for the model (bounds memory); disaggregated, the scheduler
+    # allows at least encode.max_batch_requests of them, so a full encoder batch can be ready
+    max_prepared_requests: int = 2
     max_worker_restarts: int = 3
     log_level: str = "INFO"
     metrics_port: Optional[int] = None

@@ -7,7 +7,8 @@ import glob
 import pytest
 
 from spava.comm.messages import (
-    CancelReq, LayoutTaskOutput, MessageError, ModelTaskReq, SubmitReq, TensorRef, decode_message, encode_message,
+    CancelReq, EncodeBatchReq, LayoutTaskOutput, MessageError, ModelTaskReq, SubmitReq, TensorRef, decode_message,
+    encode_message,
 )
 from spava.config import config_hash, load_config
 
@@ -34,6 +35,8 @@ def test_overrides_and_hash():
         ("", ["model.dtype=int3"], "model.dtype"),
         ("", ["prefill.devices=[]"], "prefill.devices"),
         ("", ["encode.devices=[tpu]"], "encode.devices"),
+        ("", ["encode.max_batch_requests=0"], "encode.max_batch_requests must be >= 1"),
+        ("", ["encode.max_batch_patches=0"], "encode.max_batch_patches must be >= 1"),
         ("", ["stages.video=not_a_path"], "stages.video"),
         ("", ["runtime.heartbeat_timeout_s=0.1"], "runtime.heartbeat_timeout_s"),
         ("model: [unclosed\n", [], "invalid config"),
@@ -55,9 +58,12 @@ def test_missing_config_file():
 def test_messages_round_trip_and_reject_bad_input():
     ref = TensorRef("/dev/shm/x", [3, 4], "float32")
     layout = LayoutTaskOutput("r1", ref, ref, ref, None, [[2, 4, 6]], 5, -3, 12, 0.5)
+    batch = EncodeBatchReq([ModelTaskReq("r1", 7, layout, {}), ModelTaskReq("r2", 8, layout, {"top_k": 2})])
     for message in (SubmitReq("r1", "hi", "path", "/v.mp4", sampling={"top_k": 3}), CancelReq("r1"),
-                    ModelTaskReq("r1", 7, layout, {"temperature": 0.5})):
+                    ModelTaskReq("r1", 7, layout, {"temperature": 0.5}), batch):
         assert decode_message(encode_message(message)) == message
+    with pytest.raises(MessageError, match="EncodeBatchReq.tasks"):
+        decode_message(encode_message(EncodeBatchReq(["not a task"])))
     with pytest.raises(MessageError, match="expected str"):
         decode_message(encode_message(CancelReq(5)))
     with pytest.raises(MessageError):

@@ -27,7 +27,8 @@ requests / wall time. Per-stage means come from the pipeline's own `RunResult.ti
 each stage and queue, max over model ranks). Start-up and warm-up times are reported separately.
 
 What overlaps: CPU stages (video, layout) of later requests run beside the model stage; in
-disaggregated layouts the encoder GPUs encode request i+1 while the prefill GPUs run request i
+disaggregated layouts the encoder GPUs encode the next requests (the ready ones batched in one
+vision-tower call, `encode.max_batch_requests`) while the prefill GPUs run request i
 (`spava.runtime.model_groups`). Colocated, the model stage runs one request at a time.
 """
 

@@ -5,7 +5,7 @@ Who sends what (C = client / Pipeline, S = scheduler, W = stage worker):
   S->C  TokenOutput (streamed), ResultOutput, ErrorOutput, StatusOutput
   W->S  ReadyReq (handshake), HeartbeatReq, VideoTaskOutput, LayoutTaskOutput, ModelTaskOutput,
         TokenOutput (decode rank), TaskError
-  S->W  VideoTaskReq, LayoutTaskReq, ModelTaskReq, CancelReq, ShutdownReq
+  S->W  VideoTaskReq, LayoutTaskReq, ModelTaskReq, EncodeBatchReq (encoder ranks), CancelReq, ShutdownReq
 
 Wire format: msgpack map {"v": PROTOCOL_VERSION, "t": type name, "f": fields}. No pickle. Tensors never
 travel in control messages: a `TensorRef` names a shared-memory file (same host) that holds them.
@@ -185,6 +185,15 @@ class ModelTaskReq:
 
 
 @dataclass
+class EncodeBatchReq:
+    """Several model tasks for the encoder ranks (disaggregated), in `seq` order: their temporal grids are
+    encoded in one vision-tower call. The encoders still answer one `ModelTaskOutput` or `TaskError` per
+    task; a batch of one travels as its plain `ModelTaskReq`."""
+
+    tasks: list[ModelTaskReq]
+
+
+@dataclass
 class ModelTaskOutput:
     request_id: str
     worker_id: str
@@ -209,7 +218,7 @@ MESSAGE_TYPES: dict[str, type] = {
     for cls in (
         SubmitReq, CancelReq, StatusReq, ShutdownReq, TokenOutput, ResultOutput, ErrorOutput, StatusOutput,
         ReadyReq, HeartbeatReq, VideoTaskReq, VideoTaskOutput, LayoutTaskReq, LayoutTaskOutput, ModelTaskReq,
-        ModelTaskOutput, TaskError,
+        EncodeBatchReq, ModelTaskOutput, TaskError,
     )
 }
 

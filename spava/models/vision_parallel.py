@@ -7,11 +7,14 @@ splitting by grid is exact. Encoder ranks take consecutive units balanced by pat
 prefill rank then receives exactly the embeddings of the vision tokens it holds (its anchor copy
 and its chunks), by one uneven all-to-all, instead of an all-gather of everything.
 
-All functions here are pure; `encode_and_route` is the only one that runs the encoder and talks.
+The planning functions are pure; `encode_units` / `encode_units_batch` run the encoder (one request,
+or the grids of several requests in one call on a disaggregated encoder rank); `encode_and_route` is
+the only one that talks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +134,52 @@ def encode_units(encode, pixel_values: torch.Tensor, units, assignment, rank: in
         if progress is not None:
             progress(min(first + step, len(mine)), len(mine))
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def encode_units_batch(encode, pixel_values: list[torch.Tensor], units: list, assignments: list, rank: int,
+                       device, dtype, progress=None) -> list[torch.Tensor | None]:
+    """Several requests' units assigned to `rank`, encoded together: -> per request `[n_rows_i, hidden]` or None.
+
+    Args:
+        encode: (pixel rows `[P, C*T*p*p]`, grid_thw `[G, 3]`) -> merged embeddings `[P/merge^2, d]`.
+        pixel_values: per request, its pixel rows `[P_i, C*T*p*p]` (images then videos).
+        units, assignments: per request, its `plan_vision_units` / `assign_units` (same E for all).
+        progress: optional `progress(done, total)` over the batch's units, as in `encode_units`.
+
+    Returns, per request, what `encode_units` returns for it alone: the embeddings of its units on
+    `rank` (`n_rows_i` = their merged tokens), None where `rank` has none of its units.
+
+    The rank's share of each request (consecutive units, so consecutive pixel rows) is cut out and the
+    shares are concatenated in request order into `[sum_i p_i, C*T*p*p]` rows with one grid row per unit:
+    `encode_units` encodes that as one request (one tower call, or 8 with a progress callback and >= 32
+    units) and the output rows are split back. Exact: temporal grids never attend to each other. A
+    batch of one makes the same tower call as `encode_units` (no copy of its pixels).
+    """
+    pieces, merged, counts = [], [], []
+    for pixels, request_units, assignment in zip(pixel_values, units, assignments, strict=True):
+        start, stop = assignment[rank]
+        mine = request_units[start:stop]
+        counts.append(mine[-1].token_stop - mine[0].token_start if mine else 0)
+        if mine:
+            pieces.append(pixels[mine[0].patch_start: mine[-1].patch_stop])
+            patch = merged[-1].patch_stop if merged else 0
+            token = merged[-1].token_stop if merged else 0
+            merged += _rebase(mine, patch, token)
+    if not merged:
+        return [None] * len(counts)
+    # move each share to the device before concatenating: a host-side copy of pixel rows is the slow one
+    rows = pieces[0] if len(pieces) == 1 else torch.cat([piece.to(device) for piece in pieces])
+    embeds = encode_units(encode, rows, tuple(merged), ((0, len(merged)),), 0, device, dtype, progress)
+    shares = iter(embeds.split([count for count in counts if count]))
+    return [next(shares) if count else None for count in counts]
+
+
+def _rebase(units, patch: int, token: int) -> list[VisionUnit]:
+    """Consecutive `units` moved to start at pixel row `patch` and embedding row `token`."""
+    patch_shift, token_shift = patch - units[0].patch_start, token - units[0].token_start
+    return [dataclasses.replace(u, patch_start=u.patch_start + patch_shift, patch_stop=u.patch_stop + patch_shift,
+                                token_start=u.token_start + token_shift, token_stop=u.token_stop + token_shift)
+            for u in units]
 
 
 def _local_index(plan: SequencePlan, positions: torch.Tensor) -> torch.Tensor:

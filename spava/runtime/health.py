@@ -98,8 +98,9 @@ def check_deadlines(scheduler) -> None:
         scheduler._fail(request, stage, "timeout",
                         f"timed out after {now - request.created:.1f} s (timeout_s / runtime.request_timeout_s)")
     for group in scheduler.model_groups.busy_groups():
-        if group.request_id not in scheduler.requests and now - group.since > scheduler.runtime.request_timeout_s + 30.0:
-            logger.error("%s ranks still busy with failed request %s; restarting the model ranks",
-                         group.name, group.request_id)
+        is_dead = not any(r in scheduler.requests for r in group.request_ids)  # every request of its batch failed
+        if is_dead and now - group.since > scheduler.runtime.request_timeout_s + 30.0:
+            logger.error("%s ranks still busy with failed request(s) %s; restarting the model ranks",
+                         group.name, ", ".join(group.request_ids))
             scheduler.restart_model_group()
             return

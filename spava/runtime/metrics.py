@@ -40,7 +40,8 @@ class Metrics:
             return
         self.requests.labels(outcome=outcome, stage=stage).inc()
         for key, seconds in timings.items():
-            self.stage_seconds.labels(stage=key.removesuffix("_s")).observe(seconds)
+            if key.endswith("_s"):  # not counts such as encode_batch_size
+                self.stage_seconds.labels(stage=key.removesuffix("_s")).observe(seconds)
 
     def update(self, queues: dict, is_healthy: bool) -> None:
         if not self.is_enabled:

@@ -53,3 +53,12 @@ def resolve_sampling(config, message) -> dict:
 
     sampling_params(config.decode, message.sampling)
     return dict(message.sampling)
+
+
+def max_prepared_requests(config) -> int:
+    """How many admitted requests may hold frames/pixels before the model stage takes them:
+    `runtime.max_prepared_requests`, raised to `encode.max_batch_requests` when disaggregated (else
+    the encoders could never find a full batch ready). Colocated it is the runtime value as is."""
+    if not config.encode.devices:
+        return config.runtime.max_prepared_requests
+    return max(config.runtime.max_prepared_requests, config.encode.max_batch_requests)

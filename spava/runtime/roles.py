@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spava.comm.messages import LayoutTaskReq, ModelTaskReq, VideoTaskReq
+from spava.comm.messages import EncodeBatchReq, LayoutTaskReq, ModelTaskReq, VideoTaskReq
 from spava.stages.base import load_stage_class
 
 
@@ -58,11 +58,21 @@ def _build_model_role(worker):
     context = worker.stage_context(device, placement, group)
     if placement.role(rank) == "encode":
         encoder = _stage(worker, "encode", context)
-        return device, {ModelTaskReq: encoder.process}
+        return device, _encoder_handlers(encoder, config.encode.max_batch_requests)
     prefill = _stage(worker, "prefill", context)
     decode = _stage(worker, "decode", context)
     decode.bind(prefill.runner)
     return device, {ModelTaskReq: lambda task: decode.process(prefill.process(task))}
+
+
+def _encoder_handlers(encoder, max_batch_requests: int) -> dict:
+    """One request (`ModelTaskReq`) -> `process`; a batch (`EncodeBatchReq`) -> `process_batch`."""
+    if not hasattr(encoder, "process_batch"):
+        if max_batch_requests > 1:
+            raise ValueError(f"the encode stage {type(encoder).__name__} has no process_batch(EncodeBatchReq); "
+                             "set encode.max_batch_requests=1")
+        return {ModelTaskReq: encoder.process}
+    return {ModelTaskReq: encoder.process, EncodeBatchReq: encoder.process_batch}
 
 
 def build_role(worker):

@@ -3,10 +3,11 @@
 Runs as a thread of the process that created the `Pipeline` (or of a head-node launcher). Workers
 connect as DEALERs with their worker id as identity and say `ReadyReq`; clients connect as DEALERs
 and send `SubmitReq`. Each request goes video -> layout -> model (encode + prefill + decode on the
-model ranks, which take one request at a time, in `seq` order). Different requests overlap: while
-the model ranks run request i, layout runs i+1 and video decoding i+2. The number of admitted but
-not yet running requests whose frames/pixels are held in memory is bounded
-(`runtime.max_prepared_requests`): that is the back-pressure.
+model ranks, which take one request at a time, in `seq` order; disaggregated encoder ranks may take
+a batch of them, see `model_groups`). Different requests overlap: while the model ranks run request
+i, layout runs i+1 and video decoding i+2. The number of admitted but not yet running requests whose
+frames/pixels are held in memory is bounded (`runtime.max_prepared_requests`, at least
+`encode.max_batch_requests` when disaggregated): that is the back-pressure.
 
 Failures stay per request: bad input, a timeout, a cancellation or a dead worker fail that request
 with an `ErrorOutput` naming the stage; dead workers are restarted (the model group as a whole),
@@ -23,16 +24,16 @@ import time
 import zmq
 
 from spava.comm.messages import (
-    CancelReq, ErrorOutput, HeartbeatReq, LayoutTaskOutput, LayoutTaskReq, MessageError, ModelTaskOutput,
-    ModelTaskReq, ReadyReq, ResultOutput, ShutdownReq, StatusOutput, StatusReq, SubmitReq, TaskError,
-    TokenOutput, VideoTaskOutput, VideoTaskReq, decode_message, encode_message,
+    CancelReq, EncodeBatchReq, ErrorOutput, HeartbeatReq, LayoutTaskOutput, LayoutTaskReq, MessageError,
+    ModelTaskOutput, ModelTaskReq, ReadyReq, ResultOutput, ShutdownReq, StatusOutput, StatusReq, SubmitReq,
+    TaskError, TensorRef, TokenOutput, VideoTaskOutput, VideoTaskReq, decode_message, encode_message,
 )
 from spava.comm.transport import unlink_shared
 from spava.runtime.launch import free_port, worker_specs
 from spava.comm.security import secure_server
 from spava.runtime.metrics import Metrics
-from spava.runtime.model_groups import ModelGroups
-from spava.runtime.policy import admission_error, resolve_options, resolve_sampling
+from spava.runtime.model_groups import EncodeBatchLimits, Handout, ModelGroups, num_patches
+from spava.runtime.policy import admission_error, max_prepared_requests, resolve_options, resolve_sampling
 from spava.runtime.state import Request, WorkerState
 
 logger = logging.getLogger("spava.scheduler")
@@ -57,7 +58,11 @@ class Scheduler:
         self.workers = {spec.worker_id: WorkerState(spec) for spec in worker_specs(config)}
         self.requests: dict[str, Request] = {}
         self.queues = {stage: collections.deque() for stage in ("video", "layout", "model")}
-        self.model_groups = ModelGroups.from_workers(self._model_workers(), len(config.encode.devices))
+        limits = EncodeBatchLimits(config.encode.max_batch_requests, config.encode.max_batch_patches)
+        self.model_groups = ModelGroups.from_workers(self._model_workers(), len(config.encode.devices), limits)
+        self.max_prepared = max_prepared_requests(config)
+        # shared memory of ended requests that model ranks may still read (see _forget)
+        self.held_refs: dict[str, list[TensorRef]] = {}
         self.is_healthy = True
         self.health_detail = ""
         self.ready = threading.Event()
@@ -106,6 +111,7 @@ class Scheduler:
         self.launcher.stop_all(grace_s=3.0)
         for request in list(self.requests.values()):
             self._fail(request, "scheduler", "internal", "the pipeline was shut down")
+        self._free_held_refs(is_final=True)
         self.socket.close()
         if self.authenticator is not None:
             self.authenticator.stop()
@@ -236,6 +242,7 @@ class Scheduler:
 
     def _on_model(self, identity: bytes, message: ModelTaskOutput) -> None:
         self.model_groups.release(message.worker_id, message.request_id)
+        self._free_held_refs()
         request = self.requests.get(message.request_id)
         if request is None:
             return
@@ -255,8 +262,13 @@ class Scheduler:
         else:
             self._release(message.worker_id)
         request = self.requests.get(message.request_id)
-        if request is not None:
-            self._fail(request, message.stage, message.kind, message.message)
+        if request is None:
+            return
+        if message.stage == "model" and self.model_groups.holds(request.request_id):
+            # other model ranks still run it (the prefill ranks receive an encoder's placeholder rows
+            # of a failed batch): let the decode rank stop it after one token
+            self._broadcast_model(CancelReq(request.request_id))
+        self._fail(request, message.stage, message.kind, message.message)
 
     # ----- completion ---------------------------------------------------------------------------
 
@@ -298,9 +310,24 @@ class Scheduler:
         self.metrics.finished(kind, stage, request.timings)
 
     def _forget(self, request: Request) -> None:
+        """Drop the request and free its shared memory, at once or when no model rank needs it any more.
+
+        A request that ended (failed) while model ranks were given it, or still get it from
+        `ModelGroups.encoded`, keeps its layout readable until they report its end: the prefill ranks
+        must read it to post the receives that match the encoders' point-to-point sends.
+        """
+        self.requests.pop(request.request_id, None)
+        if self.model_groups.holds(request.request_id):
+            self.held_refs[request.request_id] = request.refs
+            return
         for ref in request.refs:
             unlink_shared(ref)
-        self.requests.pop(request.request_id, None)
+
+    def _free_held_refs(self, is_final: bool = False) -> None:
+        """Free the shared memory of ended requests that no model rank holds any more (all when final)."""
+        for request_id in [r for r in self.held_refs if is_final or not self.model_groups.holds(r)]:
+            for ref in self.held_refs.pop(request_id):
+                unlink_shared(ref)
 
     # ----- dispatch and health (see policy.py for the pure rules) -------------------------------
 
@@ -312,6 +339,7 @@ class Scheduler:
             self._send(state.spec.worker_id.encode(), message)
 
     def _num_prepared(self) -> int:
+        """Admitted requests holding frames/pixels that the model stage has not taken yet."""
         in_flight = sum(1 for r in self.requests.values() if r.stage in ("video", "layout"))
         return in_flight + len(self.queues["layout"]) + len(self.queues["model"])
 
@@ -320,7 +348,7 @@ class Scheduler:
 
     def _dispatch(self) -> None:
         for state in self._idle("video"):
-            if not self.queues["video"] or self._num_prepared() >= self.runtime.max_prepared_requests:
+            if not self.queues["video"] or self._num_prepared() >= self.max_prepared:
                 break
             request = self.requests[self.queues["video"].popleft()]
             self._assign(state, request, "video", VideoTaskReq(
@@ -334,15 +362,24 @@ class Scheduler:
             self._assign(state, request, "layout", LayoutTaskReq(
                 request.request_id, request.submit.prompt, video.frames if video else None,
                 video.second_per_grid if video else 0.0, request.options, request.submit.document))
-        for task, group, is_new in self.model_groups.next_tasks(self.queues["model"], self._model_task):
-            if is_new:
+        for handout in self.model_groups.next_tasks(self.queues["model"], self._model_task, self._num_patches):
+            self._send_model_work(handout)
+
+    def _send_model_work(self, handout: Handout) -> None:
+        """One task as its `ModelTaskReq`, an encoder batch of several as one `EncodeBatchReq`."""
+        if handout.is_new:
+            for task in handout.tasks:
                 self.requests[task.request_id].enter("model")
-            for state in group.workers:
-                self._send(state.spec.worker_id.encode(), task)
+        message = handout.tasks[0] if len(handout.tasks) == 1 else EncodeBatchReq(list(handout.tasks))
+        for state in handout.group.workers:
+            self._send(state.spec.worker_id.encode(), message)
 
     def _model_task(self, request_id: str, seq: int) -> ModelTaskReq:
         request = self.requests[request_id]
         return ModelTaskReq(request_id, seq, request.layout, request.sampling)
+
+    def _num_patches(self, request_id: str) -> int:
+        return num_patches(self.requests[request_id].layout.grid_thw)
 
     def _assign(self, state: WorkerState, request: Request, stage: str, task) -> None:
         state.request_id = request.request_id
@@ -369,3 +406,4 @@ class Scheduler:
             state.num_restarts += 1
             self.launcher.start(state.spec, dist_port=port)
         self.model_groups.reset()
+        self._free_held_refs()

@@ -24,11 +24,19 @@ import traceback
 import zmq
 
 from spava.comm.messages import (
-    CancelReq, HeartbeatReq, MessageError, ModelTaskReq, ReadyReq, ShutdownReq, TaskError,
+    CancelReq, EncodeBatchReq, HeartbeatReq, MessageError, ModelTaskReq, ReadyReq, ShutdownReq, TaskError,
     decode_message, encode_message,
 )
 from spava.comm.security import resolve_secret, secure_client
 from spava.stages.base import BadInputError, StageContext
+
+# model tasks always run, even cancelled: their point-to-point transfers must be matched on the peers
+MODEL_TASKS = (ModelTaskReq, EncodeBatchReq)
+
+
+def task_request_ids(task) -> list[str]:
+    """The requests a task message is about: one, or every task of an encoder batch."""
+    return [t.request_id for t in task.tasks] if isinstance(task, EncodeBatchReq) else [task.request_id]
 
 
 class WorkerChannel:
@@ -156,20 +164,25 @@ class Worker:
             self._run(handler, message)
 
     def _run(self, handler, task) -> None:
-        request_id = task.request_id
-        if request_id in self.channel.cancelled and not isinstance(task, ModelTaskReq):
+        """Run one task message; the handler returns its output message, or sends the outputs itself
+        (an encoder batch answers each request as soon as it is done) and returns None. An exception
+        fails every request of the message."""
+        request_ids = task_request_ids(task)
+        if not request_ids or (request_ids[0] in self.channel.cancelled and not isinstance(task, MODEL_TASKS)):
             return
-        self.state["request_id"] = request_id
+        self.state["request_id"] = request_ids[0]
         try:
             output = handler(task)
             if output is not None:
                 self.channel.send(output)
         except BadInputError as error:
-            self.channel.send(TaskError(request_id, self.worker_id, self.args.role, "bad_input", str(error)))
+            for request_id in request_ids:
+                self.channel.send(TaskError(request_id, self.worker_id, self.args.role, "bad_input", str(error)))
         except Exception as error:  # noqa: BLE001 - a failing task must not kill the worker
-            self.logger.error("task %s failed:\n%s", request_id, traceback.format_exc())
-            self.channel.send(TaskError(request_id, self.worker_id, self.args.role, "internal",
-                                        f"{type(error).__name__}: {error}"))
+            self.logger.error("task %s failed:\n%s", ", ".join(request_ids), traceback.format_exc())
+            for request_id in request_ids:
+                self.channel.send(TaskError(request_id, self.worker_id, self.args.role, "internal",
+                                            f"{type(error).__name__}: {error}"))
         finally:
             self.state["request_id"] = None
 

@@ -7,6 +7,8 @@ is armed by creating a flag file in that directory; the first stage process that
   <stage>-crash          the worker process exits at once (os._exit) in the middle of a task
   <stage>-sleep          the task sleeps N seconds first (N = the file's content, default 5)
   prefill-crash-rank<R>  prefill rank R exits mid-request
+  encode-batch-fail      the vision-tower call of the next batch of several requests raises
+                         (an encoder rank's `EncodeBatchReq`; one request alone is not affected)
 
 where <stage> is video, layout or prefill.
 """
@@ -17,6 +19,7 @@ import os
 import time
 from pathlib import Path
 
+from spava.stages.encode import VisionEncoder
 from spava.stages.layout import LayoutPlanner
 from spava.stages.prefill import PrefillWorker
 from spava.stages.video import VideoDecoder
@@ -68,3 +71,18 @@ class FaultyPrefill(PrefillWorker):
         if take_fault(f"prefill-crash-rank{self.runner.comm.rank}") is not None:
             os._exit(17)
         return super().process(task)
+
+
+def _failing_tower(pixel_rows, grid_thw):
+    raise RuntimeError("injected vision-tower failure (encode-batch-fail)")
+
+
+class FaultyEncoder(VisionEncoder):
+    def process_batch(self, batch):
+        if take_fault("encode-batch-fail") is None:
+            return super().process_batch(batch)
+        self.adapter.encode = _failing_tower  # shadows the adapter's method for this batch only
+        try:
+            return super().process_batch(batch)
+        finally:
+            del self.adapter.encode
