@@ -53,9 +53,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-patches-per-chunk", type=int, default=600_000, help="ours: chunked encoding bound")
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="ours: torch.compile")
     parser.add_argument("--attn-backends", nargs="+", default=["auto"],
-                        help="ours: 'auto' (time each), 'default' (FastQwen25Vision's: Triton windows on CUDA) "
-                             "or e.g. 'cudnn,flash' ('triton,cudnn': Triton windows, cuDNN elsewhere); "
+                        help="ours: 'auto' (time each), 'default' (FastQwen25Vision's: the Triton kernels on CUDA) "
+                             "or e.g. 'cudnn,flash' (both block kinds), 'triton/cudnn' (window blocks / full blocks; "
+                             "'triton' is the window kernel for windows, the flash kernel for full blocks); "
                              "several values: one 'ours' row each")
+    parser.add_argument("--fused-rotary", nargs="+", default=["on"], choices=["on", "off"],
+                        help="ours: window kernel rotates q, k on load (FastQwen25Vision's fuse_window_rotary); "
+                             "'on off': one row each, per --attn-backends value")
+    parser.add_argument("--fused-swiglu", nargs="+", default=["auto"], choices=["auto", "on", "off"],
+                        help="ours: gate/up GEMM + SwiGLU as one Triton kernel (FastQwen25Vision's fuse_swiglu; "
+                             "auto: where it runs); several values: one row each")
     parser.add_argument("--mlp-multiple", type=int, default=64, help="ours: MLP width padding")
     parser.add_argument("--matmul-size", type=int, default=None, help="n of the n^3 rate probe (8192 GPU, 512 CPU)")
     parser.add_argument("--profile", action="store_true", help="print ours' top kernels for the first case")
@@ -214,8 +221,8 @@ def pick_backends(fast: FastQwen25Vision, grids, device, dtype) -> dict[str, lis
         qkv = torch.randn(count * group.length, 3, heads, head_dim, device=device, dtype=dtype)
         q, k, v = qkv[:, 0].contiguous(), qkv[:, 1].contiguous(), qkv[:, 2]
         sub = plan_varlen_groups(torch.arange(count + 1) * group.length, device)
-        # the Triton window kernel competes where it applies (windows; it falls back to SDPA elsewhere)
-        is_triton = kind == "window" and device.type == "cuda" and triton_windows_available()
+        # the Triton kernels compete too (window kernel for windows, flash kernel for full attention)
+        is_triton = device.type == "cuda" and triton_windows_available()
         timed = []
         for backends in BACKEND_CHOICES + ((["triton"],) if is_triton else ()):
             def attend(q=q, k=k, v=v, sub=sub, backends=backends):
@@ -235,14 +242,20 @@ def pick_backends(fast: FastQwen25Vision, grids, device, dtype) -> dict[str, lis
 
 
 def make_ours(tower, args, grids, device, dtype, is_compiled: bool | None, spec: str) -> FastQwen25Vision:
-    """FastQwen25Vision with the SDPA backends that `spec` (one --attn-backends value) asks for."""
-    fast = FastQwen25Vision(tower, compile=is_compiled, mlp_multiple=args.mlp_multiple)
+    """FastQwen25Vision with the SDPA backends that `spec` (one --attn-backends value, then
+    ":<--fused-rotary>:<--fused-swiglu>") asks for."""
+    spec, _, fused = spec.partition(":")
+    fused, _, swiglu = fused.partition(":")
+    fast = FastQwen25Vision(tower, compile=is_compiled, mlp_multiple=args.mlp_multiple,
+                            fuse_window_rotary=fused != "off",
+                            fuse_swiglu={"on": True, "off": False}.get(swiglu))
     if spec == "auto" and device.type == "cuda" and grids:
         fast.backends = pick_backends(fast, grids, device, dtype)
     elif spec not in ("auto", "default"):
-        fast.backends = dict.fromkeys(("window", "natural"), spec.split(","))
-    if "triton" in spec.split(",") and not triton_windows_available():
-        log("  Triton window kernel not importable (PYTHONPATH needs the repo's kernels/): SDPA used")
+        window, _, full = spec.partition("/")  # "a,b" for both block kinds, "a,b/c,d" windows / full blocks
+        fast.backends = {"window": window.split(","), "natural": (full or window).split(",")}
+    if "triton" in spec.replace("/", ",").split(",") and not triton_windows_available():
+        log("  Triton kernels not importable (PYTHONPATH needs the repo's kernels/): SDPA used")
     return fast
 
 
@@ -310,9 +323,12 @@ def run_case(tower, args, resolution, frames, rank, world_size, device, dtype, r
             "flops": count_flops(vcfg, grids), "bytes": count_bytes(vcfg, grids)}
     describe_case(base["flops"], base["bytes"], rates, world_size)
     results = []
-    for index, spec in enumerate(args.attn_backends if args.impl in ("ours", "both") else []):
+    specs = [f"{spec}:{fused}:{swiglu}" for spec in args.attn_backends for fused in args.fused_rotary
+             for swiglu in args.fused_swiglu]
+    for index, spec in enumerate(specs if args.impl in ("ours", "both") else []):
         timing, fast = time_ours(tower, args, mine, rows, device, dtype, spec)
-        note = f"compile={fast.is_compiled} warmup={sum(timing['warmup_runs']):.1f}s backends={fast.backends}"
+        note = (f"compile={fast.is_compiled} warmup={sum(timing['warmup_runs']):.1f}s backends={fast.backends} "
+                f"fused_rotary={fast.fuse_window_rotary} fused_swiglu={fast.fuse_swiglu}")
         results.append(dict(impl="ours", note=note, **timing))
         is_first_case = (resolution, frames) == (args.resolutions[0], args.frames[0])
         if args.profile and rank == 0 and index == 0 and is_first_case:

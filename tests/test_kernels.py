@@ -177,31 +177,131 @@ def _window_inputs(device, dtype, lengths, num_heads, dim, seed=50):
     return qkv[:, 0], qkv[:, 1], qkv[:, 2], cu
 
 
-def check_window_attention(device, dtype, lengths, num_heads, dim, interpreted=False, impl="triton", config=None):
+def _rotary_tables(num_tokens, dim, device, seed=60):
+    """cos, sin `[T, D/2]` float32 of random angles (as the ViT's per-row tables)."""
+    angles = _randn((num_tokens, dim // 2), device, seed, scale=3.0).float()
+    return angles.cos(), angles.sin()
+
+
+def check_window_attention(device, dtype, lengths, num_heads, dim, interpreted=False, impl="triton", config=None,
+                           rotary=False):
     """Kernel vs a float64 truth of the dtype-rounded inputs: error <= 2x the torch reference's error in
     `dtype` (computed in float32, rounded once, like SDPA's math backend); written into a row/head
-    view of a bigger buffer, which must stay untouched elsewhere."""
+    view of a bigger buffer, which must stay untouched elsewhere. rotary: q, k rotated on load
+    (truth: rotated in float64; the same-dtype reference rotates in float32 and rounds, as HF)."""
     q, k, v, cu = _window_inputs(device, dtype, lengths, num_heads, dim)
+    tables = _rotary_tables(q.shape[0], dim, device) if rotary else None
     max_seqlen, scale = max(lengths), 1.3 * dim ** -0.5  # a little sharper than usual
-    truth = dispatch.window_attention_reference(q.double(), k.double(), v.double(), cu, max_seqlen, scale)
-    same_dtype = dispatch.window_attention_reference(q, k, v, cu, max_seqlen, scale)
+    wide = [x.double() for x in (q, k)]
+    if tables is not None:
+        wide = [reference.rotate_half(x, *tables) for x in wide]
+        same = [reference.rotate_half(x, *tables) for x in (q, k)]
+    else:
+        same = [q, k]
+    truth = dispatch.window_attention_reference(*wide, v.double(), cu, max_seqlen, scale)
+    same_dtype = dispatch.window_attention_reference(*same, v, cu, max_seqlen, scale)
     big = torch.zeros((q.shape[0] + 3, 2 * num_heads, dim), dtype=dtype, device=device)
     if config is None:
-        out = dispatch.window_attention(q, k, v, cu, max_seqlen, scale, out=big[2:-1, ::2], impl=impl)
+        out = dispatch.window_attention(q, k, v, cu, max_seqlen, scale, out=big[2:-1, ::2], impl=impl, rotary=tables)
     else:  # the Triton module directly, with a launch config of the kernel's sweep
         from spava_kernels.window_attention import Config, window_attention
 
-        out = window_attention(q, k, v, cu, max_seqlen, scale, out=big[2:-1, ::2], config=Config(*config))
+        out = window_attention(q, k, v, cu, max_seqlen, scale, out=big[2:-1, ::2], config=Config(*config),
+                               rotary=tables)
     assert out.data_ptr() == big[2].data_ptr() and out.dtype == dtype
     assert not big[:2].any() and not big[-1:].any() and not big[:, 1::2].any(), "wrote outside out"
     torch_error = float((same_dtype.double() - truth).abs().max())
     error = float((out.double() - truth).abs().max())
     assert error <= 2 * torch_error + _slack(dtype, truth, interpreted), (error, torch_error)
-    fresh = dispatch.window_attention(q, k, v, cu, max_seqlen, scale, impl=impl)  # out=None: new, q's dtype
+    fresh = dispatch.window_attention(q, k, v, cu, max_seqlen, scale, impl=impl, rotary=tables)  # new, q's dtype
     assert fresh.dtype == dtype and fresh.shape == q.shape and torch.equal(fresh, out)
 
 
 WINDOW_LENGTHS = [64, 48, 36, 1, 17, 64, 30]  # ViT windows (64, 48, 36) and odd lengths
+
+
+def check_flash_attention(device, dtype, lengths, num_heads, dim, interpreted=False, impl="triton", config=None):
+    """Like `check_window_attention`, for the long-sequence kernel (`spava_kernels.flash_attention`):
+    error vs float64 <= 2x the torch reference's in `dtype`; writes only into its row/head view."""
+    q, k, v, cu = _window_inputs(device, dtype, lengths, num_heads, dim, seed=51)
+    max_seqlen, scale = max(lengths), 1.3 * dim ** -0.5
+    truth = dispatch.window_attention_reference(q.double(), k.double(), v.double(), cu, max_seqlen, scale)
+    same_dtype = dispatch.window_attention_reference(q, k, v, cu, max_seqlen, scale)
+    big = torch.zeros((q.shape[0] + 3, 2 * num_heads, dim), dtype=dtype, device=device)
+    if config is None:
+        out = dispatch.flash_attention(q, k, v, cu, max_seqlen, scale, out=big[2:-1, ::2], impl=impl)
+    else:
+        from spava_kernels.flash_attention import Config, flash_attention
+
+        out = flash_attention(q, k, v, cu, max_seqlen, scale, out=big[2:-1, ::2], config=Config(*config))
+    assert out.data_ptr() == big[2].data_ptr() and out.dtype == dtype
+    assert not big[:2].any() and not big[-1:].any() and not big[:, 1::2].any(), "wrote outside out"
+    torch_error = float((same_dtype.double() - truth).abs().max())
+    error = float((out.double() - truth).abs().max())
+    assert error <= 2 * torch_error + _slack(dtype, truth, interpreted), (error, torch_error)
+    fresh = dispatch.flash_attention(q, k, v, cu, max_seqlen, scale, impl=impl)  # default config
+    assert fresh.dtype == dtype and fresh.shape == q.shape
+    assert config is not None or torch.equal(fresh, out)  # other tile sizes sum in another order
+
+
+def check_vision_fused_rotary():
+    """FastQwen25Vision's window blocks with the window kernel rotating q, k on load (CPU: the kernel
+    forced in through `triton_kernel_for`) equal the unfused path and HF's tower (tiny, float32)."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+    from spava.models.qwen2_5_vl import vision_fast
+    from spava.models.qwen2_5_vl.presets import qwen2_5_vl_config
+
+    config = qwen2_5_vl_config("tiny").vision_config
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    tower = Qwen2_5_VisionTransformerPretrainedModel._from_config(config, dtype=torch.float32).eval()
+    grids = [(2, 10, 14), (1, 6, 4)]
+    pixels = _randn((2 * 10 * 14 + 6 * 4, 3 * 2 * 14 * 14), "cpu", 70).float()
+    with torch.inference_mode():
+        want = tower(pixels, grid_thw=torch.tensor(grids)).pooler_output
+    calls = []
+
+    def forced(q, v, backends, max_seqlen):  # the CPU stand-in for "CUDA and Triton importable"
+        calls.append(max_seqlen)
+        return dispatch.window_attention if backends and backends[0] == "triton" and max_seqlen <= 128 else None
+
+    original = vision_fast.triton_kernel_for
+    vision_fast.triton_kernel_for = forced
+    try:
+        fused = vision_fast.FastQwen25Vision(tower, compile=False, window_backends=["triton"]).encode(pixels, grids)
+        unfused = vision_fast.FastQwen25Vision(tower, compile=False, window_backends=["triton"],
+                                               fuse_window_rotary=False).encode(pixels, grids)
+    finally:
+        vision_fast.triton_kernel_for = original
+    assert calls, "the fused path was not taken"
+    scale = float(want.abs().max())
+    assert float((fused - want).abs().max()) <= 1e-5 * scale, float((fused - want).abs().max())
+    assert float((fused - unfused).abs().max()) <= 1e-5 * scale
+
+
+def check_swiglu_gemm(device, dtype, num_rows, k_dim, width, has_bias=True, config=None, impl="triton"):
+    """Kernel vs float64 truth (the reference in float64): error <= 2x the reference's in `dtype` + one
+    ulp of the largest output (the epilogue rounds where HF does, so a rounding may flip)."""
+    x = _randn((num_rows, k_dim), device, 80).to(dtype)
+    weight = (_randn((2 * width, k_dim), device, 81) * k_dim ** -0.5).to(dtype)
+    bias = (_randn((2 * width,), device, 82) * 0.1).to(dtype) if has_bias else None
+    truth = reference.swiglu_gemm(x.double(), weight.double(), bias.double() if has_bias else None, width)
+    same_dtype = reference.swiglu_gemm(x, weight, bias, width)
+    if config is None:
+        got = dispatch.swiglu_gemm(x, weight, bias, width, impl=impl)
+    else:
+        from spava_kernels.swiglu_gemm import Config, swiglu_gemm
+
+        got = swiglu_gemm(x, weight, bias, width, config=Config(*config))
+    assert got.shape == (num_rows, width) and got.dtype == dtype
+    ulp = float(truth.abs().max()) * (2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10)
+    torch_error = float((same_dtype.double() - truth).abs().max())
+    error = float((got.double() - truth).abs().max())
+    assert error <= 2 * torch_error + ulp, (error, torch_error)
+
+
+FLASH_LENGTHS = [300, 1, 77, 128, 129, 64]  # partial and exact tiles, a single row
 
 
 # ---------------------------------------------------------------- references agree with spava (CPU, float64)
@@ -308,6 +408,22 @@ INTERPRETED = {
                                                               interpreted=True),
     "window_bf16_d80_heads2_partial": lambda: check_window_attention("cpu", torch.bfloat16, WINDOW_LENGTHS, 3, 80,
                                                                      interpreted=True, config=(2, 4, 2)),
+    "window_rotary_f32_d80": lambda: check_window_attention("cpu", torch.float32, WINDOW_LENGTHS, 2, 80,
+                                                            interpreted=True, rotary=True),
+    "window_rotary_bf16_d80_heads2": lambda: check_window_attention("cpu", torch.bfloat16, WINDOW_LENGTHS, 3, 80,
+                                                                    interpreted=True, config=(2, 4, 2), rotary=True),
+    "vision_fused_rotary_f32": check_vision_fused_rotary,
+    "swiglu_gemm_f16": lambda: check_swiglu_gemm("cpu", torch.float16, 200, 64, 96, config=(64, 32, 32, 2, 1, 4)),
+    "swiglu_gemm_f16_nobias": lambda: check_swiglu_gemm("cpu", torch.float16, 70, 32, 48, has_bias=False,
+                                                        config=(64, 16, 16, 2, 1, 4)),
+    "flash_f32_d80": lambda: check_flash_attention("cpu", torch.float32, FLASH_LENGTHS, 2, 80, interpreted=True,
+                                                   config=(64, 32, 4, 1)),
+    "flash_bf16_d80": lambda: check_flash_attention("cpu", torch.bfloat16, FLASH_LENGTHS, 2, 80, interpreted=True,
+                                                    config=(32, 64, 4, 1)),
+    "flash_f16_d64": lambda: check_flash_attention("cpu", torch.float16, [200, 5], 2, 64, interpreted=True,
+                                                   config=(64, 64, 4, 1)),
+    "flash_bf16_d72_pad": lambda: check_flash_attention("cpu", torch.bfloat16, [90, 33], 1, 72, interpreted=True,
+                                                        config=(32, 32, 4, 1)),
 }
 
 
@@ -401,28 +517,64 @@ def _vit_window_lengths(seed: int) -> list[int]:
     return lengths[torch.randperm(lengths.numel(), generator=torch.Generator().manual_seed(seed))].tolist()
 
 
-@pytest.mark.parametrize("dtype,dim,lengths,config", [
-    (torch.bfloat16, 80, "vit", None),
-    (torch.bfloat16, 80, "vit", (2, 4, 2)),
-    (torch.bfloat16, 80, "vit", (4, 4, 3)),
-    (torch.float16, 64, [128, 100, 5, 64, 128, 17], None),
-    (torch.float32, 128, [128, 100, 5, 64, 128, 17], None),
-    (torch.bfloat16, 72, [33, 1, 16, 31], None),
+@pytest.mark.parametrize("dtype,dim,lengths,config,rotary", [
+    (torch.bfloat16, 80, "vit", None, False),
+    (torch.bfloat16, 80, "vit", None, True),
+    (torch.bfloat16, 80, "vit", (2, 4, 2), False),
+    (torch.bfloat16, 80, "vit", (4, 4, 3), True),
+    (torch.float16, 64, [128, 100, 5, 64, 128, 17], None, True),
+    (torch.float32, 128, [128, 100, 5, 64, 128, 17], None, False),
+    (torch.bfloat16, 72, [33, 1, 16, 31], None, True),
 ])
 @pytest.mark.gpu
 @requires_cuda
 @pytest.mark.usefixtures("cuda_triton")
-def test_cuda_window_attention(dtype, dim, lengths, config):
+def test_cuda_window_attention(dtype, dim, lengths, config, rotary):
     """The flash-attention rule at 7B ViT shapes (H = 16): kernel error <= 2x the torch reference's."""
     lengths = _vit_window_lengths(52) if lengths == "vit" else lengths
-    check_window_attention(torch.device("cuda"), dtype, lengths, 16, dim, impl="auto", config=config)
+    check_window_attention(torch.device("cuda"), dtype, lengths, 16, dim, impl="auto", config=config, rotary=rotary)
+
+
+@pytest.mark.parametrize("dtype,dim,lengths,config", [
+    (torch.bfloat16, 80, "vit", None),
+    (torch.bfloat16, 80, "vit", (128, 128, 8, 2, False)),
+    (torch.bfloat16, 80, "vit", (128, 64, 4, 3, True)),
+    (torch.bfloat16, 80, "vit", (64, 128, 4, 3, True)),
+    (torch.float16, 64, [1000, 100, 5, 64, 128, 17], None),
+    (torch.bfloat16, 128, [1000, 129, 3], None),
+    (torch.float32, 80, [300, 1, 77], None),
+    (torch.bfloat16, 72, [333, 1, 16, 31], None),
+])
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.usefixtures("cuda_triton")
+def test_cuda_flash_attention(dtype, dim, lengths, config):
+    """The flash-attention rule (H = 16): kernel error <= 2x the torch reference's; "vit": three
+    temporal grids of a 360p frame (26 x 46 patches) and a short one."""
+    lengths = [1196, 1196, 1196, 77] if lengths == "vit" else lengths
+    check_flash_attention(torch.device("cuda"), dtype, lengths, 16, dim, impl="auto", config=config)
+
+
+@pytest.mark.parametrize("dtype,num_rows,k_dim,width,has_bias,config", [
+    (torch.bfloat16, 3001, 1280, 3456, True, None),
+    (torch.bfloat16, 777, 1280, 3456, False, (128, 64, 64, 8, 4, 4)),
+    (torch.float16, 1000, 64, 200, True, None),
+])
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.usefixtures("cuda_triton")
+def test_cuda_swiglu_gemm(dtype, num_rows, k_dim, width, has_bias, config):
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA descriptors need sm_90")
+    check_swiglu_gemm(torch.device("cuda"), dtype, num_rows, k_dim, width, has_bias, config, impl="auto")
 
 
 @pytest.mark.gpu
 @requires_cuda
 @pytest.mark.usefixtures("cuda_triton")
 def test_cuda_varlen_attention_triton_backend_is_the_kernel():
-    """varlen_attention(backends=["triton", ...]): the kernel for windows, SDPA for long sequences;
+    """varlen_attention(backends=["triton", ...]): the window kernel for windows, the flash kernel for
+    long sequences, SDPA for fp32;
     error vs float64 <= 2x SDPA's math backend in bf16 (+1e-6)."""
     device = torch.device("cuda")
     q, k, v, cu = _window_inputs(device, torch.bfloat16, _vit_window_lengths(53), 16, 80)
@@ -432,10 +584,16 @@ def test_cuda_varlen_attention_triton_backend_is_the_kernel():
     assert torch.equal(got, dispatch.window_attention(q, k, v, cu, 64))
     math_error = float((math_bf16.double() - truth).abs().max())
     assert float((got.double() - truth).abs().max()) <= 2 * math_error + 1e-6
-    q, k, v = q[:456], k[:456], v[:456]  # sequences > 128 rows take the SDPA path (small: math is O(L^2))
+    q, k, v = q[:456], k[:456], v[:456]  # sequences > 128 rows take the flash kernel
     long_cu = torch.tensor([0, 200, 456], dtype=torch.int32, device=device)
     got = varlen_attention(q, k, v, long_cu, backends=["triton", "math"], use_flash=False)
-    assert torch.equal(got, varlen_attention(q, k, v, long_cu, backends=["math"], use_flash=False))
+    assert torch.equal(got, dispatch.flash_attention(q, k, v, long_cu, 256))
+    truth = varlen_attention(q.double(), k.double(), v.double(), long_cu, backends=["math"], use_flash=False)
+    math_error = float((varlen_attention(q, k, v, long_cu, backends=["math"]).double() - truth).abs().max())
+    assert float((got.double() - truth).abs().max()) <= 2 * math_error + 1e-6
+    q32 = q.float()  # fp32 is not the kernels': SDPA
+    got = varlen_attention(q32, k.float(), v.float(), long_cu, backends=["triton", "math"], use_flash=False)
+    assert torch.equal(got, varlen_attention(q32, k.float(), v.float(), long_cu, backends=["math"], use_flash=False))
 
 
 if __name__ == "__main__":

@@ -149,3 +149,21 @@ def select_into(
 ) -> None:
     """spava's `select_into` itself: top-`num_select` rows per KV head of `scores` `[S, Hkv]`, packed."""
     scoring.select_into(scores, num_select, k, v, out_k, out_v)
+
+
+def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """HF's vision rotary: x `[T, H, D]`, cos/sin `[T, D/2]` (each half of HF's duplicated tables) ->
+    `[T, H, D]` in x's dtype, computed in float32 (float64 for float64 x, the truth of tests) and
+    rounded once; `x1 * c - x2 * s` is bitwise HF's `x1 * c + (-x2) * s`."""
+    wide = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    half = x.shape[-1] // 2
+    x1, x2 = wide[..., :half], wide[..., half:]
+    c, s = cos.to(wide.dtype)[:, None, :], sin.to(wide.dtype)[:, None, :]
+    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
+
+
+def swiglu_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], width: int) -> torch.Tensor:
+    """silu(x W[:width]^T + b[:width]) * (x W[width:]^T + b[width:]): x `[N, K]`, weight `[2W, K]` (gate
+    rows then up rows) -> `[N, W]`, HF's ops in HF's order (each projection rounded, then SwiGLU)."""
+    gate_up = torch.nn.functional.linear(x, weight, bias)
+    return torch.nn.functional.silu(gate_up[:, :width]) * gate_up[:, width:]

@@ -13,9 +13,11 @@ non-flash path runs one attention call per sequence, which is launch-bound. Here
 
 `plan_varlen_groups` does the grouping once per layout so that every layer reuses it.
 
-Backend "triton" (first in `backends`, CUDA, every sequence <= 128 tokens): one Triton launch over
-ALL sequences straight from `cu_seqlens` (`spava_kernels.window_attention`; no grouping, no
-gather), for the ViT's 64-patch windows, where batched SDPA runs well below the copy rate.
+Backend "triton" (first in `backends`, CUDA fp16/bf16): one Triton launch over ALL sequences
+straight from `cu_seqlens` (no grouping, no gather): `spava_kernels.window_attention` when every
+sequence has <= 128 tokens (the ViT's 64-patch windows, where batched SDPA runs well below the copy
+rate), else `spava_kernels.flash_attention` (long sequences, head_dim split into exact power-of-two
+pieces instead of cuDNN's padding of 80 to 128).
 """
 
 from __future__ import annotations
@@ -127,20 +129,27 @@ def triton_windows_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("triton", "spava_kernels"))
 
 
-def _triton_window_fn(q: torch.Tensor, v: torch.Tensor, backends: Sequence[str] | None,
+def triton_kernel_for(q: torch.Tensor, v: torch.Tensor, backends: Sequence[str] | None,
                       max_seqlen: int) -> Callable | None:
-    """`spava_kernels.dispatch.window_attention` when `backends` starts with "triton" and it suits
-    (CUDA fp16/bf16, sequences <= 128, head_dim <= 128), else None (the SDPA/flash path). fp32 stays
-    with SDPA: the kernel's exact fp32 dots run without tensor cores and spill registers."""
-    if not backends or backends[0] != "triton" or not q.is_cuda or max_seqlen > TRITON_MAX_SEQLEN:
-        return None
-    if q.dtype not in (torch.float16, torch.bfloat16) or max(q.shape[2], v.shape[2]) > 128:
+    """The `spava_kernels.dispatch` kernel for these sequences when `backends` starts with "triton"
+    and it suits (CUDA fp16/bf16; windows <= 128 tokens with head_dim <= 128, or longer sequences with
+    q, k, v of one head_dim in [16, 256]), else None (the SDPA/flash path). fp32 stays with SDPA: the
+    kernels' exact fp32 dots run without tensor cores."""
+    if not backends or backends[0] != "triton" or not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
         return None
     if not triton_windows_available():
         return None
-    from spava_kernels.dispatch import window_attention  # lazy: imports Triton on first use
+    if max_seqlen <= TRITON_MAX_SEQLEN:
+        if max(q.shape[2], v.shape[2]) > 128:
+            return None
+        from spava_kernels.dispatch import window_attention  # lazy: imports Triton on first use
 
-    return window_attention
+        return window_attention
+    if v.shape[2] != q.shape[2] or not 16 <= q.shape[2] <= 256:
+        return None
+    from spava_kernels.dispatch import flash_attention
+
+    return flash_attention
 
 
 def _flash_varlen_fn() -> Callable | None:
@@ -222,7 +231,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         scale: softmax scale (default `D ** -0.5`).
         groups: a precomputed `plan_varlen_groups(cu_seqlens)`, reused across layers.
         backends: SDPA backend names in priority order (`cudnn`, `flash`, `efficient`, `math`); a
-            leading "triton" runs the Triton kernel for short sequences (see the module docstring),
+            leading "triton" runs a Triton kernel (see the module docstring),
             and is skipped wherever it cannot run.
         use_flash: flash-attn varlen kernel: None = when importable and usable, False = never.
     """
@@ -231,11 +240,11 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             raise ValueError("pass cu_seqlens or groups")
         groups = plan_varlen_groups(cu_seqlens, device=q.device)
     # Triton first when asked for: one launch for all sequences, straight from cu_seqlens.
-    window_fn = _triton_window_fn(q, v, backends, groups.max_seqlen)
-    if window_fn is not None:
+    triton_fn = triton_kernel_for(q, v, backends, groups.max_seqlen)
+    if triton_fn is not None:
         if groups.num_tokens != q.shape[0]:
             raise ValueError(f"cu_seqlens covers {groups.num_tokens} tokens but q has {q.shape[0]}")
-        return window_fn(q, k, v, groups.cu_seqlens.to(q.device), groups.max_seqlen, scale, impl="triton")
+        return triton_fn(q, k, v, groups.cu_seqlens.to(q.device), groups.max_seqlen, scale, impl="triton")
     if backends:  # "triton" is not an SDPA backend: whatever follows it is the fallback order
         backends = [name for name in backends if name != "triton"]
     flash_fn = _is_flash_usable(q, use_flash)

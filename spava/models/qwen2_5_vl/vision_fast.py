@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from spava.models.varlen_attention import (VarlenGroups, plan_varlen_groups, triton_windows_available,
-                                           varlen_attention)
+from spava.models.varlen_attention import (TRITON_MAX_SEQLEN, VarlenGroups, plan_varlen_groups,
+                                           triton_kernel_for, triton_windows_available, varlen_attention)
 
 Grid = tuple[int, int, int]
 
@@ -172,6 +172,18 @@ def _half_rotary(grids: Sequence[Grid], merge: int, inv_freq: torch.Tensor, devi
     return torch.cat(cos_parts), torch.cat(sin_parts)
 
 
+def _aligned_rows(table: torch.Tensor, multiple: int = 16) -> torch.Tensor:
+    """The same `[P, n]` values as a view whose row stride is a multiple of `multiple` elements (the
+    Triton window kernel reads cos/sin rows with vector loads only when the stride says they are
+    aligned: n = 40 at 7B)."""
+    width = _round_up(table.shape[1], multiple)
+    if width == table.shape[1]:
+        return table
+    padded = table.new_zeros(table.shape[0], width)
+    padded[:, :table.shape[1]] = table
+    return padded[:, :table.shape[1]]
+
+
 def build_layout(grids: Sequence[Grid], *, merge: int, units_per_window: int, inv_freq: torch.Tensor,
                  device: torch.device | str) -> VisionLayout:
     """All row orders, attention groups and rotary tables of one grid_thw list."""
@@ -191,7 +203,7 @@ def build_layout(grids: Sequence[Grid], *, merge: int, units_per_window: int, in
     grid_table = torch.tensor(grids)
     frame_sizes = torch.repeat_interleave(grid_table[:, 1] * grid_table[:, 2], grid_table[:, 0])
     frame_cu = F.pad(torch.cumsum(frame_sizes, 0), (1, 0))
-    window = OrderPlan(plan_varlen_groups(window_cu, device), cos[to_window], sin[to_window])
+    window = OrderPlan(plan_varlen_groups(window_cu, device), *(_aligned_rows(t[to_window]) for t in (cos, sin)))
     natural = OrderPlan(plan_varlen_groups(frame_cu, device), cos, sin)
     return VisionLayout(num_units * area, to_window, to_natural, units_to_natural, window, natural)
 
@@ -236,10 +248,10 @@ class _BlockWeights:
     norm2: torch.Tensor
     eps1: float
     eps2: float
-    qkv: tuple[torch.Tensor, torch.Tensor]
-    proj: tuple[torch.Tensor, torch.Tensor]
-    gate_up: tuple[torch.Tensor, torch.Tensor]
-    down: tuple[torch.Tensor, torch.Tensor]
+    qkv: tuple[torch.Tensor, torch.Tensor]  # (weight `[3C, C]`, bias): F.linear
+    proj_t: tuple[torch.Tensor, torch.Tensor | None]  # (weight^T `[C, C]` contiguous, bias): addmm
+    gate_up: tuple[torch.Tensor, torch.Tensor]  # (weight `[2W, C]`, bias): F.linear
+    down_t: tuple[torch.Tensor, torch.Tensor | None]  # (weight^T `[W, C]` contiguous, bias): addmm
     width: int  # intermediate width after padding
 
 
@@ -258,31 +270,48 @@ def _fuse_mlp(mlp, multiple: int) -> tuple[tuple, tuple, int]:
         weight[slot * width: slot * width + inter] = linear.weight
         if linear.bias is not None:
             bias[slot * width: slot * width + inter] = linear.bias
-    down = mlp.down_proj.weight.new_zeros(hidden, width)
-    down[:, :inter] = mlp.down_proj.weight
-    return (weight, bias), (down, mlp.down_proj.bias), width
+    down_t = mlp.down_proj.weight.new_zeros(width, hidden)  # stored transposed: see `_linear_t`
+    down_t[:inter] = mlp.down_proj.weight.t()
+    return (weight, bias), (down_t, mlp.down_proj.bias), width
+
+
+def _linear_t(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x `[N, K]` @ weight_t `[K, M]` (+ bias `[M]`) -> `[N, M]`, what F.linear(x, weight_t.T, bias) gives.
+
+    The output projections (proj, down: N = C = 1280) take weights stored `[K, M]`: cuBLAS then picks
+    faster kernels on an H200 (`examples/bench_vit_gemms.py`, 297k rows: down 4.01 vs 4.44 ms,
+    proj 1.46 vs 1.50 ms); for qkv and gate/up F.linear's pick is the faster one.
+    """
+    return torch.mm(x, weight_t) if bias is None else torch.addmm(bias, x, weight_t)
 
 
 class FastQwen25Vision:
     """HF Qwen2.5-VL vision tower with a batched forward; `encode` equals `hf_visual(...).pooler_output`.
 
     Build it after the tower has its final device, dtype and weights (the MLP is copied, fused and
-    padded: about 0.85 GB extra in bf16 at 7B; every other weight is shared).
+    padded, and proj is copied transposed: about 0.95 GB extra in bf16 at 7B; every other weight is
+    shared).
 
     Args:
         hf_visual: a `Qwen2_5_VisionTransformerPretrainedModel`.
         compile: torch.compile the elementwise pieces; None = on CUDA when Triton is importable.
         mlp_multiple: pad the MLP intermediate width to a multiple of this (1: no padding).
         window_backends / full_backends: SDPA backend names in priority order for the two block kinds
-            (window default on CUDA: ["triton"], the Triton window kernel, when it is importable;
-            PyTorch's SDPA order otherwise and for full blocks).
+            (default on CUDA when `spava_kernels` imports: ["triton"], the Triton window kernel for
+            windows and the Triton flash kernel, head_dim split 64 + 16, for full blocks; PyTorch's
+            SDPA order otherwise and wherever a kernel cannot take the shapes).
         use_flash: flash-attn varlen kernel (None: when importable).
         max_cached_layouts: grid_thw layouts kept (least recently used dropped).
+        fuse_window_rotary: where window blocks run the Triton window kernel, it applies the rotary to
+            q and k as it loads them (no separate rotary pass over q and k; the same float32 formula).
+        fuse_swiglu: run gate/up and SwiGLU as one Triton GEMM (`spava_kernels.swiglu_gemm`: CUDA
+            sm_90, fp16/bf16) instead of cuBLAS + a SwiGLU pass; None: where it can run.
     """
 
     def __init__(self, hf_visual, *, compile: bool | None = None, mlp_multiple: int = 64,
                  window_backends: Sequence[str] | None = None, full_backends: Sequence[str] | None = None,
-                 use_flash: bool | None = None, max_cached_layouts: int = 4):
+                 use_flash: bool | None = None, max_cached_layouts: int = 4, fuse_window_rotary: bool = True,
+                 fuse_swiglu: bool | None = None):
         cfg = hf_visual.config
         self.hf_visual = hf_visual
         self.merge = cfg.spatial_merge_size
@@ -301,12 +330,22 @@ class FastQwen25Vision:
             compile = self.device.type == "cuda" and importlib.util.find_spec("triton") is not None
         self.is_compiled = bool(compile)
         self.ops = _make_ops(self.is_compiled)
-        if window_backends is None and self.device.type == "cuda" and triton_windows_available():
-            # One Triton launch over all windows reads q/k/v once (batched SDPA per window length ran
-            # at ~40% of the copy rate); shapes it cannot take fall through to PyTorch's SDPA order.
-            window_backends = ["triton"]
+        if self.device.type == "cuda" and triton_windows_available():
+            # Windows: one Triton launch over all windows reads q/k/v once (batched SDPA per window
+            # length ran at ~40% of the copy rate). Full blocks: the Triton flash kernel does no
+            # head_dim padding (cuDNN pads 80 to 128; H200, 1440p grids: 412 vs 373 TFLOP/s).
+            # Shapes a kernel cannot take fall through to PyTorch's SDPA order.
+            window_backends = ["triton"] if window_backends is None else window_backends
+            full_backends = ["triton"] if full_backends is None else full_backends
         self.backends = {"window": window_backends, "natural": full_backends}
         self.use_flash = use_flash
+        self.fuse_window_rotary = fuse_window_rotary
+        can_fuse_swiglu = (self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16)
+                           and triton_windows_available() and torch.cuda.get_device_capability(self.device)[0] >= 9
+                           and (self.hidden * weight.element_size()) % 16 == 0)
+        if fuse_swiglu and not can_fuse_swiglu:
+            raise ValueError("fuse_swiglu=True needs CUDA sm_90+, fp16/bf16 weights and spava_kernels importable")
+        self.fuse_swiglu = can_fuse_swiglu if fuse_swiglu is None else fuse_swiglu
         self.max_cached_layouts = max_cached_layouts
         self._layouts: OrderedDict = OrderedDict()
         widest = max(3 * self.hidden, *(2 * block.width for block in self.blocks))
@@ -314,11 +353,11 @@ class FastQwen25Vision:
 
     @staticmethod
     def _block_weights(block, mlp_multiple: int) -> _BlockWeights:
-        gate_up, down, width = _fuse_mlp(block.mlp, mlp_multiple)
+        gate_up, down_t, width = _fuse_mlp(block.mlp, mlp_multiple)
         attn = block.attn
         return _BlockWeights(block.norm1.weight, block.norm2.weight, block.norm1.variance_epsilon,
                              block.norm2.variance_epsilon, (attn.qkv.weight, attn.qkv.bias),
-                             (attn.proj.weight, attn.proj.bias), gate_up, down, width)
+                             (attn.proj.weight.t().contiguous(), attn.proj.bias), gate_up, down_t, width)
 
     def layout(self, grid_thw) -> VisionLayout:
         """The cached layout of `grid_thw` (`[G, 3]` tensor or rows)."""
@@ -387,9 +426,25 @@ class FastQwen25Vision:
 
     def _block(self, x, normed, w: _BlockWeights, plan: OrderPlan, order: str, following):
         """One ViT block on `[P, C]` rows; returns (x, next norm of x) with the following norm's weight."""
-        q, k, v = self.ops.rotary_qkv(F.linear(normed, *w.qkv), plan.cos, plan.sin, self.num_heads)
-        attn = varlen_attention(q, k, v, None, scale=self.scale, groups=plan.groups,
-                                backends=self.backends[order], use_flash=self.use_flash)
-        x, normed = self.ops.add_rms_norm(x, F.linear(attn.reshape(x.shape[0], -1), *w.proj), w.norm2, w.eps2)
-        hidden = self.ops.swiglu(F.linear(normed, *w.gate_up), w.width)
-        return self.ops.add_rms_norm(x, F.linear(hidden, *w.down), *following)
+        attn = self._attend(F.linear(normed, *w.qkv), plan, order)
+        x, normed = self.ops.add_rms_norm(x, _linear_t(attn.reshape(x.shape[0], -1), *w.proj_t), w.norm2, w.eps2)
+        if self.fuse_swiglu:
+            from spava_kernels.dispatch import swiglu_gemm
+
+            hidden = swiglu_gemm(normed, *w.gate_up, w.width, impl="triton")
+        else:
+            hidden = self.ops.swiglu(F.linear(normed, *w.gate_up), w.width)
+        return self.ops.add_rms_norm(x, _linear_t(hidden, *w.down_t), *following)
+
+    def _attend(self, qkv: torch.Tensor, plan: OrderPlan, order: str) -> torch.Tensor:
+        """Rotary and attention of one block: qkv `[N, 3C]` -> `[N, H, D]`."""
+        groups, backends = plan.groups, self.backends[order]
+        q, k, v = qkv.view(qkv.shape[0], 3, self.num_heads, -1).unbind(1)
+        kernel = triton_kernel_for(q, v, backends, groups.max_seqlen) if self.fuse_window_rotary else None
+        if kernel is not None and groups.max_seqlen <= TRITON_MAX_SEQLEN and groups.num_tokens == q.shape[0]:
+            # the window kernel rotates q and k on load: one pass over q and k fewer per window block
+            return kernel(q, k, v, groups.cu_seqlens, groups.max_seqlen, self.scale, impl="triton",
+                          rotary=(plan.cos, plan.sin))
+        q, k, v = self.ops.rotary_qkv(qkv, plan.cos, plan.sin, self.num_heads)
+        return varlen_attention(q, k, v, None, scale=self.scale, groups=groups, backends=backends,
+                                use_flash=self.use_flash)
