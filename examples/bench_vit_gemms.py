@@ -12,6 +12,11 @@ the real shapes, what the block could call instead, all computing the same produ
 
     PYTHONPATH=. python examples/bench_vit_gemms.py [--rows 297024] [--repeats 10]
 
+Measured on an H200 (2026-11-21): no variant beat F.linear for qkv and gate/up; `addmm W^T` was
+faster for down in isolation (4.01 vs 4.44 ms) but not inside the tower (4.30 ms either way, same
+cuBLAS kernel), and the residual epilogue was slower (proj 1.88 vs 1.50 ms), so FastQwen25Vision
+keeps F.linear and fuses gate/up with SwiGLU in Triton instead (`spava_kernels.swiglu_gemm`).
+
 Rows default to one chunk of the 7B tower at 1440p, 64 frames (two chunks of 297,024 patches).
 Timing: CUDA events around each call, two warm-up calls, median of `--repeats`.
 """

@@ -33,7 +33,7 @@ class Config(NamedTuple):
     num_warps: int
 
 
-DEFAULT_CONFIG = Config(128, 128, 64, 8, 3, 8)
+DEFAULT_CONFIG = Config(128, 128, 64, 8, 4, 8)  # H200 sweep: 8.99 ms vs cuBLAS + SwiGLU 9.17 ms (297k rows)
 
 
 @triton.jit

@@ -248,10 +248,10 @@ class _BlockWeights:
     norm2: torch.Tensor
     eps1: float
     eps2: float
-    qkv: tuple[torch.Tensor, torch.Tensor]  # (weight `[3C, C]`, bias): F.linear
-    proj_t: tuple[torch.Tensor, torch.Tensor | None]  # (weight^T `[C, C]` contiguous, bias): addmm
-    gate_up: tuple[torch.Tensor, torch.Tensor]  # (weight `[2W, C]`, bias): F.linear
-    down_t: tuple[torch.Tensor, torch.Tensor | None]  # (weight^T `[W, C]` contiguous, bias): addmm
+    qkv: tuple[torch.Tensor, torch.Tensor]
+    proj: tuple[torch.Tensor, torch.Tensor]
+    gate_up: tuple[torch.Tensor, torch.Tensor]
+    down: tuple[torch.Tensor, torch.Tensor]
     width: int  # intermediate width after padding
 
 
@@ -270,27 +270,16 @@ def _fuse_mlp(mlp, multiple: int) -> tuple[tuple, tuple, int]:
         weight[slot * width: slot * width + inter] = linear.weight
         if linear.bias is not None:
             bias[slot * width: slot * width + inter] = linear.bias
-    down_t = mlp.down_proj.weight.new_zeros(width, hidden)  # stored transposed: see `_linear_t`
-    down_t[:inter] = mlp.down_proj.weight.t()
-    return (weight, bias), (down_t, mlp.down_proj.bias), width
-
-
-def _linear_t(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x `[N, K]` @ weight_t `[K, M]` (+ bias `[M]`) -> `[N, M]`, what F.linear(x, weight_t.T, bias) gives.
-
-    The output projections (proj, down: N = C = 1280) take weights stored `[K, M]`: cuBLAS then picks
-    faster kernels on an H200 (`examples/bench_vit_gemms.py`, 297k rows: down 4.01 vs 4.44 ms,
-    proj 1.46 vs 1.50 ms); for qkv and gate/up F.linear's pick is the faster one.
-    """
-    return torch.mm(x, weight_t) if bias is None else torch.addmm(bias, x, weight_t)
+    down = mlp.down_proj.weight.new_zeros(hidden, width)
+    down[:, :inter] = mlp.down_proj.weight
+    return (weight, bias), (down, mlp.down_proj.bias), width
 
 
 class FastQwen25Vision:
     """HF Qwen2.5-VL vision tower with a batched forward; `encode` equals `hf_visual(...).pooler_output`.
 
     Build it after the tower has its final device, dtype and weights (the MLP is copied, fused and
-    padded, and proj is copied transposed: about 0.95 GB extra in bf16 at 7B; every other weight is
-    shared).
+    padded: about 0.85 GB extra in bf16 at 7B; every other weight is shared).
 
     Args:
         hf_visual: a `Qwen2_5_VisionTransformerPretrainedModel`.
@@ -353,11 +342,11 @@ class FastQwen25Vision:
 
     @staticmethod
     def _block_weights(block, mlp_multiple: int) -> _BlockWeights:
-        gate_up, down_t, width = _fuse_mlp(block.mlp, mlp_multiple)
+        gate_up, down, width = _fuse_mlp(block.mlp, mlp_multiple)
         attn = block.attn
         return _BlockWeights(block.norm1.weight, block.norm2.weight, block.norm1.variance_epsilon,
                              block.norm2.variance_epsilon, (attn.qkv.weight, attn.qkv.bias),
-                             (attn.proj.weight.t().contiguous(), attn.proj.bias), gate_up, down_t, width)
+                             (attn.proj.weight, attn.proj.bias), gate_up, down, width)
 
     def layout(self, grid_thw) -> VisionLayout:
         """The cached layout of `grid_thw` (`[G, 3]` tensor or rows)."""
@@ -427,14 +416,14 @@ class FastQwen25Vision:
     def _block(self, x, normed, w: _BlockWeights, plan: OrderPlan, order: str, following):
         """One ViT block on `[P, C]` rows; returns (x, next norm of x) with the following norm's weight."""
         attn = self._attend(F.linear(normed, *w.qkv), plan, order)
-        x, normed = self.ops.add_rms_norm(x, _linear_t(attn.reshape(x.shape[0], -1), *w.proj_t), w.norm2, w.eps2)
+        x, normed = self.ops.add_rms_norm(x, F.linear(attn.reshape(x.shape[0], -1), *w.proj), w.norm2, w.eps2)
         if self.fuse_swiglu:
             from spava_kernels.dispatch import swiglu_gemm
 
             hidden = swiglu_gemm(normed, *w.gate_up, w.width, impl="triton")
         else:
             hidden = self.ops.swiglu(F.linear(normed, *w.gate_up), w.width)
-        return self.ops.add_rms_norm(x, _linear_t(hidden, *w.down_t), *following)
+        return self.ops.add_rms_norm(x, F.linear(hidden, *w.down), *following)
 
     def _attend(self, qkv: torch.Tensor, plan: OrderPlan, order: str) -> torch.Tensor:
         """Rotary and attention of one block: qkv `[N, 3C]` -> `[N, H, D]`."""
