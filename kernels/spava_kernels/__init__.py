@@ -10,7 +10,10 @@ is importable, else the torch reference in `spava_kernels.reference`, with the s
     select_topk(pooled, num_select) -> [n, Hkv] int64                             torch.topk
     pack_selected(k, v, index, out_k, out_v)                                      K/V rows -> buffer
     select_into(scores, num_select, k, v, out_k, out_v)                           topk + pack
-    window_attention(q, k, v, cu_seqlens, max_seqlen, scale=None, out=None) -> out  short packed seqs
+    window_attention(q, k, v, cu_seqlens, max_seqlen, scale=None, out=None, rotary=None) -> out
+                                                             short packed seqs (ViT windows), rotary
+    flash_attention(q, k, v, cu_seqlens, max_seqlen, scale=None, out=None) -> out  long packed seqs
+    swiglu_gemm(x, weight, bias, width) -> [N, W]                                 gate/up GEMM + SwiGLU
     has_triton() -> bool
 """
 
@@ -21,7 +24,8 @@ from typing import Any
 
 _EXPORTS = (
     "has_triton", "use_triton", "merge_two", "merge_into_", "score_and_pool", "select_topk",
-    "pack_selected", "select_into", "window_attention", "window_attention_reference",
+    "pack_selected", "select_into", "window_attention", "window_attention_reference", "flash_attention",
+    "swiglu_gemm",
 )
 
 __all__ = list(_EXPORTS)
