@@ -18,8 +18,10 @@ bound is reading q, k, v and writing the output once. Here one program owns one 
 * HEADS > 1 loops over heads inside a program with `num_stages` software pipelining (cp.async), so
   the next head's loads are in flight while this head computes; `python -m
   spava_kernels.window_attention` times the `SWEEP_CONFIGS` against cuDNN on a CUDA device.
-  Compiled offline for sm_90 (bf16, BLOCK 64, D 80): the default (1 head, 4 warps) uses 128
-  registers and 48 KiB of shared memory per program (4 programs per SM), wgmma, no spills.
+  Compiled offline for sm_90 (bf16, BLOCK 64, D 80, 16-divisible strides): the default (1 head,
+  4 warps) uses 135 registers and 32 KiB of shared memory, wgmma, no spills; with rotary, 222.
+* `rotary=(cos, sin)`: q and k are rotated as they are loaded (two halves per head, float32, HF's
+  formula), which saves the ViT a separate rotary pass over q and k in every window block.
 
 P is cast to v's dtype for the second tl.dot (as flash attention does) and the row sum is taken of
 that cast P, so the weights of every output row sum to one exactly as used. fp32 inputs use IEEE
