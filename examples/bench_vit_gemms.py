@@ -24,24 +24,10 @@ Timing: CUDA events around each call, two warm-up calls, median of `--repeats`.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
-
-
-def median_ms(fn, repeats: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
+from bench_kernels import time_ms  # examples/ is on sys.path when run as a script
 
 
 def variants(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, is_gate_up: bool, is_residual: bool):
@@ -83,7 +69,7 @@ def main() -> None:
         flops = 2 * rows * k_dim * n_dim
         print(f"{name}: [{rows}, {k_dim}] x [{k_dim}, {n_dim}], {flops / 1e12:.2f} TFLOP")
         for case, fn in variants(x, weight, bias, is_gate_up, is_residual).items():
-            ms = median_ms(fn, args.repeats)
+            ms = time_ms(fn, args.repeats, warmup=2, flush=None)
             print(f"  {case:20} {ms:7.3f} ms  {flops / ms / 1e9:6.0f} TFLOP/s")
         del x, weight, bias
 

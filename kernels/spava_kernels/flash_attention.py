@@ -303,9 +303,8 @@ SWEEP_CONFIGS = (Config(128, 64, 4, 3, True), Config(128, 64, 4, 2, True), Confi
 def _sweep(num_seqs: int, length: int, num_heads: int, dim: int) -> None:
     """Time every `SWEEP_CONFIGS` entry against cuDNN's SDPA on ViT full-attention shapes (CUDA, bf16):
     q, k contiguous `[T, H, D]` (as rotary writes them), v a view of a packed qkv `[T, 3, H, D]`."""
-    from triton.testing import do_bench
-
     from spava.models.varlen_attention import plan_varlen_groups, varlen_attention
+    from spava_kernels.sweep import time_cases
 
     device, dtype = torch.device("cuda"), torch.bfloat16
     qkv = torch.randn(num_seqs * length, 3, num_heads, dim, device=device, dtype=dtype)
@@ -319,14 +318,7 @@ def _sweep(num_seqs: int, length: int, num_heads: int, dim: int) -> None:
                                                        use_flash=False))]
     cases += [(f"triton {tuple(c)}", lambda c=c: flash_attention(q, k, v, groups.cu_seqlens, length, config=c))
               for c in SWEEP_CONFIGS]
-    for name, fn in cases:
-        try:
-            ms = do_bench(fn, warmup=25, rep=300)
-            error = float((fn().float() - want.float()).abs().max())
-        except Exception as error:  # noqa: BLE001 - a config that does not compile / fit: report and go on
-            print(f"  {name:36} failed: {type(error).__name__}: {str(error)[:160]}")
-            continue
-        print(f"  {name:36} {ms:8.2f} ms  {flops / ms / 1e9:6.0f} TFLOP/s  max|diff vs cudnn| {error:.2e}")
+    time_cases(cases, want, flops, "TFLOP/s", rep_ms=300)  # diff: against cuDNN
 
 
 if __name__ == "__main__":

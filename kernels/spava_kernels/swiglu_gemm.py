@@ -105,7 +105,7 @@ SWEEP_CONFIGS = (Config(128, 128, 64, 8, 3, 8), Config(128, 128, 64, 8, 4, 8), C
 
 
 def _sweep(num_rows: int, hidden: int, width: int) -> None:
-    from triton.testing import do_bench
+    from spava_kernels.sweep import time_cases
 
     device, dtype = torch.device("cuda"), torch.bfloat16
     x = torch.randn(num_rows, hidden, device=device, dtype=dtype)
@@ -119,15 +119,7 @@ def _sweep(num_rows: int, hidden: int, width: int) -> None:
     cases = [("cublas linear", lambda: torch.nn.functional.linear(x, weight, bias)),
              ("cublas linear + compiled swiglu", lambda: swiglu(torch.nn.functional.linear(x, weight, bias)))]
     cases += [(f"triton {tuple(c)}", lambda c=c: swiglu_gemm(x, weight, bias, width, config=c)) for c in SWEEP_CONFIGS]
-    for name, fn in cases:
-        try:
-            ms = do_bench(fn, warmup=25, rep=200)
-            got = fn()
-            error = "" if name == "cublas linear" else f"max|diff| {float((got.float() - want.float()).abs().max()):.2e}"
-        except Exception as error:  # noqa: BLE001 - a config that does not compile / fit: report and go on
-            print(f"  {name:36} failed: {type(error).__name__}: {str(error)[:160]}")
-            continue
-        print(f"  {name:36} {ms:7.3f} ms  {flops / ms / 1e9:6.0f} TFLOP/s  {error}")
+    time_cases(cases, want, flops, "TFLOP/s")  # "cublas linear" gives [N, 2W]: no diff column
 
 
 if __name__ == "__main__":

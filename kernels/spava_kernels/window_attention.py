@@ -231,9 +231,8 @@ def _sweep(num_windows: int, num_heads: int, dim: int, length: int) -> None:
     """Time every `SWEEP_CONFIGS` entry and cuDNN's batched SDPA on ViT-like windows (CUDA, bf16):
     q, k contiguous `[T, H, D]` (as rotary writes them), v a view of a packed qkv `[T, 3, H, D]`; then
     the rotary fused into the kernel (q, k read from the packed qkv) against a separate rotary pass."""
-    from triton.testing import do_bench
-
     from spava.models.varlen_attention import plan_varlen_groups, varlen_attention
+    from spava_kernels.sweep import time_cases
 
     device, dtype = torch.device("cuda"), torch.bfloat16
     qkv = torch.randn(num_windows * length, 3, num_heads, dim, device=device, dtype=dtype)
@@ -250,7 +249,7 @@ def _sweep(num_windows: int, num_heads: int, dim: int, length: int) -> None:
                                                        use_flash=False))]
     cases += [(f"triton {tuple(c)}", lambda c=c: window_attention(q, k, v, groups.cu_seqlens, length, config=c))
               for c in SWEEP_CONFIGS]
-    _time_cases(cases, moved, want, do_bench)
+    time_cases(cases, want, moved, "GB/s")
     angles = torch.rand(q.shape[0], dim // 2, device=device) * 6
     stored = torch.zeros(q.shape[0], 2, -(-dim // 32) * 16, device=device)  # rows aligned as the ViT's
     stored[:, 0, :dim // 2], stored[:, 1, :dim // 2] = angles.cos(), angles.sin()
@@ -265,18 +264,7 @@ def _sweep(num_windows: int, num_heads: int, dim: int, length: int) -> None:
     cases += [(f"triton rotary {tuple(c)}", lambda c=c: window_attention(q_raw, k_raw, v, groups.cu_seqlens, length,
                                                                           config=c, rotary=(cos, sin)))
               for c in ROTARY_SWEEP_CONFIGS]
-    _time_cases(cases, moved, want, do_bench)
-
-
-def _time_cases(cases, moved: int, want: torch.Tensor, do_bench) -> None:
-    for name, fn in cases:
-        try:
-            ms = do_bench(fn, warmup=50, rep=200)
-        except Exception as error:  # noqa: BLE001 - a config that does not compile / fit: report and go on
-            print(f"  {name:34} failed: {type(error).__name__}: {str(error)[:120]}")
-            continue
-        error = "" if name.startswith("copy") else f"  max|err vs math| {float((fn() - want).abs().max()):.2e}"
-        print(f"  {name:34} {ms * 1e3:8.1f} us  {moved / ms / 1e6:7.0f} GB/s{error}")
+    time_cases(cases, want, moved, "GB/s")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,27 @@
+"""Shared timing loop of the kernels' `python -m spava_kernels.<kernel>` launch-config sweeps (CUDA)."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+
+def time_cases(cases: list[tuple[str, Callable[[], torch.Tensor]]], want: Optional[torch.Tensor],
+               work: float, unit: str, rep_ms: int = 200) -> None:
+    """Print each case's median time (triton.testing.do_bench), `work` per second in `unit`
+    ("GB/s": work in bytes, "TFLOP/s": in FLOPs) and max |output - want| (None or a non-tensor
+    result: no error column). A case that fails to compile or launch is reported and skipped."""
+    from triton.testing import do_bench
+
+    scale = {"GB/s": 1e6, "TFLOP/s": 1e9}[unit]
+    for name, fn in cases:
+        try:
+            ms = do_bench(fn, warmup=25, rep=rep_ms)
+            got = fn()
+        except Exception as error:  # noqa: BLE001 - a config that does not compile / fit: report and go on
+            print(f"  {name:36} failed: {type(error).__name__}: {str(error)[:160]}")
+            continue
+        is_checked = want is not None and isinstance(got, torch.Tensor) and got.shape == want.shape
+        error = f"  max|diff| {float((got.float() - want.float()).abs().max()):.2e}" if is_checked else ""
+        print(f"  {name:36} {ms * 1e3:9.1f} us  {work / ms / scale:7.0f} {unit}{error}")
