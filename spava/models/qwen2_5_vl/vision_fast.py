@@ -335,6 +335,10 @@ class FastQwen25Vision:
         if fuse_swiglu and not can_fuse_swiglu:
             raise ValueError("fuse_swiglu=True needs CUDA sm_90+, fp16/bf16 weights and spava_kernels importable")
         self.fuse_swiglu = can_fuse_swiglu if fuse_swiglu is None else fuse_swiglu
+        if self.fuse_swiglu:  # resolved once here, not per block
+            from spava_kernels.dispatch import swiglu_gemm
+
+            self._swiglu_gemm = swiglu_gemm
         self.max_cached_layouts = max_cached_layouts
         self._layouts: OrderedDict = OrderedDict()
         widest = max(3 * self.hidden, *(2 * block.width for block in self.blocks))
@@ -418,9 +422,7 @@ class FastQwen25Vision:
         attn = self._attend(F.linear(normed, *w.qkv), plan, order)
         x, normed = self.ops.add_rms_norm(x, F.linear(attn.reshape(x.shape[0], -1), *w.proj), w.norm2, w.eps2)
         if self.fuse_swiglu:
-            from spava_kernels.dispatch import swiglu_gemm
-
-            hidden = swiglu_gemm(normed, *w.gate_up, w.width, impl="triton")
+            hidden = self._swiglu_gemm(normed, *w.gate_up, w.width, impl="triton")
         else:
             hidden = self.ops.swiglu(F.linear(normed, *w.gate_up), w.width)
         return self.ops.add_rms_norm(x, F.linear(hidden, *w.down), *following)
