@@ -63,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fused-swiglu", nargs="+", default=["auto"], choices=["auto", "on", "off"],
                         help="ours: gate/up GEMM + SwiGLU as one Triton kernel (FastQwen25Vision's fuse_swiglu; "
                              "auto: where it runs); several values: one row each")
+    parser.add_argument("--flash-configs", nargs="+", default=["default"],
+                        help="ours: launch config of the Triton flash kernel (full blocks): 'default' or "
+                             "'BLOCK_M,BLOCK_N,WARPS,STAGES[,tma][,ws]' (ws: warp-specialized); one row each")
     parser.add_argument("--mlp-multiple", type=int, default=64, help="ours: MLP width padding")
     parser.add_argument("--matmul-size", type=int, default=None, help="n of the n^3 rate probe (8192 GPU, 512 CPU)")
     parser.add_argument("--profile", action="store_true", help="print ours' top kernels for the first case")
@@ -241,14 +244,27 @@ def pick_backends(fast: FastQwen25Vision, grids, device, dtype) -> dict[str, lis
     return chosen
 
 
+def parse_flash_config(text: str):
+    """'default' -> None; 'BLOCK_M,BLOCK_N,WARPS,STAGES[,tma][,ws]' -> spava_kernels.flash_attention.Config."""
+    if text == "default":
+        return None
+    from spava_kernels.flash_attention import Config
+
+    parts = text.split(",")
+    flags = set(parts[4:])
+    if len(parts) < 4 or not flags <= {"tma", "ws"}:
+        raise SystemExit(f"--flash-configs: want 'default' or 'BLOCK_M,BLOCK_N,WARPS,STAGES[,tma][,ws]'; got {text!r}")
+    return Config(*(int(part) for part in parts[:4]), use_tma="tma" in flags, warp_specialize="ws" in flags)
+
+
 def make_ours(tower, args, grids, device, dtype, is_compiled: bool | None, spec: str) -> FastQwen25Vision:
     """FastQwen25Vision with the SDPA backends that `spec` (one --attn-backends value, then
-    ":<--fused-rotary>:<--fused-swiglu>") asks for."""
-    spec, _, fused = spec.partition(":")
-    fused, _, swiglu = fused.partition(":")
+    ":<--fused-rotary>:<--fused-swiglu>:<--flash-configs>") asks for."""
+    spec, fused, swiglu, flash = spec.split(":", 3)
     fast = FastQwen25Vision(tower, compile=is_compiled, mlp_multiple=args.mlp_multiple,
                             fuse_window_rotary=fused != "off",
-                            fuse_swiglu={"on": True, "off": False}.get(swiglu))
+                            fuse_swiglu={"on": True, "off": False}.get(swiglu),
+                            full_kernel_config=parse_flash_config(flash))
     if spec == "auto" and device.type == "cuda" and grids:
         fast.backends = pick_backends(fast, grids, device, dtype)
     elif spec not in ("auto", "default"):
@@ -323,12 +339,13 @@ def run_case(tower, args, resolution, frames, rank, world_size, device, dtype, r
             "flops": count_flops(vcfg, grids), "bytes": count_bytes(vcfg, grids)}
     describe_case(base["flops"], base["bytes"], rates, world_size)
     results = []
-    specs = [f"{spec}:{fused}:{swiglu}" for spec in args.attn_backends for fused in args.fused_rotary
-             for swiglu in args.fused_swiglu]
+    specs = [f"{spec}:{fused}:{swiglu}:{flash}" for spec in args.attn_backends for fused in args.fused_rotary
+             for swiglu in args.fused_swiglu for flash in args.flash_configs]
     for index, spec in enumerate(specs if args.impl in ("ours", "both") else []):
         timing, fast = time_ours(tower, args, mine, rows, device, dtype, spec)
         note = (f"compile={fast.is_compiled} warmup={sum(timing['warmup_runs']):.1f}s backends={fast.backends} "
-                f"fused_rotary={fast.fuse_window_rotary} fused_swiglu={fast.fuse_swiglu}")
+                f"fused_rotary={fast.fuse_window_rotary} fused_swiglu={fast.fuse_swiglu} "
+                f"flash_config={spec.rsplit(':', 1)[1]}")
         results.append(dict(impl="ours", note=note, **timing))
         is_first_case = (resolution, frames) == (args.resolutions[0], args.frames[0])
         if args.profile and rank == 0 and index == 0 and is_first_case:

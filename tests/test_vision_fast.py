@@ -200,6 +200,17 @@ def test_bench_runs_on_cpu(tmp_path):
     assert json.loads(out_json.read_text())["results"][0]["flops"]["total"] > 0
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="the kernel Config needs Triton")
+def test_bench_flash_config_parsing():
+    bench = _bench_module()
+    assert bench.parse_flash_config("default") is None
+    config = bench.parse_flash_config("128,64,4,2,tma,ws")
+    assert tuple(config) == (128, 64, 4, 2, True, True)
+    assert bench.parse_flash_config("64,32,4,1").warp_specialize is False
+    with pytest.raises(SystemExit, match="BLOCK_M,BLOCK_N"):
+        bench.parse_flash_config("128,64,ws")
+
+
 def test_bench_flop_count_matches_notes():
     bench = _bench_module()
     vision = qwen2_5_vl_config("7b").vision_config

@@ -141,7 +141,7 @@ def window_attention_reference(
 def window_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
     scale: Optional[float] = None, out: Optional[torch.Tensor] = None, impl: str = "auto",
-    rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None, config=None,
 ) -> torch.Tensor:
     """Non-causal attention within each packed short sequence (ViT windows): q, k `[T, H, D]`,
     v `[T, H, Dv]`, cu_seqlens `[S + 1]` int32 -> `[T, H, Dv]` (into `out` when given).
@@ -149,10 +149,11 @@ def window_attention(
     kernel does it on load, saving a pass over q and k).
 
     Triton (`spava_kernels.window_attention`: every sequence <= 128 tokens, head_dim <= 128,
-    fp16/bf16/fp32) or the torch reference (float64 always goes to the reference)."""
+    fp16/bf16/fp32) or the torch reference (float64 always goes to the reference). config: the
+    kernel's launch `Config` (None: its default)."""
     if use_triton(impl, q, k, v, cu_seqlens, allow_float64=False):
         return _kernels("window_attention").window_attention(q, k, v, cu_seqlens, max_seqlen, scale, out=out,
-                                                             rotary=rotary)
+                                                             rotary=rotary, config=config)
     if rotary is not None:
         q, k = (reference.rotate_half(x, *rotary) for x in (q, k))
     return window_attention_reference(q, k, v, cu_seqlens, max_seqlen, scale, out=out)
@@ -160,7 +161,7 @@ def window_attention(
 
 def flash_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-    scale: Optional[float] = None, out: Optional[torch.Tensor] = None, impl: str = "auto",
+    scale: Optional[float] = None, out: Optional[torch.Tensor] = None, impl: str = "auto", config=None,
 ) -> torch.Tensor:
     """Non-causal attention within each packed sequence of any length (the ViT's full-attention
     blocks: one sequence per temporal grid): q, k, v `[T, H, D]`, cu_seqlens `[S + 1]` int32 ->
@@ -168,18 +169,20 @@ def flash_attention(
 
     Triton (`spava_kernels.flash_attention`: head_dim split into exact power-of-two pieces, 16 <= D
     <= 256, fp16/bf16/fp32) or the torch reference (float64 always goes to the reference; it pads
-    every sequence to the longest, O(S * L^2) memory: for tests)."""
+    every sequence to the longest, O(S * L^2) memory: for tests). config: the kernel's launch
+    `Config` (None: its default)."""
     if use_triton(impl, q, k, v, cu_seqlens, allow_float64=False):
-        return _kernels("flash_attention").flash_attention(q, k, v, cu_seqlens, max_seqlen, scale, out=out)
+        return _kernels("flash_attention").flash_attention(q, k, v, cu_seqlens, max_seqlen, scale, out=out,
+                                                           config=config)
     return window_attention_reference(q, k, v, cu_seqlens, max_seqlen, scale, out=out)
 
 
 def swiglu_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], width: int,
-                impl: str = "auto") -> torch.Tensor:
+                impl: str = "auto", config=None) -> torch.Tensor:
     """The ViT MLP's gate/up GEMM and SwiGLU in one: x `[N, K]`, weight `[2W, K]` (gate rows then up
     rows), bias `[2W]` or None -> silu(gate) * up `[N, W]`. Triton (`spava_kernels.swiglu_gemm`:
     CUDA sm_90, fp16/bf16, TMA-aligned K) or the torch reference (F.linear, then HF's SwiGLU)."""
     is_half = x.dtype in (torch.float16, torch.bfloat16)
     if use_triton(impl, x, weight) and (is_half or impl == "triton"):
-        return _kernels("swiglu_gemm").swiglu_gemm(x, weight, bias, width)
+        return _kernels("swiglu_gemm").swiglu_gemm(x, weight, bias, width, config=config)
     return reference.swiglu_gemm(x, weight, bias, width)

@@ -75,7 +75,7 @@ def _swiglu_gemm_kernel(
 
 
 def swiglu_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], width: int,
-                out: Optional[torch.Tensor] = None, config: Config = DEFAULT_CONFIG) -> torch.Tensor:
+                out: Optional[torch.Tensor] = None, config: Optional[Config] = None) -> torch.Tensor:
     """silu(x W[:width]^T + b[:width]) * (x W[width:]^T + b[width:]): x `[N, K]`, weight `[2W, K]`
     (gate rows then up rows), bias `[2W]` or None -> `[N, W]` (fp16/bf16, CUDA sm_90, K and rows
     16-byte aligned, as TMA needs)."""
@@ -86,6 +86,7 @@ def swiglu_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         raise ValueError(f"want x [N, K], weight [2 * {width}, K] of one half dtype; got {tuple(x.shape)} "
                          f"{x.dtype}, {tuple(weight.shape)} {weight.dtype}")
     x, weight = x.contiguous(), weight.contiguous()
+    config = config or DEFAULT_CONFIG
     if out is None:
         out = torch.empty(num_rows, width, dtype=x.dtype, device=x.device)
     x_desc = TensorDescriptor(x, list(x.shape), [k_dim, 1], [config.block_m, config.block_k])

@@ -223,7 +223,7 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups:
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      cu_seqlens: torch.Tensor | Sequence[int] | None, *, scale: float | None = None,
                      groups: VarlenGroups | None = None, backends: Sequence[str] | None = None,
-                     use_flash: bool | None = None) -> torch.Tensor:
+                     use_flash: bool | None = None, kernel_config=None) -> torch.Tensor:
     """Non-causal attention within each packed sequence: q/k `[T, H, D]`, v `[T, H, Dv]` -> `[T, H, Dv]`.
 
     Args:
@@ -234,6 +234,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             leading "triton" runs a Triton kernel (see the module docstring),
             and is skipped wherever it cannot run.
         use_flash: flash-attn varlen kernel: None = when importable and usable, False = never.
+        kernel_config: launch `Config` of the Triton kernel that runs (None: the kernel's default).
     """
     if groups is None:
         if cu_seqlens is None:
@@ -244,7 +245,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if triton_fn is not None:
         if groups.num_tokens != q.shape[0]:
             raise ValueError(f"cu_seqlens covers {groups.num_tokens} tokens but q has {q.shape[0]}")
-        return triton_fn(q, k, v, groups.cu_seqlens.to(q.device), groups.max_seqlen, scale, impl="triton")
+        return triton_fn(q, k, v, groups.cu_seqlens.to(q.device), groups.max_seqlen, scale, impl="triton",
+                         config=kernel_config)
     if backends:  # "triton" is not an SDPA backend: whatever follows it is the fallback order
         backends = [name for name in backends if name != "triton"]
     flash_fn = _is_flash_usable(q, use_flash)

@@ -295,12 +295,14 @@ class FastQwen25Vision:
             q and k as it loads them (no separate rotary pass over q and k; the same float32 formula).
         fuse_swiglu: run gate/up and SwiGLU as one Triton GEMM (`spava_kernels.swiglu_gemm`: CUDA
             sm_90, fp16/bf16) instead of cuBLAS + a SwiGLU pass; None: where it can run.
+        full_kernel_config / swiglu_config: launch `Config`s of the Triton flash kernel (full blocks)
+            and the SwiGLU GEMM; None: the kernels' defaults (benchmarks compare others).
     """
 
     def __init__(self, hf_visual, *, compile: bool | None = None, mlp_multiple: int = 64,
                  window_backends: Sequence[str] | None = None, full_backends: Sequence[str] | None = None,
                  use_flash: bool | None = None, max_cached_layouts: int = 4, fuse_window_rotary: bool = True,
-                 fuse_swiglu: bool | None = None):
+                 fuse_swiglu: bool | None = None, full_kernel_config=None, swiglu_config=None):
         cfg = hf_visual.config
         self.hf_visual = hf_visual
         self.merge = cfg.spatial_merge_size
@@ -328,6 +330,8 @@ class FastQwen25Vision:
             full_backends = ["triton"] if full_backends is None else full_backends
         self.backends = {"window": window_backends, "natural": full_backends}
         self.use_flash = use_flash
+        self.kernel_configs = {"window": None, "natural": full_kernel_config}
+        self.swiglu_config = swiglu_config
         self.fuse_window_rotary = fuse_window_rotary
         can_fuse_swiglu = (self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16)
                            and triton_windows_available() and torch.cuda.get_device_capability(self.device)[0] >= 9
@@ -422,7 +426,7 @@ class FastQwen25Vision:
         attn = self._attend(F.linear(normed, *w.qkv), plan, order)
         x, normed = self.ops.add_rms_norm(x, F.linear(attn.reshape(x.shape[0], -1), *w.proj), w.norm2, w.eps2)
         if self.fuse_swiglu:
-            hidden = self._swiglu_gemm(normed, *w.gate_up, w.width, impl="triton")
+            hidden = self._swiglu_gemm(normed, *w.gate_up, w.width, impl="triton", config=self.swiglu_config)
         else:
             hidden = self.ops.swiglu(F.linear(normed, *w.gate_up), w.width)
         return self.ops.add_rms_norm(x, F.linear(hidden, *w.down), *following)
@@ -438,4 +442,4 @@ class FastQwen25Vision:
                           rotary=(plan.cos, plan.sin))
         q, k, v = self.ops.rotary_qkv(qkv, plan.cos, plan.sin, self.num_heads)
         return varlen_attention(q, k, v, None, scale=self.scale, groups=groups, backends=backends,
-                                use_flash=self.use_flash)
+                                use_flash=self.use_flash, kernel_config=self.kernel_configs[order])
