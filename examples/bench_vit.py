@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "auto: where it runs); several values: one row each")
     parser.add_argument("--flash-configs", nargs="+", default=["default"],
                         help="ours: launch config of the Triton flash kernel (full blocks): 'default' or "
-                             "'BLOCK_M,BLOCK_N,WARPS,STAGES[,tma][,ws]' (ws: warp-specialized); one row each")
+                             "'BLOCK_M,BLOCK_N,WARPS,STAGES[,tma]'; several values: one row each")
     parser.add_argument("--mlp-multiple", type=int, default=64, help="ours: MLP width padding")
     parser.add_argument("--matmul-size", type=int, default=None, help="n of the n^3 rate probe (8192 GPU, 512 CPU)")
     parser.add_argument("--profile", action="store_true", help="print ours' top kernels for the first case")
@@ -245,16 +245,15 @@ def pick_backends(fast: FastQwen25Vision, grids, device, dtype) -> dict[str, lis
 
 
 def parse_flash_config(text: str):
-    """'default' -> None; 'BLOCK_M,BLOCK_N,WARPS,STAGES[,tma][,ws]' -> spava_kernels.flash_attention.Config."""
+    """'default' -> None; 'BLOCK_M,BLOCK_N,WARPS,STAGES[,tma]' -> spava_kernels.flash_attention.Config."""
     if text == "default":
         return None
     from spava_kernels.flash_attention import Config
 
     parts = text.split(",")
-    flags = set(parts[4:])
-    if len(parts) < 4 or not flags <= {"tma", "ws"}:
-        raise SystemExit(f"--flash-configs: want 'default' or 'BLOCK_M,BLOCK_N,WARPS,STAGES[,tma][,ws]'; got {text!r}")
-    return Config(*(int(part) for part in parts[:4]), use_tma="tma" in flags, warp_specialize="ws" in flags)
+    if len(parts) not in (4, 5) or parts[4:] not in ([], ["tma"]) or not all(p.isdigit() for p in parts[:4]):
+        raise SystemExit(f"--flash-configs: want 'default' or 'BLOCK_M,BLOCK_N,WARPS,STAGES[,tma]'; got {text!r}")
+    return Config(*(int(part) for part in parts[:4]), use_tma=parts[4:] == ["tma"])
 
 
 def make_ours(tower, args, grids, device, dtype, is_compiled: bool | None, spec: str) -> FastQwen25Vision:

@@ -204,11 +204,11 @@ def test_bench_runs_on_cpu(tmp_path):
 def test_bench_flash_config_parsing():
     bench = _bench_module()
     assert bench.parse_flash_config("default") is None
-    config = bench.parse_flash_config("128,64,4,2,tma,ws")
-    assert tuple(config) == (128, 64, 4, 2, True, True)
-    assert bench.parse_flash_config("64,32,4,1").warp_specialize is False
-    with pytest.raises(SystemExit, match="BLOCK_M,BLOCK_N"):
-        bench.parse_flash_config("128,64,ws")
+    assert tuple(bench.parse_flash_config("128,64,4,3,tma")) == (128, 64, 4, 3, True)
+    assert bench.parse_flash_config("64,32,4,1").use_tma is False
+    for bad in ("128,64,4", "128,64,4,3,ws", "128,x,4,3"):
+        with pytest.raises(SystemExit, match="BLOCK_M,BLOCK_N"):
+            bench.parse_flash_config(bad)
 
 
 def test_bench_flop_count_matches_notes():

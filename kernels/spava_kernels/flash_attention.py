@@ -45,8 +45,6 @@ class Config(NamedTuple):
     num_warps: int
     num_stages: int
     use_tma: bool = False
-    warp_specialize: bool = False  # Triton's Hopper warp specialization (needs TMA): a producer warp
-    # group loads K/V tiles, two consumer warp groups of BLOCK_M / 2 query rows each do the math
 
 
 def default_config(dtype: torch.dtype, is_cuda_sm90: bool) -> Config:
@@ -139,7 +137,7 @@ def _flash_kernel(
     num_heads, qk_scale,
     q_st, q_sh, k_st, k_sh, v_st, v_sh, o_st, o_sh,
     HEAD_DIM: tl.constexpr, DA: tl.constexpr, BLOCK_DB: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr, USE_TMA: tl.constexpr, WS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr, USE_TMA: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, INTERPRET: tl.constexpr, MAX_TILES: tl.constexpr,
 ):
     HAS_B: tl.constexpr = BLOCK_DB > 0
@@ -178,18 +176,6 @@ def _flash_kernel(
         num_full, first_masked, stop = 0, 0, MAX_TILES
     else:  # the full tiles unmasked, then the partial last tile (0 or 1 iteration) masked
         first_masked, stop = num_full, tl.cdiv(length_kv, BLOCK_N)
-        if WS:
-            stop = tl.cdiv(length_kv, BLOCK_N)
-    if WS:  # one warp-specialized loop over all key tiles (the pass takes a single loop), every tile masked
-        for tile in tl.range(0, stop, num_stages=STAGES, warp_specialize=True):
-            first_n = tile * BLOCK_N
-            key_bias = tl.where(first_n + rows_n < length_kv, 0.0, float("-inf"))[None, :]
-            k_a, k_b, v_a, v_b = _load_kv(ka_desc, kb_desc, va_desc, vb_desc, ka_ptrs, kb_ptrs, va_ptrs, vb_ptrs,
-                                          first_n, start, k_st, v_st, col_head, rows_n, length_kv, a_ok, b_ok,
-                                          DA, HAS_B, USE_TMA, True)
-            acc_a, acc_b, m_i, l_i = _update(q_a, q_b, k_a, k_b, v_a, v_b, acc_a, acc_b, m_i, l_i, qk_scale,
-                                             key_bias, HAS_B, True, PRECISION, UPCAST)
-        num_full, first_masked, stop = 0, 0, 0
     for tile in tl.range(0, num_full, num_stages=STAGES):
         k_a, k_b, v_a, v_b = _load_kv(ka_desc, kb_desc, va_desc, vb_desc, ka_ptrs, kb_ptrs, va_ptrs, vb_ptrs,
                                       tile * BLOCK_N, start, k_st, v_st, col_head, rows_n, length_kv, a_ok, b_ok,
@@ -288,11 +274,11 @@ def flash_attention(
     dim_a, dim_b, block_db = split_head_dim(dim)
     descs = _tma_views(q, k, v, config, dim_a, block_db, dim_b)
     use_tma = descs[0] is not None
-    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
     if use_tma:
         _set_tma_allocator()
     scale = dim ** -0.5 if scale is None else scale
     grid = (triton.cdiv(max_seqlen, config.block_m), num_seqs * num_heads)
+    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
     _flash_kernel[grid](
         q, k, v, out, cu, *descs,
         num_heads, scale * math.log2(math.e),
@@ -300,7 +286,6 @@ def flash_attention(
         out.stride(0), out.stride(1),
         HEAD_DIM=dim, DA=dim_a, BLOCK_DB=block_db, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         STAGES=config.num_stages, USE_TMA=use_tma,
-        WS=config.warp_specialize and (use_tma or interpret),  # the interpreter runs the same (masked) loop
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32: no TF32; fp16/bf16 ignore it
         UPCAST=q.dtype == torch.bfloat16 and interpret, INTERPRET=interpret,
         MAX_TILES=triton.cdiv(max_seqlen, config.block_n) if interpret else 0,  # no respecialising when compiled
