@@ -64,8 +64,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="ours: gate/up GEMM + SwiGLU as one Triton kernel (FastQwen25Vision's fuse_swiglu; "
                              "auto: where it runs); several values: one row each")
     parser.add_argument("--flash-configs", nargs="+", default=["default"],
-                        help="ours: launch config of the Triton flash kernel (full blocks): 'default' or "
-                             "'BLOCK_M,BLOCK_N,WARPS,STAGES[,tma]'; several values: one row each")
+                        help="ours: launch config of the flash kernel (full blocks): 'default', "
+                             "'BLOCK_M,BLOCK_N,WARPS,STAGES[,tma]' (Triton kernel) or "
+                             "'sm90:BLOCK_M,BLOCK_N,STAGES,WARPS,CONSUMERS,CTAS_PER_SM[,serial|,pingpong]' (Gluon kernel); "
+                             "several values: one row each")
+    parser.add_argument("--swiglu-configs", nargs="+", default=["default"],
+                        help="ours: launch config of the fused gate/up + SwiGLU GEMM: 'default', "
+                             "'BLOCK_M,BLOCK_N,BLOCK_K,GROUP_M,STAGES,WARPS' (Triton kernel) or "
+                             "'sm90:BLOCK_M,BLOCK_N,BLOCK_K,GROUP_M,STAGES,WARPS' (Gluon kernel); one row each")
     parser.add_argument("--mlp-multiple", type=int, default=64, help="ours: MLP width padding")
     parser.add_argument("--matmul-size", type=int, default=None, help="n of the n^3 rate probe (8192 GPU, 512 CPU)")
     parser.add_argument("--profile", action="store_true", help="print ours' top kernels for the first case")
@@ -245,9 +251,22 @@ def pick_backends(fast: FastQwen25Vision, grids, device, dtype) -> dict[str, lis
 
 
 def parse_flash_config(text: str):
-    """'default' -> None; 'BLOCK_M,BLOCK_N,WARPS,STAGES[,tma]' -> spava_kernels.flash_attention.Config."""
+    """'default' -> None; 'BLOCK_M,BLOCK_N,WARPS,STAGES[,tma]' -> spava_kernels.flash_attention.Config (the
+    Triton kernel); 'sm90:BLOCK_M,BLOCK_N,STAGES,WARPS,CONSUMERS,CTAS_PER_SM[,serial|,pingpong]' ->
+    spava_kernels.flash_attention_sm90.Config (the Gluon kernel; serial: no softmax / P V overlap; pingpong:
+    the two consumers take turns issuing matmuls)."""
     if text == "default":
         return None
+    if text.startswith("sm90:"):
+        from spava_kernels.flash_attention_sm90 import Config as Sm90Config
+
+        parts = text[5:].split(",")
+        if len(parts) not in (6, 7) or parts[6:] not in ([], ["serial"], ["pingpong"]) or not all(
+                p.isdigit() for p in parts[:6]):
+            raise SystemExit("--flash-configs: want 'sm90:BLOCK_M,BLOCK_N,STAGES,WARPS,CONSUMERS,CTAS_PER_SM"
+                             f"[,serial|,pingpong]'; got {text!r}")
+        return Sm90Config(*(int(part) for part in parts[:6]), pipelined=parts[6:] != ["serial"],
+                          pingpong=parts[6:] == ["pingpong"])
     from spava_kernels.flash_attention import Config
 
     parts = text.split(",")
@@ -256,14 +275,32 @@ def parse_flash_config(text: str):
     return Config(*(int(part) for part in parts[:4]), use_tma=parts[4:] == ["tma"])
 
 
+def parse_swiglu_config(text: str):
+    """'default' -> None; 'BLOCK_M,BLOCK_N,BLOCK_K,GROUP_M,STAGES,WARPS' -> spava_kernels.swiglu_gemm.Config;
+    'sm90:' + the same -> spava_kernels.swiglu_gemm_sm90.Config (the Gluon kernel)."""
+    if text == "default":
+        return None
+    is_sm90 = text.startswith("sm90:")
+    parts = text[5:].split(",") if is_sm90 else text.split(",")
+    if len(parts) != 6 or not all(part.isdigit() for part in parts):
+        raise SystemExit("--swiglu-configs: want 'default' or '[sm90:]BLOCK_M,BLOCK_N,BLOCK_K,GROUP_M,STAGES,WARPS'; "
+                         f"got {text!r}")
+    if is_sm90:
+        from spava_kernels.swiglu_gemm_sm90 import Config
+    else:
+        from spava_kernels.swiglu_gemm import Config
+    return Config(*(int(part) for part in parts))
+
+
 def make_ours(tower, args, grids, device, dtype, is_compiled: bool | None, spec: str) -> FastQwen25Vision:
     """FastQwen25Vision with the SDPA backends that `spec` (one --attn-backends value, then
-    ":<--fused-rotary>:<--fused-swiglu>:<--flash-configs>") asks for."""
-    spec, fused, swiglu, flash = spec.split(":", 3)
+    "|<--fused-rotary>|<--fused-swiglu>|<--flash-configs>|<--swiglu-configs>") asks for."""
+    spec, fused, swiglu, flash, gemm = spec.split("|")
     fast = FastQwen25Vision(tower, compile=is_compiled, mlp_multiple=args.mlp_multiple,
                             fuse_window_rotary=fused != "off",
                             fuse_swiglu={"on": True, "off": False}.get(swiglu),
-                            full_kernel_config=parse_flash_config(flash))
+                            full_kernel_config=parse_flash_config(flash),
+                            swiglu_config=parse_swiglu_config(gemm))
     if spec == "auto" and device.type == "cuda" and grids:
         fast.backends = pick_backends(fast, grids, device, dtype)
     elif spec not in ("auto", "default"):
@@ -338,13 +375,13 @@ def run_case(tower, args, resolution, frames, rank, world_size, device, dtype, r
             "flops": count_flops(vcfg, grids), "bytes": count_bytes(vcfg, grids)}
     describe_case(base["flops"], base["bytes"], rates, world_size)
     results = []
-    specs = [f"{spec}:{fused}:{swiglu}:{flash}" for spec in args.attn_backends for fused in args.fused_rotary
-             for swiglu in args.fused_swiglu for flash in args.flash_configs]
+    specs = [f"{spec}|{fused}|{swiglu}|{flash}|{gemm}" for spec in args.attn_backends for fused in args.fused_rotary
+             for swiglu in args.fused_swiglu for flash in args.flash_configs for gemm in args.swiglu_configs]
     for index, spec in enumerate(specs if args.impl in ("ours", "both") else []):
         timing, fast = time_ours(tower, args, mine, rows, device, dtype, spec)
         note = (f"compile={fast.is_compiled} warmup={sum(timing['warmup_runs']):.1f}s backends={fast.backends} "
                 f"fused_rotary={fast.fuse_window_rotary} fused_swiglu={fast.fuse_swiglu} "
-                f"flash_config={spec.rsplit(':', 1)[1]}")
+                f"flash_config={spec.split('|')[3]} swiglu_config={spec.split('|')[4]}")
         results.append(dict(impl="ours", note=note, **timing))
         is_first_case = (resolution, frames) == (args.resolutions[0], args.frames[0])
         if args.profile and rank == 0 and index == 0 and is_first_case:

@@ -72,9 +72,11 @@ def check_window_attention(device, dtype, lengths, num_heads, dim, interpreted=F
 WINDOW_LENGTHS = [64, 48, 36, 1, 17, 64, 30]  # ViT windows (64, 48, 36) and odd lengths
 
 
-def check_flash_attention(device, dtype, lengths, num_heads, dim, interpreted=False, impl="triton", config=None):
-    """Like `check_window_attention`, for the long-sequence kernel (`spava_kernels.flash_attention`):
-    error vs float64 <= 2x the torch reference's in `dtype`; writes only into its row/head view."""
+def check_flash_attention(device, dtype, lengths, num_heads, dim, interpreted=False, impl="triton", config=None,
+                          kernel="triton"):
+    """Like `check_window_attention`, for the long-sequence kernels (`spava_kernels.flash_attention`, or
+    `flash_attention_sm90` when kernel="sm90" with a config tuple): error vs float64 <= 2x the torch
+    reference's in `dtype`; writes only into its row/head view."""
     q, k, v, cu = _window_inputs(device, dtype, lengths, num_heads, dim, seed=51)
     max_seqlen, scale = max(lengths), 1.3 * dim ** -0.5
     truth = dispatch.window_attention_reference(q.double(), k.double(), v.double(), cu, max_seqlen, scale)
@@ -82,6 +84,10 @@ def check_flash_attention(device, dtype, lengths, num_heads, dim, interpreted=Fa
     big = torch.zeros((q.shape[0] + 3, 2 * num_heads, dim), dtype=dtype, device=device)
     if config is None:
         out = dispatch.flash_attention(q, k, v, cu, max_seqlen, scale, out=big[2:-1, ::2], impl=impl)
+    elif kernel == "sm90":
+        from spava_kernels.flash_attention_sm90 import Config, flash_attention_sm90
+
+        out = flash_attention_sm90(q, k, v, cu, max_seqlen, scale, out=big[2:-1, ::2], config=Config(*config))
     else:
         from spava_kernels.flash_attention import Config, flash_attention
 
@@ -132,9 +138,11 @@ def check_vision_fused_rotary():
     assert float((fused - unfused).abs().max()) <= 1e-5 * scale
 
 
-def check_swiglu_gemm(device, dtype, num_rows, k_dim, width, has_bias=True, config=None, impl="triton"):
+def check_swiglu_gemm(device, dtype, num_rows, k_dim, width, has_bias=True, config=None, impl="triton",
+                      kernel="triton"):
     """Kernel vs float64 truth (the reference in float64): error <= 2x the reference's in `dtype` + one
-    ulp of the largest output (the epilogue rounds where HF does, so a rounding may flip)."""
+    ulp of the largest output (the epilogue rounds where HF does, so a rounding may flip). kernel="sm90"
+    with a config tuple: the Gluon kernel (`spava_kernels.swiglu_gemm_sm90`)."""
     x = _randn((num_rows, k_dim), device, 80).to(dtype)
     weight = (_randn((2 * width, k_dim), device, 81) * k_dim ** -0.5).to(dtype)
     bias = (_randn((2 * width,), device, 82) * 0.1).to(dtype) if has_bias else None
@@ -142,6 +150,10 @@ def check_swiglu_gemm(device, dtype, num_rows, k_dim, width, has_bias=True, conf
     same_dtype = reference.swiglu_gemm(x, weight, bias, width)
     if config is None:
         got = dispatch.swiglu_gemm(x, weight, bias, width, impl=impl)
+    elif kernel == "sm90":
+        from spava_kernels.swiglu_gemm_sm90 import Config, swiglu_gemm_sm90
+
+        got = swiglu_gemm_sm90(x, weight, bias, width, config=Config(*config))
     else:
         from spava_kernels.swiglu_gemm import Config, swiglu_gemm
 
@@ -154,3 +166,73 @@ def check_swiglu_gemm(device, dtype, num_rows, k_dim, width, has_bias=True, conf
 
 
 FLASH_LENGTHS = [300, 1, 77, 128, 129, 64]  # partial and exact tiles, a single row
+
+
+def _compile_gluon_sm90(kernel, constants: dict, descriptor_shapes: dict, pointer_types: dict, num_warps: int,
+                        max_registers: int) -> dict:
+    """Compile a Gluon kernel for sm_90 without a GPU (Triton's bundled ptxas; bf16 descriptors with the default
+    NVMMA layout of their block shape, other arguments i32 unless named in pointer_types) and read the cubin
+    with the bundled cuobjdump: {"spill_bytes", "shared_bytes", "sass"}."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name in descriptor_shapes:
+            rows, width = descriptor_shapes[name]
+            layout = gl.NVMMASharedLayout.get_default_for([rows, width], gl.bfloat16)
+            signature[name] = f"tensordesc<bf16[{rows}, {width}],{layout!r}>"
+        else:
+            signature[name] = pointer_types.get(name, "i32")
+    source = GluonASTSource(kernel, signature, {(kernel.arg_names.index(k),): v for k, v in constants.items()})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=num_warps, maxnreg=max_registers))
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "kernel.cubin")
+        with open(path, "wb") as handle:
+            handle.write(compiled.asm["cubin"])
+        usage = subprocess.run([cuobjdump, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([cuobjdump, "-sass", path], capture_output=True, text=True, check=True).stdout
+    spills = [int(n) for n in re.findall(r"(?:STACK|LOCAL):(\d+)", usage)]
+    return {"spill_bytes": sum(spills), "shared_bytes": compiled.metadata.shared, "sass": sass}
+
+
+def compile_sm90_offline(config, head_dim: int = 80) -> dict:
+    """The Gluon flash kernel (`flash_attention_sm90`) compiled for sm_90 on this machine: `_compile_gluon_sm90`'s
+    result plus "max_registers" and "consumer_registers" (the planned setmaxnreg split)."""
+    from spava_kernels import flash_attention_sm90 as sm90
+
+    dim_a, dim_b = sm90.split_head_dim(head_dim)
+    max_registers, consumer = sm90.register_budget(config)
+    constants = dict(HEAD_DIM=head_dim, DA=dim_a, DB=dim_b or 16, HAS_B=dim_b > 0, BLOCK_M=config.block_m,
+                     BLOCK_N=config.block_n, STAGES=config.num_stages, PIPELINED=config.pipelined,
+                     PINGPONG=config.pingpong and config.pipelined and config.num_consumers == 2,
+                     NUM_CONSUMERS=config.num_consumers, CONSUMER_REGISTERS=consumer, num_warps=config.num_warps)
+    shapes = {f"{x}{piece}_desc": (config.block_m if x == "q" else config.block_n, dim_a if piece == "a" else dim_b or 16)
+              for x in "qkv" for piece in "ab"}
+    result = _compile_gluon_sm90(sm90._flash_sm90_kernel, constants, shapes,
+                                 {"o_ptr": "*bf16", "cu_ptr": "*i32", "qk_scale": "fp32"}, config.num_warps,
+                                 max_registers)
+    return {**result, "max_registers": max_registers, "consumer_registers": consumer}
+
+
+def compile_swiglu_sm90_offline(config, k_dim: int = 1280) -> dict:
+    """The Gluon SwiGLU GEMM (`swiglu_gemm_sm90`) compiled for sm_90 on this machine (`_compile_gluon_sm90`)."""
+    from spava_kernels import swiglu_gemm_sm90 as sm90
+
+    constants = dict(K_DIM=k_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+                     GROUP_M=config.group_m, STAGES=config.num_stages, HAS_BIAS=True, num_warps=config.num_warps)
+    shapes = {"x_desc": (config.block_m, config.block_k), "w_desc": (config.block_n, config.block_k),
+              "out_desc": (config.block_m, config.block_n)}
+    return _compile_gluon_sm90(sm90._swiglu_gemm_sm90_kernel, constants, shapes, {"bias_ptr": "*bf16"},
+                               config.num_warps, sm90.max_registers(config))

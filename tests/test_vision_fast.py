@@ -206,9 +206,18 @@ def test_bench_flash_config_parsing():
     assert bench.parse_flash_config("default") is None
     assert tuple(bench.parse_flash_config("128,64,4,3,tma")) == (128, 64, 4, 3, True)
     assert bench.parse_flash_config("64,32,4,1").use_tma is False
-    for bad in ("128,64,4", "128,64,4,3,ws", "128,x,4,3"):
+    for bad in ("128,64,4", "128,64,4,3,ws", "128,x,4,3", "sm90:64,128,2,4,2", "sm90:64,128,2,4,2,1,ws"):
         with pytest.raises(SystemExit, match="BLOCK_M,BLOCK_N"):
             bench.parse_flash_config(bad)
+    pytest.importorskip("triton.experimental.gluon")
+    assert tuple(bench.parse_flash_config("sm90:64,128,2,4,2,1")) == (64, 128, 2, 4, 2, 1, True, False)
+    assert bench.parse_flash_config("sm90:64,128,2,4,2,1,pingpong").pingpong is True
+    assert bench.parse_flash_config("sm90:128,64,2,4,1,2,serial").pipelined is False
+    assert bench.parse_swiglu_config("default") is None
+    assert tuple(bench.parse_swiglu_config("128,128,64,8,4,8")) == (128, 128, 64, 8, 4, 8)
+    assert type(bench.parse_swiglu_config("sm90:128,128,64,8,3,8")).__module__ == "spava_kernels.swiglu_gemm_sm90"
+    with pytest.raises(SystemExit, match="GROUP_M"):
+        bench.parse_swiglu_config("sm90:128,128,64")
 
 
 def test_bench_flop_count_matches_notes():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import os
 from typing import Optional
 
 import torch
@@ -18,6 +19,10 @@ import torch
 from spava_kernels import reference
 
 IMPLS = ("auto", "triton", "torch")
+# Whether flash_attention(config=None) takes the Gluon sm_90 kernel on H100 / H200 (else the Triton kernel).
+SM90_FLASH_IS_DEFAULT = False
+# Whether swiglu_gemm(config=None) takes the Gluon sm_90 GEMM (else the Triton one).
+SM90_SWIGLU_IS_DEFAULT = False
 
 
 @functools.lru_cache(maxsize=None)
@@ -167,22 +172,53 @@ def flash_attention(
     blocks: one sequence per temporal grid): q, k, v `[T, H, D]`, cu_seqlens `[S + 1]` int32 ->
     `[T, H, D]` (into `out` when given).
 
-    Triton (`spava_kernels.flash_attention`: head_dim split into exact power-of-two pieces, 16 <= D
-    <= 256, fp16/bf16/fp32) or the torch reference (float64 always goes to the reference; it pads
-    every sequence to the longest, O(S * L^2) memory: for tests). config: the kernel's launch
-    `Config` (None: its default)."""
-    if use_triton(impl, q, k, v, cu_seqlens, allow_float64=False):
-        return _kernels("flash_attention").flash_attention(q, k, v, cu_seqlens, max_seqlen, scale, out=out,
-                                                           config=config)
-    return window_attention_reference(q, k, v, cu_seqlens, max_seqlen, scale, out=out)
+    With a `flash_attention_sm90.Config` (or by default when `SM90_FLASH_IS_DEFAULT`), on an H100 /
+    H200 the Gluon kernel (`spava_kernels.flash_attention_sm90`: a TMA producer warp, softmax
+    overlapped with the P V matmul; fp16/bf16, head_dim 2^a (+ 2^b)); otherwise the
+    Triton kernel (`spava_kernels.flash_attention`: head_dim split into exact power-of-two pieces,
+    16 <= D <= 256, fp16/bf16/fp32); or the torch reference (float64 always goes to the reference; it
+    pads every sequence to the longest, O(S * L^2) memory: for tests). config: a launch `Config` of
+    either kernel module, which also picks that kernel (None: the default kernel and its default)."""
+    if not use_triton(impl, q, k, v, cu_seqlens, allow_float64=False):
+        return window_attention_reference(q, k, v, cu_seqlens, max_seqlen, scale, out=out)
+    triton_kernel = _kernels("flash_attention")
+    wants_sm90 = config is not None and not isinstance(config, triton_kernel.Config)
+    if (wants_sm90 or (config is None and SM90_FLASH_IS_DEFAULT)) and _has_sm90_kernel(q, k, v):
+        return _kernels("flash_attention_sm90").flash_attention_sm90(q, k, v, cu_seqlens, max_seqlen, scale, out=out,
+                                                                     config=config)
+    if wants_sm90:
+        raise ValueError(f"config {config!r} is for the sm_90 kernel, which cannot run these inputs "
+                         f"({q.dtype} {tuple(q.shape)} on {q.device}); pass a flash_attention.Config or None")
+    return triton_kernel.flash_attention(q, k, v, cu_seqlens, max_seqlen, scale, out=out, config=config)
+
+
+def _has_sm90_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the Gluon sm_90 flash kernel can run these (compiled CUDA only: Gluon has no interpreter)."""
+    if not q.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return False
+    if torch.cuda.get_device_capability(q.device) != (9, 0) or importlib.util.find_spec("triton.experimental.gluon") is None:
+        return False
+    return _kernels("flash_attention_sm90").supports(q, k, v)
 
 
 def swiglu_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], width: int,
                 impl: str = "auto", config=None) -> torch.Tensor:
     """The ViT MLP's gate/up GEMM and SwiGLU in one: x `[N, K]`, weight `[2W, K]` (gate rows then up
     rows), bias `[2W]` or None -> silu(gate) * up `[N, W]`. Triton (`spava_kernels.swiglu_gemm`:
-    CUDA sm_90, fp16/bf16, TMA-aligned K) or the torch reference (F.linear, then HF's SwiGLU)."""
+    CUDA sm_90, fp16/bf16, TMA-aligned K; with a `swiglu_gemm_sm90.Config`, or by default when
+    `SM90_SWIGLU_IS_DEFAULT`, the Gluon kernel `spava_kernels.swiglu_gemm_sm90` on sm_90) or the torch
+    reference (F.linear, then HF's SwiGLU)."""
     is_half = x.dtype in (torch.float16, torch.bfloat16)
     if use_triton(impl, x, weight) and (is_half or impl == "triton"):
-        return _kernels("swiglu_gemm").swiglu_gemm(x, weight, bias, width, config=config)
+        triton_kernel = _kernels("swiglu_gemm")
+        wants_sm90 = config is not None and not isinstance(config, triton_kernel.Config)
+        if wants_sm90 or (config is None and SM90_SWIGLU_IS_DEFAULT and x.is_cuda
+                          and os.environ.get("TRITON_INTERPRET", "0") != "1"):
+            sm90 = _kernels("swiglu_gemm_sm90")
+            if sm90.supports(x, weight) and (width * x.element_size()) % 16 == 0:
+                return sm90.swiglu_gemm_sm90(x, weight, bias, width, config=config)
+            if wants_sm90:
+                raise ValueError(f"config {config!r} is for the sm_90 Gluon kernel, which cannot run x {x.dtype} "
+                                 f"{tuple(x.shape)} on {x.device} (width {width})")
+        return triton_kernel.swiglu_gemm(x, weight, bias, width, config=config)
     return reference.swiglu_gemm(x, weight, bias, width)

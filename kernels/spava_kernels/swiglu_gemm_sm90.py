@@ -1,0 +1,224 @@
+"""Hopper (sm_90) gate/up GEMM with the SwiGLU epilogue in Gluon: persistent CTAs, a TMA producer warp and two
+consumer warpgroups.
+
+Same contract and rounding as `swiglu_gemm.py` (silu(x W_gate^T + b_gate) * (x W_up^T + b_up), rounded where HF
+rounds). The Triton kernel there issues its TMA loads from the warps that run the matmuls and starts one CTA per
+output tile; here one warp does nothing but keep a ring of STAGES (x, W_gate, W_up) K-slices full, the consumer
+warpgroups keep one K-step of wgmma in flight, and each CTA walks output tiles in a grouped order (GROUP_M row
+tiles share their W column tiles while they are in L2) so that the producer already fetches the next tile's
+slices during the epilogue. The epilogue writes through shared memory with a TMA store (rows past the end are
+clipped by TMA).
+
+`python -m spava_kernels.swiglu_gemm_sm90` times configs against the Triton kernel and cuBLAS + SwiGLU.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+_PRODUCER_REGISTERS = gl.constexpr(40)  # tile coordinates and the ring counters
+
+
+class Config(NamedTuple):
+    """Output tile rows and columns (each column block is computed for gate and up), K slice, row tiles per
+    group, ring depth, consumer warps (4 per warpgroup; 64 rows each)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    num_stages: int
+    num_warps: int
+
+
+DEFAULT_CONFIG = Config(128, 128, 64, 8, 3, 8)
+
+
+@gluon.jit
+def _tile_coords(tile, num_m, num_n, GROUP_M: gl.constexpr):
+    """Grouped order: GROUP_M row tiles, then the next column tile (W slices reused from L2)."""
+    per_group = GROUP_M * num_n
+    first_m = (tile // per_group) * GROUP_M
+    size_m = gl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (tile % per_group) % size_m, (tile % per_group) // size_m
+
+
+@gluon.jit
+def _producer(x_desc, w_desc, x_bufs, g_bufs, u_bufs, ready_bars, empty_bars, num_rows, width,
+              K_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
+              GROUP_M: gl.constexpr, STAGES: gl.constexpr):
+    num_m = gl.cdiv(num_rows, BLOCK_M)
+    num_n = gl.cdiv(width, BLOCK_N)
+    step_bytes: gl.constexpr = x_desc.block_type.nbytes + 2 * w_desc.block_type.nbytes
+    count = 0
+    for tile in range(gl.program_id(0), num_m * num_n, gl.num_programs(0)):
+        pid_m, pid_n = _tile_coords(tile, num_m, num_n, GROUP_M)
+        for k in gl.static_range(0, K_DIM, BLOCK_K):
+            slot = count % STAGES
+            mbarrier.wait(empty_bars.index(slot), ((count // STAGES) & 1) ^ 1)
+            ready = ready_bars.index(slot)
+            mbarrier.expect(ready, step_bytes)
+            tma.async_copy_global_to_shared(x_desc, [pid_m * BLOCK_M, k], ready, x_bufs.index(slot))
+            tma.async_copy_global_to_shared(w_desc, [pid_n * BLOCK_N, k], ready, g_bufs.index(slot))
+            tma.async_copy_global_to_shared(w_desc, [width + pid_n * BLOCK_N, k], ready, u_bufs.index(slot))
+            count += 1
+
+
+@gluon.jit
+def _consumer(out_desc, bias_ptr, x_bufs, g_bufs, u_bufs, out_smem, ready_bars, empty_bars, num_rows, width,
+              K_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
+              GROUP_M: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr, num_warps: gl.constexpr):
+    layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                     instr_shape=[16, BLOCK_N, 16])
+    num_m = gl.cdiv(num_rows, BLOCK_M)
+    num_n = gl.cdiv(width, BLOCK_N)
+    count = 0
+    for tile in range(gl.program_id(0), num_m * num_n, gl.num_programs(0)):
+        pid_m, pid_n = _tile_coords(tile, num_m, num_n, GROUP_M)
+        acc_g = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout)
+        acc_u = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout)
+        for k in gl.static_range(0, K_DIM, BLOCK_K):
+            slot = count % STAGES
+            mbarrier.wait(ready_bars.index(slot), (count // STAGES) & 1)
+            x = x_bufs.index(slot)
+            acc_g = warpgroup_mma(x, g_bufs.index(slot).permute((1, 0)), acc_g, is_async=True)
+            acc_u = warpgroup_mma(x, u_bufs.index(slot).permute((1, 0)), acc_u, is_async=True)
+            # one K-step in flight: the previous step's matmuls are done, so its slot can be refilled
+            acc_g, acc_u = warpgroup_mma_wait(2, deps=[acc_g, acc_u])
+            if k > 0:
+                mbarrier.arrive(empty_bars.index((count + STAGES - 1) % STAGES), count=1)
+            count += 1
+        acc_g, acc_u = warpgroup_mma_wait(0, deps=[acc_g, acc_u])
+        mbarrier.arrive(empty_bars.index((count + STAGES - 1) % STAGES), count=1)
+        result = _swiglu_epilogue(acc_g, acc_u, bias_ptr, pid_n * BLOCK_N, width, out_desc.dtype, BLOCK_N, HAS_BIAS)
+        tma.store_wait(0)  # the previous tile's store has read out_smem
+        out_smem.store(result)
+        fence_async_shared()
+        tma.async_copy_shared_to_global(out_desc, [pid_m * BLOCK_M, pid_n * BLOCK_N], out_smem)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def _swiglu_epilogue(acc_g, acc_u, bias_ptr, first_col, width, dtype: gl.constexpr, BLOCK_N: gl.constexpr,
+                     HAS_BIAS: gl.constexpr):
+    """bf16(bf16(silu(bf16(g + b_g))) * bf16(u + b_u)): HF's roundings after each projection, silu and product."""
+    if HAS_BIAS:
+        cols = first_col + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, acc_g.type.layout))
+        col_ok = cols < width
+        acc_g += gl.expand_dims(gl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(gl.float32), 0)
+        acc_u += gl.expand_dims(gl.load(bias_ptr + width + cols, mask=col_ok, other=0.0).to(gl.float32), 0)
+    gate = acc_g.to(dtype).to(gl.float32)
+    silu = (gate / (1.0 + gl.exp(-gate))).to(dtype).to(gl.float32)
+    return (silu * acc_u.to(dtype).to(gl.float32)).to(dtype)
+
+
+@gluon.jit
+def _swiglu_gemm_sm90_kernel(x_desc, w_desc, out_desc, bias_ptr, num_rows, width,
+                             K_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                             BLOCK_K: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+                             HAS_BIAS: gl.constexpr, num_warps: gl.constexpr):
+    dtype: gl.constexpr = x_desc.dtype
+    x_bufs = gl.allocate_shared_memory(dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
+    g_bufs = gl.allocate_shared_memory(dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
+    u_bufs = gl.allocate_shared_memory(dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
+    out_smem = gl.allocate_shared_memory(dtype, out_desc.block_type.shape, out_desc.layout)
+    ready_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for slot in gl.static_range(STAGES):
+        mbarrier.init(ready_bars.index(slot), count=1)
+        mbarrier.init(empty_bars.index(slot), count=1)
+    gl.warp_specialize([
+        (_consumer, (out_desc, bias_ptr, x_bufs, g_bufs, u_bufs, out_smem, ready_bars, empty_bars, num_rows, width,
+                     K_DIM, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, STAGES, HAS_BIAS, num_warps)),
+        (_producer, (x_desc, w_desc, x_bufs, g_bufs, u_bufs, ready_bars, empty_bars, num_rows, width,
+                     K_DIM, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, STAGES)),
+    ], [1], [_PRODUCER_REGISTERS])
+
+
+_GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
+
+
+def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """CUDA sm_90, fp16/bf16, and rows that TMA can read (16-byte aligned K)."""
+    return (x.is_cuda and torch.cuda.get_device_capability(x.device) == (9, 0) and x.dtype in _GL_DTYPES
+            and weight.dtype == x.dtype and (x.shape[-1] * x.element_size()) % 16 == 0)
+
+
+def max_registers(config: Config) -> int:
+    """maxnreg for one CTA per SM: the consumer warps plus the producer's warpgroup share the 64K registers (the
+    consumers get all but the producer's `_PRODUCER_REGISTERS`)."""
+    return min(255, 65536 // ((config.num_warps + 4) * 32)) // 8 * 8
+
+
+def swiglu_gemm_sm90(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], width: int,
+                     out: Optional[torch.Tensor] = None, config: Optional[Config] = None) -> torch.Tensor:
+    """silu(x W[:width]^T + b[:width]) * (x W[width:]^T + b[width:]): x `[N, K]`, weight `[2W, K]` (gate rows then
+    up rows), bias `[2W]` or None -> `[N, W]` (the contract of `swiglu_gemm.swiglu_gemm`; W * 2 bytes must be a
+    multiple of 16 for the TMA store)."""
+    num_rows, k_dim = x.shape
+    if weight.shape != (2 * width, k_dim) or not supports(x, weight) or (width * x.element_size()) % 16:
+        raise ValueError(f"want x [N, K], weight [2 * {width}, K] of one half dtype on an sm_90 GPU, K and W "
+                         f"16-byte aligned; got {tuple(x.shape)} {x.dtype}, {tuple(weight.shape)} {weight.dtype}")
+    x, weight = x.contiguous(), weight.contiguous()
+    config = config or DEFAULT_CONFIG
+    if out is None:
+        out = torch.empty(num_rows, width, dtype=x.dtype, device=x.device)
+    dtype = _GL_DTYPES[x.dtype]
+    x_desc = TensorDescriptor(x, [num_rows, k_dim], [k_dim, 1], [config.block_m, config.block_k],
+                              gl.NVMMASharedLayout.get_default_for([config.block_m, config.block_k], dtype))
+    w_desc = TensorDescriptor(weight, [2 * width, k_dim], [k_dim, 1], [config.block_n, config.block_k],
+                              gl.NVMMASharedLayout.get_default_for([config.block_n, config.block_k], dtype))
+    out_desc = TensorDescriptor(out, [num_rows, width], [out.stride(0), 1], [config.block_m, config.block_n],
+                                gl.NVMMASharedLayout.get_default_for([config.block_m, config.block_n], dtype))
+    num_tiles = triton.cdiv(num_rows, config.block_m) * triton.cdiv(width, config.block_n)
+    num_sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    _swiglu_gemm_sm90_kernel[(min(num_tiles, num_sms),)](
+        x_desc, w_desc, out_desc, bias, num_rows, width, K_DIM=k_dim, BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m, STAGES=config.num_stages,
+        HAS_BIAS=bias is not None, num_warps=config.num_warps, maxnreg=max_registers(config),
+    )
+    return out
+
+
+SWEEP_CONFIGS = (Config(128, 128, 64, 8, 3, 8), Config(128, 128, 64, 8, 4, 8), Config(128, 64, 64, 8, 4, 4),
+                 Config(128, 128, 64, 16, 3, 8), Config(128, 64, 64, 8, 6, 8))
+
+
+def _sweep(num_rows: int, hidden: int, width: int) -> None:
+    from spava_kernels.sweep import time_cases
+    from spava_kernels.swiglu_gemm import swiglu_gemm
+
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    x = torch.randn(num_rows, hidden, device=device, dtype=dtype)
+    weight = torch.randn(2 * width, hidden, device=device, dtype=dtype) * hidden ** -0.5
+    bias = torch.randn(2 * width, device=device, dtype=dtype) * 0.1
+    swiglu = torch.compile(lambda gu: torch.nn.functional.silu(gu[:, :width]) * gu[:, width:])
+    flops = 2 * num_rows * hidden * 2 * width
+    print(f"x [{num_rows}, {hidden}] @ [{hidden}, 2 x {width}] + SwiGLU, bf16: {flops / 1e12:.2f} TFLOP; "
+          f"{torch.cuda.get_device_name(device)}")
+    want = swiglu(torch.nn.functional.linear(x, weight, bias))
+    cases = [("cublas linear", lambda: torch.nn.functional.linear(x, weight, bias)),
+             ("cublas linear + compiled swiglu", lambda: swiglu(torch.nn.functional.linear(x, weight, bias))),
+             ("triton default", lambda: swiglu_gemm(x, weight, bias, width))]
+    cases += [(f"gluon {tuple(c)}", lambda c=c: swiglu_gemm_sm90(x, weight, bias, width, config=c))
+              for c in SWEEP_CONFIGS]
+    time_cases(cases, want, flops, "TFLOP/s")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Sweep launch configs of the Gluon SwiGLU GEMM (sm_90)")
+    parser.add_argument("--rows", type=int, default=297_024)
+    parser.add_argument("--hidden", type=int, default=1280)
+    parser.add_argument("--width", type=int, default=3456)
+    cli = parser.parse_args()
+    _sweep(cli.rows, cli.hidden, cli.width)
