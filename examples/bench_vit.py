@@ -66,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--flash-configs", nargs="+", default=["default"],
                         help="ours: launch config of the flash kernel (full blocks): 'default', "
                              "'BLOCK_M,BLOCK_N,WARPS,STAGES[,tma]' (Triton kernel) or "
-                             "'sm90:BLOCK_M,BLOCK_N,STAGES,WARPS,CONSUMERS,CTAS_PER_SM[,serial|,pingpong]' (Gluon kernel); "
+                             "'sm90:BLOCK_M,BLOCK_N,STAGES,WARPS,CONSUMERS,CTAS_PER_SM[,serial|,pingpong]' "
+                             "(Gluon kernel); "
                              "several values: one row each")
     parser.add_argument("--swiglu-configs", nargs="+", default=["default"],
                         help="ours: launch config of the fused gate/up + SwiGLU GEMM: 'default', "

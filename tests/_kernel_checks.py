@@ -218,7 +218,8 @@ def compile_sm90_offline(config, head_dim: int = 80) -> dict:
                      BLOCK_N=config.block_n, STAGES=config.num_stages, PIPELINED=config.pipelined,
                      PINGPONG=config.pingpong and config.pipelined and config.num_consumers == 2,
                      NUM_CONSUMERS=config.num_consumers, CONSUMER_REGISTERS=consumer, num_warps=config.num_warps)
-    shapes = {f"{x}{piece}_desc": (config.block_m if x == "q" else config.block_n, dim_a if piece == "a" else dim_b or 16)
+    shapes = {f"{x}{piece}_desc": (config.block_m if x == "q" else config.block_n,
+                                   dim_a if piece == "a" else dim_b or 16)
               for x in "qkv" for piece in "ab"}
     result = _compile_gluon_sm90(sm90._flash_sm90_kernel, constants, shapes,
                                  {"o_ptr": "*bf16", "cu_ptr": "*i32", "qk_scale": "fp32"}, config.num_warps,

@@ -196,9 +196,18 @@ def _has_sm90_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether the Gluon sm_90 flash kernel can run these (compiled CUDA only: Gluon has no interpreter)."""
     if not q.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
         return False
-    if torch.cuda.get_device_capability(q.device) != (9, 0) or importlib.util.find_spec("triton.experimental.gluon") is None:
+    if torch.cuda.get_device_capability(q.device) != (9, 0) or not has_gluon():
         return False
     return _kernels("flash_attention_sm90").supports(q, k, v)
+
+
+@functools.lru_cache(maxsize=None)
+def has_gluon() -> bool:
+    """Whether Triton's Gluon dialect (`triton.experimental.gluon`; Triton 3.6 has it) is importable (cached)."""
+    try:
+        return importlib.util.find_spec("triton.experimental.gluon") is not None
+    except ImportError:  # no triton, or no triton.experimental
+        return False
 
 
 def swiglu_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], width: int,
@@ -212,7 +221,7 @@ def swiglu_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     if use_triton(impl, x, weight) and (is_half or impl == "triton"):
         triton_kernel = _kernels("swiglu_gemm")
         wants_sm90 = config is not None and not isinstance(config, triton_kernel.Config)
-        if wants_sm90 or (config is None and SM90_SWIGLU_IS_DEFAULT and x.is_cuda
+        if wants_sm90 or (config is None and SM90_SWIGLU_IS_DEFAULT and x.is_cuda and has_gluon()
                           and os.environ.get("TRITON_INTERPRET", "0") != "1"):
             sm90 = _kernels("swiglu_gemm_sm90")
             if sm90.supports(x, weight) and (width * x.element_size()) % 16 == 0:

@@ -322,12 +322,6 @@ def _sweep(num_seqs: int, length: int, num_heads: int, dim: int) -> None:
 
 
 if __name__ == "__main__":
-    import argparse
+    from spava_kernels.sweep import attention_sweep_args
 
-    parser = argparse.ArgumentParser(description="Sweep launch configs of the Triton flash attention kernel")
-    parser.add_argument("--seqs", type=int, default=16, help="temporal grids (7B, 1440p 64f: 2 chunks of 16)")
-    parser.add_argument("--length", type=int, default=18564, help="patches per grid (1440p: 102 x 182)")
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--dim", type=int, default=80)
-    cli = parser.parse_args()
-    _sweep(cli.seqs, cli.length, cli.heads, cli.dim)
+    _sweep(*attention_sweep_args("Sweep launch configs of the Triton flash attention kernel"))

@@ -19,7 +19,9 @@ The numerics are those of `flash_attention.py`: float32 scores and online softma
 input dtype for the second matmul, one division at the end. Keys past a sequence's end (the last partial tile
 reads the next sequence's rows or TMA's zero fill) get a score of -inf.
 
-Import cost: this module imports Triton's Gluon; `spava_kernels.dispatch` imports it only on CUDA sm_90.
+Status: opt-in (`dispatch.SM90_FLASH_IS_DEFAULT` is False; pass a `Config` to pick it). It compiles for sm_90
+without spills (checked offline on CPU by `tests/test_kernels.py`) but has not yet run on a GPU: see
+VISION_NOTES.md, session 15. Import cost: Triton's Gluon; `spava_kernels.dispatch` imports it only on CUDA sm_90.
 `python -m spava_kernels.flash_attention_sm90` times its configs against the Triton kernel and cuDNN.
 """
 
@@ -370,3 +372,39 @@ def flash_attention_sm90(
         CONSUMER_REGISTERS=consumer_registers, num_warps=config.num_warps, maxnreg=max_registers,
     )
     return out
+
+
+SWEEP_CONFIGS = (Config(64, 128, 2, 4, 2, 1, True), Config(64, 128, 2, 4, 2, 1, True, True),
+                 Config(64, 128, 2, 4, 2, 1, False), Config(128, 64, 2, 4, 1, 2, True),
+                 Config(64, 128, 3, 4, 2, 1, True), Config(64, 64, 3, 4, 2, 1, True))
+
+
+def _sweep(num_seqs: int, length: int, num_heads: int, dim: int) -> None:
+    """Time every `SWEEP_CONFIGS` entry against the Triton kernel's default and cuDNN's SDPA on ViT
+    full-attention shapes (bf16; q, k contiguous `[T, H, D]`, v a view of a packed qkv `[T, 3, H, D]`).
+    The diff column is against the Triton kernel."""
+    from spava.models.varlen_attention import plan_varlen_groups, varlen_attention
+    from spava_kernels.flash_attention import flash_attention
+    from spava_kernels.sweep import time_cases
+
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    qkv = torch.randn(num_seqs * length, 3, num_heads, dim, device=device, dtype=dtype)
+    q, k, v = qkv[:, 0].contiguous(), qkv[:, 1].contiguous(), qkv[:, 2]
+    groups = plan_varlen_groups(torch.arange(num_seqs + 1) * length, device)
+    cu = groups.cu_seqlens
+    flops = 4 * num_seqs * length * length * num_heads * dim
+    print(f"{num_seqs} sequences x {length} tokens, H={num_heads}, D={dim}, bf16: {flops / 1e12:.2f} TFLOP; "
+          f"{torch.cuda.get_device_name(device)}")
+    want = flash_attention(q, k, v, cu, length)
+    cases = [("cudnn sdpa", lambda: varlen_attention(q, k, v, None, groups=groups, backends=["cudnn"],
+                                                       use_flash=False)),
+             ("triton flash_attention default", lambda: flash_attention(q, k, v, cu, length))]
+    cases += [(f"gluon {tuple(c)}", lambda c=c: flash_attention_sm90(q, k, v, cu, length, config=c))
+              for c in SWEEP_CONFIGS]
+    time_cases(cases, want, flops, "TFLOP/s", rep_ms=300)
+
+
+if __name__ == "__main__":
+    from spava_kernels.sweep import attention_sweep_args
+
+    _sweep(*attention_sweep_args("Sweep launch configs of the Gluon sm_90 flash attention kernel"))

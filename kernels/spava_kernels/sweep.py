@@ -25,3 +25,17 @@ def time_cases(cases: list[tuple[str, Callable[[], torch.Tensor]]], want: Option
         is_checked = want is not None and isinstance(got, torch.Tensor) and got.shape == want.shape
         error = f"  max|diff| {float((got.float() - want.float()).abs().max()):.2e}" if is_checked else ""
         print(f"  {name:36} {ms * 1e3:9.1f} us  {work / ms / scale:7.0f} {unit}{error}")
+
+
+def attention_sweep_args(description: str) -> tuple[int, int, int, int]:
+    """Command line of the flash kernels' sweeps: (sequences, tokens per sequence, heads, head_dim), by
+    default the 7B ViT's full-attention shapes at 1440p."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seqs", type=int, default=16, help="temporal grids (7B, 1440p 64f: 2 chunks of 16)")
+    parser.add_argument("--length", type=int, default=18564, help="patches per grid (1440p: 102 x 182)")
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--dim", type=int, default=80)
+    cli = parser.parse_args()
+    return cli.seqs, cli.length, cli.heads, cli.dim

@@ -295,8 +295,9 @@ class FastQwen25Vision:
             q and k as it loads them (no separate rotary pass over q and k; the same float32 formula).
         fuse_swiglu: run gate/up and SwiGLU as one Triton GEMM (`spava_kernels.swiglu_gemm`: CUDA
             sm_90, fp16/bf16) instead of cuBLAS + a SwiGLU pass; None: where it can run.
-        full_kernel_config / swiglu_config: launch `Config`s of the Triton flash kernel (full blocks)
-            and the SwiGLU GEMM; None: the kernels' defaults (benchmarks compare others).
+        full_kernel_config / swiglu_config: launch `Config`s of the flash kernel (full blocks) and the
+            SwiGLU GEMM; a `Config` of the Gluon sm_90 modules (`flash_attention_sm90`,
+            `swiglu_gemm_sm90`) picks that kernel; None: the defaults (benchmarks compare others).
     """
 
     def __init__(self, hf_visual, *, compile: bool | None = None, mlp_multiple: int = 64,
