@@ -9,9 +9,9 @@ barriers and wgmma waits are explicit:
 
 * one producer warp issues all TMA loads (Q once, then K/V tiles into a ring of STAGES buffers, each guarded by
   a `ready` barrier that counts the bytes in and an `empty` barrier the consumers arrive on when done);
-* the consumer warps (one or two warpgroups of 64 rows each) keep two key tiles in flight: they issue
-  S(i) = Q K(i)^T and O += P(i-1) V(i-1) back to back, wait only for S(i), run the softmax of tile i while the
-  tensor cores do the P V matmul, then wait for it and rescale O;
+* the consumer warps (one or two partitions of one warpgroup, 64 or 128 query rows each) keep two key tiles in
+  flight: they issue S(i) = Q K(i)^T and O += P(i-1) V(i-1) back to back, wait only for S(i), run the softmax
+  of tile i while the tensor cores do the P V matmul, then wait for it and rescale O;
 * head_dim is split into exact power-of-two pieces (80 = 64 + 16) for both matmuls, as in `flash_attention.py`,
   so no tensor-core work multiplies padding.
 
