@@ -412,71 +412,6 @@ def test_cuda_flash_attention(dtype, dim, lengths, config):
     check_flash_attention(torch.device("cuda"), dtype, lengths, 16, dim, impl="auto", config=config)
 
 
-@pytest.mark.parametrize("config", [(64, 128, 2, 4, 2, 1, True), (128, 64, 2, 4, 1, 2, True),
-                                    (64, 64, 3, 4, 2, 1, False), (64, 128, 2, 4, 1, 3, True)])
-def test_sm90_register_budget(config):
-    """Registers of the Gluon kernel's partitions fit the SM for the CTAs per SM asked for (pure host code)."""
-    sm90 = pytest.importorskip("spava_kernels.flash_attention_sm90")
-    config = sm90.Config(*config)
-    max_registers, consumer = sm90.register_budget(config)
-    num_threads = (config.num_consumers * config.num_warps + 4) * 32
-    assert max_registers % 8 == 0 and consumer % 8 == 0 and 24 <= consumer <= 240
-    assert max_registers * num_threads * config.ctas_per_sm <= 65536
-    used = consumer * config.num_consumers * config.num_warps * 32 + sm90._PRODUCER_REGISTERS.value * 128
-    assert used <= max_registers * num_threads
-
-
-@pytest.mark.parametrize("config,dim", [((64, 128, 2, 4, 2, 1, True), 80), ((64, 64, 2, 4, 2, 1, False), 128)])
-def test_sm90_kernel_compiles_offline_without_spills(config, dim):
-    """The Gluon kernel compiled for sm_90 on this (CPU) machine: no register spills, its setmaxnreg split as
-    planned, shared memory within an H100's 227 KB, and the wgmma / TMA instructions it is built around."""
-    pytest.importorskip("triton.experimental.gluon")
-    from spava_kernels.flash_attention_sm90 import Config
-
-    from _kernel_checks import compile_sm90_offline
-
-    result = compile_sm90_offline(Config(*config), dim)
-    assert result["spill_bytes"] == 0
-    assert result["shared_bytes"] <= 227 * 1024
-    assert f"USETMAXREG.TRY_ALLOC.CTAPOOL UP0, {result['consumer_registers']:#x}" in result["sass"]
-    assert "HGMMA.64x" in result["sass"] and "UTMALDG" in result["sass"]
-
-
-@pytest.mark.parametrize("config", [(128, 128, 64, 8, 3, 8), (128, 64, 64, 8, 4, 4)])
-def test_swiglu_sm90_kernel_compiles_offline_without_spills(config):
-    """The Gluon SwiGLU GEMM compiled for sm_90 on this (CPU) machine: no spills, shared memory within 227 KB,
-    wgmma and TMA loads."""
-    pytest.importorskip("triton.experimental.gluon")
-    from spava_kernels.swiglu_gemm_sm90 import Config
-
-    from _kernel_checks import compile_swiglu_sm90_offline
-
-    result = compile_swiglu_sm90_offline(Config(*config))
-    assert result["spill_bytes"] == 0 and result["shared_bytes"] <= 227 * 1024
-    assert "HGMMA.64x" in result["sass"] and "UTMALDG" in result["sass"]
-
-
-@pytest.mark.parametrize("dtype,dim,lengths,config", [
-    (torch.bfloat16, 80, "vit", (64, 128, 2, 4, 2, 1, True)),
-    (torch.bfloat16, 80, "vit", (64, 128, 2, 4, 2, 1, False)),
-    (torch.bfloat16, 80, "vit", (128, 64, 2, 4, 1, 2, True)),
-    (torch.bfloat16, 80, "vit", (64, 64, 3, 4, 2, 1, True)),
-    (torch.float16, 64, [1000, 100, 5, 64, 128, 17], (64, 128, 2, 4, 2, 1, True)),
-    (torch.bfloat16, 128, [1000, 129, 3], (64, 64, 2, 4, 2, 1, True)),
-    (torch.bfloat16, 96, [333, 1, 16, 31, 128], (64, 128, 2, 4, 2, 1, True)),
-])
-@pytest.mark.gpu
-@requires_cuda
-@pytest.mark.usefixtures("cuda_triton")
-def test_cuda_flash_attention_sm90(dtype, dim, lengths, config):
-    """The Gluon sm_90 kernel under the flash-attention rule, for several launch configs, lengths that end
-    mid-tile, one-token sequences and query blocks past a sequence's end."""
-    if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("the Gluon flash kernel is for sm_90 (H100 / H200)")
-    lengths = [1196, 1196, 1196, 77] if lengths == "vit" else lengths
-    check_flash_attention(torch.device("cuda"), dtype, lengths, 16, dim, config=config, kernel="sm90")
-
-
 @pytest.mark.parametrize("dtype,num_rows,k_dim,width,has_bias,config", [
     (torch.bfloat16, 3001, 1280, 3456, True, None),
     (torch.bfloat16, 777, 1280, 3456, False, (128, 64, 64, 8, 4, 4)),
@@ -489,21 +424,6 @@ def test_cuda_swiglu_gemm(dtype, num_rows, k_dim, width, has_bias, config):
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("TMA descriptors need sm_90")
     check_swiglu_gemm(torch.device("cuda"), dtype, num_rows, k_dim, width, has_bias, config, impl="auto")
-
-
-@pytest.mark.parametrize("dtype,num_rows,k_dim,width,has_bias,config", [
-    (torch.bfloat16, 3001, 1280, 3456, True, (128, 128, 64, 8, 3, 8)),
-    (torch.bfloat16, 777, 1280, 3456, False, (128, 64, 64, 8, 4, 4)),
-    (torch.float16, 1000, 64, 200, True, (128, 64, 64, 4, 2, 8)),
-])
-@pytest.mark.gpu
-@requires_cuda
-@pytest.mark.usefixtures("cuda_triton")
-def test_cuda_swiglu_gemm_sm90(dtype, num_rows, k_dim, width, has_bias, config):
-    """The Gluon SwiGLU GEMM: persistent tiles with partial row and column tiles, with and without bias."""
-    if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("the Gluon SwiGLU GEMM is for sm_90 (H100 / H200)")
-    check_swiglu_gemm(torch.device("cuda"), dtype, num_rows, k_dim, width, has_bias, config, kernel="sm90")
 
 
 @pytest.mark.gpu

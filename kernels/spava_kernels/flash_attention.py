@@ -300,9 +300,10 @@ SWEEP_CONFIGS = (Config(128, 64, 4, 3, True), Config(128, 64, 4, 2, True), Confi
                  Config(128, 64, 4, 3, False))
 
 
-def _sweep(num_seqs: int, length: int, num_heads: int, dim: int) -> None:
-    """Time every `SWEEP_CONFIGS` entry against cuDNN's SDPA on ViT full-attention shapes (CUDA, bf16):
-    q, k contiguous `[T, H, D]` (as rotary writes them), v a view of a packed qkv `[T, 3, H, D]`."""
+def sweep(num_seqs: int, length: int, num_heads: int, dim: int, kernels) -> None:
+    """Time `kernels` (name, fn(q, k, v, cu_seqlens, max_seqlen) -> out) against cuDNN's SDPA on ViT
+    full-attention shapes (CUDA, bf16): q, k contiguous `[T, H, D]` (as rotary writes them), v a view of a
+    packed qkv `[T, 3, H, D]`. The diff column is against cuDNN."""
     from spava.models.varlen_attention import plan_varlen_groups, varlen_attention
     from spava_kernels.sweep import time_cases
 
@@ -313,15 +314,18 @@ def _sweep(num_seqs: int, length: int, num_heads: int, dim: int) -> None:
     flops = 4 * num_seqs * length * length * num_heads * dim
     print(f"{num_seqs} sequences x {length} tokens, H={num_heads}, D={dim}, bf16: {flops / 1e12:.2f} TFLOP; "
           f"{torch.cuda.get_device_name(device)}")
-    want = varlen_attention(q, k, v, None, groups=groups, backends=["cudnn"], use_flash=False)
-    cases = [("cudnn sdpa", lambda: varlen_attention(q, k, v, None, groups=groups, backends=["cudnn"],
-                                                       use_flash=False))]
-    cases += [(f"triton {tuple(c)}", lambda c=c: flash_attention(q, k, v, groups.cu_seqlens, length, config=c))
-              for c in SWEEP_CONFIGS]
-    time_cases(cases, want, flops, "TFLOP/s", rep_ms=300)  # diff: against cuDNN
+    def cudnn():
+        return varlen_attention(q, k, v, None, groups=groups, backends=["cudnn"], use_flash=False)
+
+    cases = [("cudnn sdpa", cudnn)]
+    cases += [(name, lambda fn=fn: fn(q, k, v, groups.cu_seqlens, length)) for name, fn in kernels]
+    time_cases(cases, cudnn(), flops, "TFLOP/s", rep_ms=300)
 
 
 if __name__ == "__main__":
+    import functools
+
     from spava_kernels.sweep import attention_sweep_args
 
-    _sweep(*attention_sweep_args("Sweep launch configs of the Triton flash attention kernel"))
+    sweep(*attention_sweep_args("Sweep launch configs of the Triton flash attention kernel"),
+          [(f"triton {tuple(c)}", functools.partial(flash_attention, config=c)) for c in SWEEP_CONFIGS])

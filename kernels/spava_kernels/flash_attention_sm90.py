@@ -20,7 +20,7 @@ input dtype for the second matmul, one division at the end. Keys past a sequence
 reads the next sequence's rows or TMA's zero fill) get a score of -inf.
 
 Status: opt-in (`dispatch.SM90_FLASH_IS_DEFAULT` is False; pass a `Config` to pick it). It compiles for sm_90
-without spills (checked offline on CPU by `tests/test_kernels.py`) but has not yet run on a GPU: see
+without spills (checked offline on CPU by `tests/test_kernels_sm90.py`) but has not yet run on a GPU: see
 VISION_NOTES.md, session 15. Import cost: Triton's Gluon; `spava_kernels.dispatch` imports it only on CUDA sm_90.
 `python -m spava_kernels.flash_attention_sm90` times its configs against the Triton kernel and cuDNN.
 """
@@ -362,16 +362,22 @@ def flash_attention_sm90(
     descs = [_descriptor(x, rows, width) for x, rows in ((q, config.block_m), (k, config.block_n), (v, config.block_n))
              for width in (dim_a, dim_b or 16)]
     scale = dim ** -0.5 if scale is None else scale
-    max_registers, consumer_registers = register_budget(config)
     grid = (triton.cdiv(max_seqlen, config.block_m * config.num_consumers), num_seqs * num_heads)
-    _flash_sm90_kernel[grid](
-        *descs, out, cu, num_heads, scale * math.log2(math.e), out.stride(0), out.stride(1),
-        HEAD_DIM=dim, DA=dim_a, DB=dim_b or 16, HAS_B=dim_b > 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        STAGES=config.num_stages, PIPELINED=config.pipelined,
-        PINGPONG=config.pingpong and config.pipelined and config.num_consumers == 2, NUM_CONSUMERS=config.num_consumers,
-        CONSUMER_REGISTERS=consumer_registers, num_warps=config.num_warps, maxnreg=max_registers,
-    )
+    _flash_sm90_kernel[grid](*descs, out, cu, num_heads, scale * math.log2(math.e), out.stride(0), out.stride(1),
+                             **launch_options(config, dim))
     return out
+
+
+def launch_options(config: Config, head_dim: int) -> dict:
+    """The kernel's compile-time constants, num_warps and maxnreg for `config` at `head_dim` (also what an
+    offline compile needs)."""
+    dim_a, dim_b = split_head_dim(head_dim)
+    max_registers, consumer_registers = register_budget(config)
+    return dict(HEAD_DIM=head_dim, DA=dim_a, DB=dim_b or 16, HAS_B=dim_b > 0, BLOCK_M=config.block_m,
+                BLOCK_N=config.block_n, STAGES=config.num_stages, PIPELINED=config.pipelined,
+                PINGPONG=config.pingpong and config.pipelined and config.num_consumers == 2,
+                NUM_CONSUMERS=config.num_consumers, CONSUMER_REGISTERS=consumer_registers,
+                num_warps=config.num_warps, maxnreg=max_registers)
 
 
 SWEEP_CONFIGS = (Config(64, 128, 2, 4, 2, 1, True), Config(64, 128, 2, 4, 2, 1, True, True),
@@ -379,32 +385,12 @@ SWEEP_CONFIGS = (Config(64, 128, 2, 4, 2, 1, True), Config(64, 128, 2, 4, 2, 1, 
                  Config(64, 128, 3, 4, 2, 1, True), Config(64, 64, 3, 4, 2, 1, True))
 
 
-def _sweep(num_seqs: int, length: int, num_heads: int, dim: int) -> None:
-    """Time every `SWEEP_CONFIGS` entry against the Triton kernel's default and cuDNN's SDPA on ViT
-    full-attention shapes (bf16; q, k contiguous `[T, H, D]`, v a view of a packed qkv `[T, 3, H, D]`).
-    The diff column is against the Triton kernel."""
-    from spava.models.varlen_attention import plan_varlen_groups, varlen_attention
-    from spava_kernels.flash_attention import flash_attention
-    from spava_kernels.sweep import time_cases
-
-    device, dtype = torch.device("cuda"), torch.bfloat16
-    qkv = torch.randn(num_seqs * length, 3, num_heads, dim, device=device, dtype=dtype)
-    q, k, v = qkv[:, 0].contiguous(), qkv[:, 1].contiguous(), qkv[:, 2]
-    groups = plan_varlen_groups(torch.arange(num_seqs + 1) * length, device)
-    cu = groups.cu_seqlens
-    flops = 4 * num_seqs * length * length * num_heads * dim
-    print(f"{num_seqs} sequences x {length} tokens, H={num_heads}, D={dim}, bf16: {flops / 1e12:.2f} TFLOP; "
-          f"{torch.cuda.get_device_name(device)}")
-    want = flash_attention(q, k, v, cu, length)
-    cases = [("cudnn sdpa", lambda: varlen_attention(q, k, v, None, groups=groups, backends=["cudnn"],
-                                                       use_flash=False)),
-             ("triton flash_attention default", lambda: flash_attention(q, k, v, cu, length))]
-    cases += [(f"gluon {tuple(c)}", lambda c=c: flash_attention_sm90(q, k, v, cu, length, config=c))
-              for c in SWEEP_CONFIGS]
-    time_cases(cases, want, flops, "TFLOP/s", rep_ms=300)
-
-
 if __name__ == "__main__":
+    import functools
+
+    from spava_kernels.flash_attention import flash_attention, sweep
     from spava_kernels.sweep import attention_sweep_args
 
-    _sweep(*attention_sweep_args("Sweep launch configs of the Gluon sm_90 flash attention kernel"))
+    sweep(*attention_sweep_args("Sweep launch configs of the Gluon sm_90 flash attention kernel"),
+          [("triton flash_attention default", flash_attention)]
+          + [(f"gluon {tuple(c)}", functools.partial(flash_attention_sm90, config=c)) for c in SWEEP_CONFIGS])

@@ -39,3 +39,15 @@ def attention_sweep_args(description: str) -> tuple[int, int, int, int]:
     parser.add_argument("--dim", type=int, default=80)
     cli = parser.parse_args()
     return cli.seqs, cli.length, cli.heads, cli.dim
+
+
+def swiglu_sweep_args(description: str) -> tuple[int, int, int]:
+    """Command line of the SwiGLU GEMMs' sweeps: (rows, hidden, width), by default a 7B ViT chunk at 1440p."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rows", type=int, default=297_024)
+    parser.add_argument("--hidden", type=int, default=1280)
+    parser.add_argument("--width", type=int, default=3456)
+    cli = parser.parse_args()
+    return cli.rows, cli.hidden, cli.width

@@ -105,7 +105,9 @@ SWEEP_CONFIGS = (Config(128, 128, 64, 8, 3, 8), Config(128, 128, 64, 8, 4, 8), C
                  Config(64, 128, 64, 8, 4, 4), Config(128, 128, 64, 16, 3, 8))
 
 
-def _sweep(num_rows: int, hidden: int, width: int) -> None:
+def sweep(num_rows: int, hidden: int, width: int, kernels) -> None:
+    """Time `kernels` (name, fn(x, weight, bias, width) -> [N, W]) against cuBLAS (+ a compiled SwiGLU) on the
+    ViT MLP's gate/up shapes (CUDA, bf16). The diff column is against cuBLAS + SwiGLU."""
     from spava_kernels.sweep import time_cases
 
     device, dtype = torch.device("cuda"), torch.bfloat16
@@ -119,16 +121,14 @@ def _sweep(num_rows: int, hidden: int, width: int) -> None:
     want = swiglu(torch.nn.functional.linear(x, weight, bias))
     cases = [("cublas linear", lambda: torch.nn.functional.linear(x, weight, bias)),
              ("cublas linear + compiled swiglu", lambda: swiglu(torch.nn.functional.linear(x, weight, bias)))]
-    cases += [(f"triton {tuple(c)}", lambda c=c: swiglu_gemm(x, weight, bias, width, config=c)) for c in SWEEP_CONFIGS]
+    cases += [(name, lambda fn=fn: fn(x, weight, bias, width)) for name, fn in kernels]
     time_cases(cases, want, flops, "TFLOP/s")  # "cublas linear" gives [N, 2W]: no diff column
 
 
 if __name__ == "__main__":
-    import argparse
+    import functools
 
-    parser = argparse.ArgumentParser(description="Sweep launch configs of the SwiGLU GEMM")
-    parser.add_argument("--rows", type=int, default=297_024)
-    parser.add_argument("--hidden", type=int, default=1280)
-    parser.add_argument("--width", type=int, default=3456)
-    cli = parser.parse_args()
-    _sweep(cli.rows, cli.hidden, cli.width)
+    from spava_kernels.sweep import swiglu_sweep_args
+
+    sweep(*swiglu_sweep_args("Sweep launch configs of the SwiGLU GEMM"),
+          [(f"triton {tuple(c)}", functools.partial(swiglu_gemm, config=c)) for c in SWEEP_CONFIGS])

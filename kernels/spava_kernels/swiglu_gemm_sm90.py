@@ -154,12 +154,6 @@ def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and weight.dtype == x.dtype and (x.shape[-1] * x.element_size()) % 16 == 0)
 
 
-def max_registers(config: Config) -> int:
-    """maxnreg for one CTA per SM: the consumer warps plus the producer's warpgroup share the 64K registers (the
-    consumers get all but the producer's `_PRODUCER_REGISTERS`)."""
-    return min(255, 65536 // ((config.num_warps + 4) * 32)) // 8 * 8
-
-
 def swiglu_gemm_sm90(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], width: int,
                      out: Optional[torch.Tensor] = None, config: Optional[Config] = None) -> torch.Tensor:
     """silu(x W[:width]^T + b[:width]) * (x W[width:]^T + b[width:]): x `[N, K]`, weight `[2W, K]` (gate rows then
@@ -182,44 +176,29 @@ def swiglu_gemm_sm90(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
                                 gl.NVMMASharedLayout.get_default_for([config.block_m, config.block_n], dtype))
     num_tiles = triton.cdiv(num_rows, config.block_m) * triton.cdiv(width, config.block_n)
     num_sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    _swiglu_gemm_sm90_kernel[(min(num_tiles, num_sms),)](
-        x_desc, w_desc, out_desc, bias, num_rows, width, K_DIM=k_dim, BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m, STAGES=config.num_stages,
-        HAS_BIAS=bias is not None, num_warps=config.num_warps, maxnreg=max_registers(config),
-    )
+    _swiglu_gemm_sm90_kernel[(min(num_tiles, num_sms),)](x_desc, w_desc, out_desc, bias, num_rows, width,
+                                                         **launch_options(config, k_dim, bias is not None))
     return out
+
+
+def launch_options(config: Config, k_dim: int, has_bias: bool) -> dict:
+    """The kernel's compile-time constants, num_warps and maxnreg (one CTA per SM: the consumer warps plus
+    the producer's warpgroup share the 64K registers)."""
+    max_registers = min(255, 65536 // ((config.num_warps + 4) * 32)) // 8 * 8
+    return dict(K_DIM=k_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+                GROUP_M=config.group_m, STAGES=config.num_stages, HAS_BIAS=has_bias, num_warps=config.num_warps,
+                maxnreg=max_registers)
 
 
 SWEEP_CONFIGS = (Config(128, 128, 64, 8, 3, 8), Config(128, 128, 64, 8, 4, 8), Config(128, 64, 64, 8, 6, 8))
 
 
-def _sweep(num_rows: int, hidden: int, width: int) -> None:
-    from spava_kernels.sweep import time_cases
-    from spava_kernels.swiglu_gemm import swiglu_gemm
-
-    device, dtype = torch.device("cuda"), torch.bfloat16
-    x = torch.randn(num_rows, hidden, device=device, dtype=dtype)
-    weight = torch.randn(2 * width, hidden, device=device, dtype=dtype) * hidden ** -0.5
-    bias = torch.randn(2 * width, device=device, dtype=dtype) * 0.1
-    swiglu = torch.compile(lambda gu: torch.nn.functional.silu(gu[:, :width]) * gu[:, width:])
-    flops = 2 * num_rows * hidden * 2 * width
-    print(f"x [{num_rows}, {hidden}] @ [{hidden}, 2 x {width}] + SwiGLU, bf16: {flops / 1e12:.2f} TFLOP; "
-          f"{torch.cuda.get_device_name(device)}")
-    want = swiglu(torch.nn.functional.linear(x, weight, bias))
-    cases = [("cublas linear", lambda: torch.nn.functional.linear(x, weight, bias)),
-             ("cublas linear + compiled swiglu", lambda: swiglu(torch.nn.functional.linear(x, weight, bias))),
-             ("triton default", lambda: swiglu_gemm(x, weight, bias, width))]
-    cases += [(f"gluon {tuple(c)}", lambda c=c: swiglu_gemm_sm90(x, weight, bias, width, config=c))
-              for c in SWEEP_CONFIGS]
-    time_cases(cases, want, flops, "TFLOP/s")
-
-
 if __name__ == "__main__":
-    import argparse
+    import functools
 
-    parser = argparse.ArgumentParser(description="Sweep launch configs of the Gluon SwiGLU GEMM (sm_90)")
-    parser.add_argument("--rows", type=int, default=297_024)
-    parser.add_argument("--hidden", type=int, default=1280)
-    parser.add_argument("--width", type=int, default=3456)
-    cli = parser.parse_args()
-    _sweep(cli.rows, cli.hidden, cli.width)
+    from spava_kernels.sweep import swiglu_sweep_args
+    from spava_kernels.swiglu_gemm import swiglu_gemm, sweep
+
+    sweep(*swiglu_sweep_args("Sweep launch configs of the Gluon SwiGLU GEMM (sm_90)"),
+          [("triton default", swiglu_gemm)]
+          + [(f"gluon {tuple(c)}", functools.partial(swiglu_gemm_sm90, config=c)) for c in SWEEP_CONFIGS])
