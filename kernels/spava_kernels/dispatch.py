@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.metadata
 import importlib.util
 import os
+import re
 from typing import Optional
 
 import torch
@@ -19,10 +21,13 @@ import torch
 from spava_kernels import reference
 
 IMPLS = ("auto", "triton", "torch")
-# Whether flash_attention(config=None) takes the Gluon sm_90 kernel on H100 / H200 (else the Triton kernel).
-SM90_FLASH_IS_DEFAULT = False
-# Whether swiglu_gemm(config=None) takes the Gluon sm_90 GEMM (else the Triton one).
-SM90_SWIGLU_IS_DEFAULT = False
+# Whether flash_attention(config=None) takes the Gluon sm_90 kernel on H100 / H200 (else the Triton kernel):
+# 504 vs 419 TFLOP/s on an H200 at the 7B ViT's shapes (VISION_NOTES.md, session 16).
+SM90_FLASH_IS_DEFAULT = True
+# Whether swiglu_gemm(config=None) takes the Gluon sm_90 GEMM (else the Triton one): 649 vs 582 TFLOP/s there.
+SM90_SWIGLU_IS_DEFAULT = True
+# The Gluon API the sm_90 kernels are written against (gl.warp_specialize's list form) is Triton 3.6's.
+MIN_GLUON_TRITON = (3, 6)
 
 
 @functools.lru_cache(maxsize=None)
@@ -203,11 +208,20 @@ def _has_sm90_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def has_gluon() -> bool:
-    """Whether Triton's Gluon dialect (`triton.experimental.gluon`; Triton 3.6 has it) is importable (cached)."""
+    """Whether Triton's Gluon dialect (`triton.experimental.gluon`) is importable in a Triton at least
+    `MIN_GLUON_TRITON` (earlier ones have a different warp_specialize; cached)."""
     try:
-        return importlib.util.find_spec("triton.experimental.gluon") is not None
+        if importlib.util.find_spec("triton.experimental.gluon") is None:
+            return False
     except ImportError:  # no triton, or no triton.experimental
         return False
+    return gluon_version_ok(importlib.metadata.version("triton"))
+
+
+def gluon_version_ok(version: str) -> bool:
+    """Whether a Triton version string ("3.6.0", "3.7.0+git1234") is at least `MIN_GLUON_TRITON`."""
+    numbers = [int(part) for part in re.findall(r"\d+", version)[:2]]
+    return len(numbers) == 2 and tuple(numbers) >= MIN_GLUON_TRITON
 
 
 def swiglu_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], width: int,

@@ -287,14 +287,16 @@ class FastQwen25Vision:
         mlp_multiple: pad the MLP intermediate width to a multiple of this (1: no padding).
         window_backends / full_backends: SDPA backend names in priority order for the two block kinds
             (default on CUDA when `spava_kernels` imports: ["triton"], the Triton window kernel for
-            windows and the Triton flash kernel, head_dim split 64 + 16, for full blocks; PyTorch's
-            SDPA order otherwise and wherever a kernel cannot take the shapes).
+            windows and a flash kernel with head_dim split 64 + 16 for full blocks: the Gluon one on
+            H100 / H200, the Triton one elsewhere; PyTorch's SDPA order otherwise and wherever a kernel
+            cannot take the shapes).
         use_flash: flash-attn varlen kernel (None: when importable).
         max_cached_layouts: grid_thw layouts kept (least recently used dropped).
         fuse_window_rotary: where window blocks run the Triton window kernel, it applies the rotary to
             q and k as it loads them (no separate rotary pass over q and k; the same float32 formula).
-        fuse_swiglu: run gate/up and SwiGLU as one Triton GEMM (`spava_kernels.swiglu_gemm`: CUDA
-            sm_90, fp16/bf16) instead of cuBLAS + a SwiGLU pass; None: where it can run.
+        fuse_swiglu: run gate/up and SwiGLU as one GEMM (CUDA sm_90, fp16/bf16: the Gluon
+            `spava_kernels.swiglu_gemm_sm90`, else the Triton `swiglu_gemm`) instead of cuBLAS + a
+            SwiGLU pass; None: where it can run.
         full_kernel_config / swiglu_config: launch `Config`s of the flash kernel (full blocks) and the
             SwiGLU GEMM; a `Config` of the Gluon sm_90 modules (`flash_attention_sm90`,
             `swiglu_gemm_sm90`) picks that kernel; None: the defaults (benchmarks compare others).
@@ -324,8 +326,8 @@ class FastQwen25Vision:
         self.ops = _make_ops(self.is_compiled)
         if self.device.type == "cuda" and triton_windows_available():
             # Windows: one Triton launch over all windows reads q/k/v once (batched SDPA per window
-            # length ran at ~40% of the copy rate). Full blocks: the Triton flash kernel does no
-            # head_dim padding (cuDNN pads 80 to 128; H200, 1440p grids: 412 vs 373 TFLOP/s).
+            # length ran at ~40% of the copy rate). Full blocks: the flash kernels do no head_dim
+            # padding (cuDNN pads 80 to 128; H200, 1440p grids: Gluon 504, Triton 419, cuDNN 374 TFLOP/s).
             # Shapes a kernel cannot take fall through to PyTorch's SDPA order.
             window_backends = ["triton"] if window_backends is None else window_backends
             full_backends = ["triton"] if full_backends is None else full_backends
