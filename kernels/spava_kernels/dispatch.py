@@ -188,7 +188,8 @@ def flash_attention(
         return window_attention_reference(q, k, v, cu_seqlens, max_seqlen, scale, out=out)
     triton_kernel = _kernels("flash_attention")
     wants_sm90 = config is not None and not isinstance(config, triton_kernel.Config)
-    if (wants_sm90 or (config is None and SM90_FLASH_IS_DEFAULT)) and _has_sm90_kernel(q, k, v):
+    if ((wants_sm90 or (config is None and SM90_FLASH_IS_DEFAULT)) and _can_run_gluon(q)
+            and _kernels("flash_attention_sm90").supports(q, k, v)):
         return _kernels("flash_attention_sm90").flash_attention_sm90(q, k, v, cu_seqlens, max_seqlen, scale, out=out,
                                                                      config=config)
     if wants_sm90:
@@ -197,13 +198,12 @@ def flash_attention(
     return triton_kernel.flash_attention(q, k, v, cu_seqlens, max_seqlen, scale, out=out, config=config)
 
 
-def _has_sm90_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the Gluon sm_90 flash kernel can run these (compiled CUDA only: Gluon has no interpreter)."""
-    if not q.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
+def _can_run_gluon(x: torch.Tensor) -> bool:
+    """Whether a Gluon sm_90 kernel could run on x's device: compiled CUDA only (Gluon has no interpreter), an
+    H100 / H200, and a Triton with the Gluon API the kernels use. Each kernel's `supports` checks the shapes."""
+    if not x.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
         return False
-    if torch.cuda.get_device_capability(q.device) != (9, 0) or not has_gluon():
-        return False
-    return _kernels("flash_attention_sm90").supports(q, k, v)
+    return torch.cuda.get_device_capability(x.device) == (9, 0) and has_gluon()
 
 
 @functools.lru_cache(maxsize=None)
@@ -235,11 +235,9 @@ def swiglu_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     if use_triton(impl, x, weight) and (is_half or impl == "triton"):
         triton_kernel = _kernels("swiglu_gemm")
         wants_sm90 = config is not None and not isinstance(config, triton_kernel.Config)
-        if wants_sm90 or (config is None and SM90_SWIGLU_IS_DEFAULT and x.is_cuda and has_gluon()
-                          and os.environ.get("TRITON_INTERPRET", "0") != "1"):
-            sm90 = _kernels("swiglu_gemm_sm90")
-            if sm90.supports(x, weight) and (width * x.element_size()) % 16 == 0:
-                return sm90.swiglu_gemm_sm90(x, weight, bias, width, config=config)
+        if wants_sm90 or (config is None and SM90_SWIGLU_IS_DEFAULT):
+            if _can_run_gluon(x) and _kernels("swiglu_gemm_sm90").supports(x, weight, width):
+                return _kernels("swiglu_gemm_sm90").swiglu_gemm_sm90(x, weight, bias, width, config=config)
             if wants_sm90:
                 raise ValueError(f"config {config!r} is for the sm_90 Gluon kernel, which cannot run x {x.dtype} "
                                  f"{tuple(x.shape)} on {x.device} (width {width})")

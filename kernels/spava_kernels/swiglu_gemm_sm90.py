@@ -30,7 +30,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 _PRODUCER_REGISTERS = gl.constexpr(40)  # tile coordinates and the ring counters
 
 
-class Config(NamedTuple):
+class Config(NamedTuple):  # the fields of swiglu_gemm.Config, but a type of its own: dispatch picks the kernel by it
     """Output tile rows and columns (each column block is computed for gate and up), K slice, row tiles per
     group, ring depth, consumer warps (4 per warpgroup; 64 rows each)."""
 
@@ -149,10 +149,11 @@ def _swiglu_gemm_sm90_kernel(x_desc, w_desc, out_desc, bias_ptr, num_rows, width
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 
 
-def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """CUDA sm_90, fp16/bf16, and rows that TMA can read (16-byte aligned K)."""
+def supports(x: torch.Tensor, weight: torch.Tensor, width: int) -> bool:
+    """CUDA sm_90, fp16/bf16, and rows that TMA can read and write (16-byte aligned K and W)."""
     return (x.is_cuda and torch.cuda.get_device_capability(x.device) == (9, 0) and x.dtype in _GL_DTYPES
-            and weight.dtype == x.dtype and (x.shape[-1] * x.element_size()) % 16 == 0)
+            and weight.dtype == x.dtype and (x.shape[-1] * x.element_size()) % 16 == 0
+            and (width * x.element_size()) % 16 == 0)
 
 
 def swiglu_gemm_sm90(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], width: int,
@@ -161,7 +162,7 @@ def swiglu_gemm_sm90(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     up rows), bias `[2W]` or None -> `[N, W]` (the contract of `swiglu_gemm.swiglu_gemm`; W * 2 bytes must be a
     multiple of 16 for the TMA store)."""
     num_rows, k_dim = x.shape
-    if weight.shape != (2 * width, k_dim) or not supports(x, weight) or (width * x.element_size()) % 16:
+    if weight.shape != (2 * width, k_dim) or not supports(x, weight, width):
         raise ValueError(f"want x [N, K], weight [2 * {width}, K] of one half dtype on an sm_90 GPU, K and W "
                          f"16-byte aligned; got {tuple(x.shape)} {x.dtype}, {tuple(weight.shape)} {weight.dtype}")
     x, weight = x.contiguous(), weight.contiguous()
