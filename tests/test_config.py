@@ -7,8 +7,8 @@ import glob
 import pytest
 
 from spava.comm.messages import (
-    CancelReq, EncodeBatchReq, LayoutTaskOutput, MessageError, ModelTaskReq, SubmitReq, TensorRef, decode_message,
-    encode_message,
+    CancelReq, EncodeBatchReq, LayoutTaskOutput, MessageError, ModelTaskReq, SubmitReq, TensorRef, VideoPlanOutput,
+    VideoTaskOutput, VisualItem, decode_message, encode_message,
 )
 from spava.config import config_hash, load_config
 
@@ -57,10 +57,14 @@ def test_missing_config_file():
 
 def test_messages_round_trip_and_reject_bad_input():
     ref = TensorRef("/dev/shm/x", [3, 4], "float32")
-    layout = LayoutTaskOutput("r1", ref, ref, ref, None, [[2, 4, 6]], 5, -3, 12, 0.5)
+    item = VisualItem("video", TensorRef("/dev/shm/f", [4, 56, 84, 3], "uint8"), "/dev/shm/p", [2, 4, 6], [56, 84],
+                      [0.0, 0.5, 1.0, 1.5], 1.0)
+    layout = LayoutTaskOutput("r1", ref, ref, ref, [item], 5, -3, 12, 0.5)
+    assert layout.grid_thw == [[2, 4, 6]]
     batch = EncodeBatchReq([ModelTaskReq("r1", 7, layout, {}), ModelTaskReq("r2", 8, layout, {"top_k": 2})])
     for message in (SubmitReq("r1", "hi", "path", "/v.mp4", sampling={"top_k": 3}), CancelReq("r1"),
-                    ModelTaskReq("r1", 7, layout, {"temperature": 0.5}), batch):
+                    ModelTaskReq("r1", 7, layout, {"temperature": 0.5}), batch, VideoPlanOutput("r1", [item], 0.1),
+                    VideoTaskOutput("r1", 4, 0.2, ["decoded 2.1 s of 5.0 s"])):
         assert decode_message(encode_message(message)) == message
     with pytest.raises(MessageError, match="EncodeBatchReq.tasks"):
         decode_message(encode_message(EncodeBatchReq(["not a task"])))

@@ -12,6 +12,7 @@ import torch
 
 from spava.config import load_config
 from spava.media.synthetic import make_synthetic_frames
+from spava.models.vision_inputs import PixelRows
 from spava.models.vision_parallel import assign_units, encode_units, encode_units_batch, plan_vision_units
 from spava.runtime.pipeline import Pipeline, RequestError
 from spava.testing.faults import FAULT_DIR_ENV, arm_fault
@@ -35,7 +36,8 @@ def _plans(num_encoders: int, seed: int = 0):
     pixels, units, assignments = [], [], []
     for grids in REQUESTS:
         num_patches = sum(t * h * w for t, h, w in grids)
-        pixels.append(torch.randn(num_patches, PATCH_DIM, generator=generator, dtype=torch.float64) if grids else None)
+        rows = torch.randn(num_patches, PATCH_DIM, generator=generator, dtype=torch.float64)
+        pixels.append(PixelRows(rows) if grids else None)
         units.append(plan_vision_units(grids, merge_size=2))
         assignments.append(assign_units(units[-1], num_encoders))
     return pixels, units, assignments
@@ -80,7 +82,7 @@ def test_a_batch_of_one_is_the_same_tower_call(model):
 
 def test_progress_callback_covers_the_batch_units(model):
     grids = [[(20, 2, 2)], [(20, 2, 2)]]
-    pixels = [torch.randn(80, PATCH_DIM, dtype=torch.float64) for _ in grids]
+    pixels = [PixelRows(torch.randn(80, PATCH_DIM, dtype=torch.float64)) for _ in grids]
     units = [plan_vision_units(g, merge_size=2) for g in grids]
     assignments = [assign_units(u, 1) for u in units]
     seen = []

@@ -8,7 +8,8 @@ import torch
 from _qwen_tiny import make_prompt, prompt_inputs, tiny_model
 from spava.attention.registry import get_method
 from spava.comm.collectives import SPComm
-from spava.models.generation import SamplingParams, sample_token
+from spava.models.decode_step import DeviceSampler
+from spava.models.generation import SamplingParams
 from spava.models.kv_cache import LayerKVCache
 from spava.models.qwen2_5_vl.model import Qwen25VL
 from spava.models.runner import ModelRunner
@@ -49,21 +50,40 @@ def test_mismatched_placeholders_are_a_clear_error():
         prompt_inputs(model, hf_kwargs, input_ids)
 
 
+def _draw(sampler, logits, num_draws):
+    out = torch.zeros(1, dtype=torch.long)
+    draws = []
+    for _ in range(num_draws):
+        sampler(logits, out)
+        draws.append(int(out))
+    return draws
+
+
 def test_sampling_filters_and_seed():
     logits = torch.tensor([0.0, 5.0, 4.9, -3.0, 1.0])
-    assert sample_token(logits, SamplingParams()) == 1
+    cpu = torch.device("cpu")
+    assert _draw(DeviceSampler(SamplingParams(), cpu), logits, 3) == [1, 1, 1]
     top1 = SamplingParams(temperature=1.0, top_k=1, seed=3)
-    assert {sample_token(logits, top1, top1.generator()) for _ in range(20)} == {1}
+    assert set(_draw(DeviceSampler(top1, cpu), logits, 20)) == {1}
     nucleus = SamplingParams(temperature=1.0, top_p=0.6, seed=0)
-    generator = nucleus.generator()
-    assert {sample_token(logits, nucleus, generator) for _ in range(50)} <= {1, 2}
+    assert set(_draw(DeviceSampler(nucleus, cpu), logits, 50)) <= {1, 2}
     hot = SamplingParams(temperature=5.0, seed=7)
-    first = [sample_token(logits, hot, g) for g in [hot.generator()] for _ in range(30)]
-    again = [sample_token(logits, hot, g) for g in [hot.generator()] for _ in range(30)]
+    first, again = _draw(DeviceSampler(hot, cpu), logits, 30), _draw(DeviceSampler(hot, cpu), logits, 30)
     assert first == again and len(set(first)) > 2
     for bad in (dict(temperature=-1.0), dict(top_p=0.0), dict(top_k=-1), dict(max_new_tokens=0)):
         with pytest.raises(ValueError):
             SamplingParams(**bad)
+
+
+def test_gumbel_sampling_draws_from_the_softmax():
+    logits = torch.tensor([1.0, 0.2, -0.5, 2.0, 0.0])
+    params = SamplingParams(temperature=1.5, seed=11)
+    num_draws = 4000
+    counts = torch.bincount(torch.tensor(_draw(DeviceSampler(params, torch.device("cpu")), logits, num_draws)),
+                            minlength=5).double()
+    expected = torch.softmax(logits.double() / 1.5, dim=0) * num_draws
+    sigma = (expected * (1 - expected / num_draws)).sqrt()
+    assert ((counts - expected).abs() <= 4 * sigma).all(), (counts, expected)
 
 
 def test_generation_stops_on_eos_stop_token_and_stop_string():

@@ -24,7 +24,8 @@ QUESTION = "What moves in this clip?"
 
 def _reference_tokens(config, frames, num_tokens: int) -> list[int]:
     adapter = build_adapter(config.model, ("vision", "text"), "cpu")
-    processor = QwenProcessorConfig(min_pixels=config.video.min_pixels, max_pixels=config.video.max_pixels)
+    processor = QwenProcessorConfig(min_pixels=config.video.min_pixels, max_pixels=config.video.max_pixels,
+                                    resize_backend="torch")  # the reference video path (qwen-vl-utils)
     pixels, grid = preprocess_video(torch.from_numpy(frames), processor)
     tokenizer = load_qwen_tokenizer()
     prompt = build_chat_prompt(tokenizer, QUESTION, video_grid_thw=grid.tolist())

@@ -74,6 +74,23 @@ def test_every_video_input_kind_is_answered(pipeline, video_path):
         assert not _shm_files(result.request_id), "shared memory must be freed when a request ends"
 
 
+def test_an_image_is_answered_as_an_image(pipeline, tmp_path):
+    from PIL import Image
+
+    image = make_synthetic_frames(1, 70, 90, seed=5)[0]
+    path = tmp_path / "still.png"
+    Image.fromarray(image).save(path)
+    for kind, source in {"path": str(path), "bytes": path.read_bytes(), "array": image}.items():
+        result = pipeline.run(None, "What is in this picture?", image=source, request_id=f"image-{kind}")
+        assert result.num_frames == 1 and result.num_visual_tokens > 0 and len(result.token_ids) == 4, kind
+        assert not _shm_files(result.request_id)
+    with pytest.raises(RequestError, match="not a readable image") as error:
+        pipeline.run(None, "What is in this picture?", image=b"not an image at all")
+    assert error.value.kind == "bad_input"
+    with pytest.raises(ValueError, match="not both"):
+        pipeline.submit(str(path), "Which?", image=str(path))
+
+
 def test_streaming_yields_each_token(pipeline, video_path):
     pieces = list(pipeline.stream(video_path, "Describe it.", max_new_tokens=5))
     assert len(pieces) == 5

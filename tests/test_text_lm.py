@@ -15,7 +15,8 @@ from spava.attention.config import AttentionConfig
 from spava.attention.registry import get_method
 from spava.comm.collectives import SPComm
 from spava.models.generation import SamplingParams
-from spava.models.runner import ModelRunner, PromptInputs
+from spava.models.inputs import PromptInputs
+from spava.models.runner import ModelRunner
 from spava.models.text_lm import TextLM, build_text_inputs
 
 GREEDY_12 = SamplingParams(max_new_tokens=12, ignore_eos=True)

@@ -29,7 +29,10 @@ class DistributedPartial:
 
     def launch(self, backend: AttentionBackend, q: torch.Tensor, pieces: list[Piece], scale: float | None) -> None:
         """q `[T, Hq, D]` attends to the union of this rank's key pieces (k, v, is_causal)."""
-        out, lse = attend_pieces(backend, q, pieces, scale)
+        self.share(*attend_pieces(backend, q, pieces, scale))
+
+    def share(self, out: torch.Tensor, lse: torch.Tensor) -> None:
+        """Start gathering this rank's partial (out `[T, Hq, D]`, lse `[T, Hq]`), however it was computed."""
         outs, pending_out = self.comm.all_gather_stacked(out, async_op=True)
         lses, pending_lse = self.comm.all_gather_stacked(lse.contiguous(), async_op=True)
         self._gathered = (outs, lses)

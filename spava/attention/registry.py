@@ -6,9 +6,9 @@ class of their own that subclasses `AttentionMethod`.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import replace
 
+from spava.objects import load_object
 from spava.attention.base import AttentionMethod
 from spava.attention.config import AttentionConfig
 
@@ -28,13 +28,10 @@ def available_methods() -> list[str]:
 
 
 def _load(target: str) -> type:
-    module_name, _, attr = target.partition(":")
-    if not attr:
-        raise ValueError(f"attention method {target!r}: use a built-in name or 'pkg.module:Class'")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"cannot load attention method {target!r}: {error}") from error
+    if ":" not in target:
+        raise ValueError(f"unknown attention method {target!r}: use a built-in name ({', '.join(BUILTIN_METHODS)}) "
+                         "or 'pkg.module:Class'")
+    return load_object(target, "prefill.attention.method")
 
 
 def get_method(config: AttentionConfig | str) -> AttentionMethod:

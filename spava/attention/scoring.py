@@ -10,11 +10,12 @@ Users may pass "pkg.module:function" with the same signature.
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from spava.objects import load_object
 
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -40,10 +41,9 @@ _BUILTIN_SCORERS = {"query_aware": query_aware_scores, "key_norm": key_norm_scor
 def get_scorer(name: str) -> Scorer:
     if name in _BUILTIN_SCORERS:
         return _BUILTIN_SCORERS[name]
-    module_name, _, attr = name.partition(":")
-    if not attr:
+    if ":" not in name:
         raise ValueError(f"unknown scorer {name!r}; choose query_aware, key_norm or 'pkg.module:function'")
-    return getattr(importlib.import_module(module_name), attr)
+    return load_object(name, "prefill.attention.scorer")
 
 
 def pool_scores(scores: torch.Tensor, window: int) -> torch.Tensor:

@@ -37,6 +37,8 @@ class BenchSpec:
     mlp_chunk_size: int = 8192
     hf_max_tokens: int = 10**9  # skip the HF baseline above this many prompt tokens
     encoder: str = "fast"  # vision tower implementation: fast | hf
+    model_path: str | None = None  # a local checkpoint instead of random weights of `size`
+    attention: AttentionConfig | None = None  # hyperparameters of the parallel method (None: its defaults)
     profile_dir: str = ""  # when set: one profiled run per parallel method, rank 0, into this directory
 
 
@@ -147,7 +149,10 @@ def _hf_first_token(adapter, inputs, case: VideoCase) -> None:
 
 
 def _runner(adapter, spec: BenchSpec, name: str, comm: SPComm) -> ModelRunner:
-    method = get_method(AttentionConfig(method=name, backend=spec.backend))
+    if spec.attention is not None and spec.attention.method == name:
+        method = get_method(spec.attention)
+    else:
+        method = get_method(AttentionConfig(method=name, backend=spec.backend))
     return ModelRunner(adapter, method, comm, mlp_chunk_size=spec.mlp_chunk_size)
 
 

@@ -14,7 +14,7 @@ import torch
 
 from spava.models.qwen2_5_vl.inputs import build_prompt_inputs
 from spava.models.qwen2_5_vl.processing import smart_resize
-from spava.models.runner import PromptInputs
+from spava.models.inputs import PromptInputs
 
 RESOLUTIONS = {360: (360, 640), 720: (720, 1280), 1080: (1080, 1920), 1440: (1440, 2560)}
 FRAME_MIN_PIXELS, FRAME_MAX_PIXELS = 4 * 28 * 28, 16384 * 28 * 28
@@ -41,7 +41,28 @@ class VideoCase:
         return f"{self.resolution}p x {self.num_frames}f"
 
 
-def make_inputs(case: VideoCase, token_ids, *, seed: int = 0, device="cpu", pixel_dtype=torch.float32) -> PromptInputs:
+@dataclass(frozen=True)
+class GridCase:
+    """A case given by its patch grid (e.g. what a real file's frames make), labelled freely."""
+
+    grid: tuple[int, int, int]
+    name: str
+    resolution: int = 0
+    num_frames: int = 0
+
+    def grid_thw(self) -> tuple[int, int, int]:
+        return self.grid
+
+    def num_visual_tokens(self) -> int:
+        grid_t, grid_h, grid_w = self.grid
+        return grid_t * grid_h * grid_w // 4
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+def make_inputs(case: VideoCase | GridCase, token_ids, *, seed: int = 0, device="cpu", pixel_dtype=torch.float32) -> PromptInputs:
     """PromptInputs of one synthetic request; pixel rows are created directly on `device`."""
     generator = torch.Generator().manual_seed(seed)
     grid = case.grid_thw()

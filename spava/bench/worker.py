@@ -20,6 +20,13 @@ from spava.models.vision_parallel import assign_units, plan_vision_units
 
 def _build_adapter(spec: BenchSpec, device: str):
     from spava.models.loading import torch_dtype
+
+    if spec.model_path is not None:
+        from spava.config import ModelConfig
+        from spava.models.loading import build_adapter
+
+        return build_adapter(ModelConfig(path=spec.model_path, dtype=spec.dtype, vision_impl=spec.encoder),
+                             ("vision", "text"), device)
     from spava.models.qwen2_5_vl.model import Qwen25VL
     from spava.models.qwen2_5_vl.presets import qwen2_5_vl_config
 

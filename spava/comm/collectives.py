@@ -76,6 +76,12 @@ class SPComm:
             return
         dist.all_to_all_single(output, tensor, output_split_sizes, input_split_sizes, group=self.group)
 
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum `tensor` over the ranks, in place (a tensor-parallel layer's partial outputs)."""
+        if self.world_size > 1:
+            dist.all_reduce(tensor, group=self.group)
+        return tensor
+
     def broadcast(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
         """Broadcast from group rank `src`, in place. CPU tensors ride through the GPU on NCCL groups."""
         if self.world_size == 1:

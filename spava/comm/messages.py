@@ -3,12 +3,15 @@
 Who sends what (C = client / Pipeline, S = scheduler, W = stage worker):
   C->S  SubmitReq, CancelReq, StatusReq, ShutdownReq
   S->C  TokenOutput (streamed), ResultOutput, ErrorOutput, StatusOutput
-  W->S  ReadyReq (handshake), HeartbeatReq, VideoTaskOutput, LayoutTaskOutput, ModelTaskOutput,
+  W->S  ReadyReq (handshake), HeartbeatReq, VideoPlanOutput (as soon as the frames are planned),
+        VideoTaskOutput (when they are decoded), LayoutTaskOutput, ModelTaskOutput,
         TokenOutput (decode rank), TaskError
   S->W  VideoTaskReq, LayoutTaskReq, ModelTaskReq, EncodeBatchReq (encoder ranks), CancelReq, ShutdownReq
 
 Wire format: msgpack map {"v": PROTOCOL_VERSION, "t": type name, "f": fields}. No pickle. Tensors never
 travel in control messages: a `TensorRef` names a shared-memory file (same host) that holds them.
+Frames stream: a `VisualItem`'s frames file is announced (`VideoPlanOutput`) before it is filled; its
+`progress` file says which frames are written (`spava.comm.transport.FrameProgress`).
 `decode_message` raises `MessageError` for anything malformed, of an unknown type or version, with
 unknown or missing fields, or with a field of the wrong type; receivers log it and answer with an
 error instead of crashing.
@@ -23,7 +26,7 @@ from typing import Any, Optional
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class MessageError(ValueError):
@@ -50,9 +53,10 @@ class TensorRef:
 class SubmitReq:
     request_id: str
     prompt: str
-    video_kind: str  # "path" | "bytes" | "frames" | "none"
+    video_kind: str  # how the media item comes: "path" | "bytes" | "frames" | "none"
     video_path: Optional[str] = None  # for "path"
     video_ref: Optional[TensorRef] = None  # uint8 bytes or [T, H, W, 3] frames, for "bytes"/"frames"
+    media_type: str = "video"  # what the item is: "video" | "image" (frames: [1, H, W, 3] or [H, W, 3])
     sampling: dict[str, Any] = field(default_factory=dict)  # overrides of decode.* for this request
     video_options: dict[str, Any] = field(default_factory=dict)  # overrides of video.* for this request
     timeout_s: Optional[float] = None
@@ -95,13 +99,16 @@ class ResultOutput:
     method: str
     world_size: int
     config_hash: str
+    warnings: list[str] = field(default_factory=list)  # what the answer may lack, e.g. a truncated video
 
 
 @dataclass
 class ErrorOutput:
     request_id: str
     stage: str  # where it failed: admission | video | layout | model | scheduler
-    kind: str  # bad_input | timeout | cancelled | worker_died | internal
+    # what the caller should do: bad_input (fix the request) | overloaded (queue full: retry later) |
+    # unhealthy (the pipeline refuses work) | timeout | cancelled | worker_died | internal
+    kind: str
     message: str
 
 
@@ -140,25 +147,52 @@ class VideoTaskReq:
     video_path: Optional[str]
     video_ref: Optional[TensorRef]
     options: dict[str, Any]  # resolved video.* settings for this request
+    media_type: str = "video"  # "video" | "image"
+
+
+@dataclass
+class VisualItem:
+    """One image or video of a request: its uint8 frames in shared memory and the grid they make.
+
+    The model ranks resize, normalise and patchify the frames themselves (on their device), so
+    only uint8 pixels cross processes. While `progress` is set the frames are still being decoded:
+    that file says which of them are written and whether decoding ended or failed.
+    """
+
+    kind: str  # "video" | "image"
+    frames: TensorRef  # [T, H, W, 3] uint8 RGB: sampled video frames at the decoded size; an image resized already
+    progress: Optional[str]  # frames' progress file (spava.comm.transport.FrameProgress), None = complete
+    grid_thw: list[int]  # [t, h, w] patches of the vision tower
+    resized_hw: list[int]  # [height, width] every frame is resized to before patchifying
+    timestamps: list[float]  # presentation time of every frame, seconds
+    second_per_grid: float  # seconds per temporal patch (temporal positions of M-RoPE)
+
+
+@dataclass
+class VideoPlanOutput:
+    """Sent by the video worker as soon as it has planned the frames, before decoding them."""
+
+    request_id: str
+    items: list[VisualItem]
+    probe_s: float  # probe + plan + budget check
 
 
 @dataclass
 class VideoTaskOutput:
+    """Sent when every frame is decoded (the frames themselves were announced by `VideoPlanOutput`)."""
+
     request_id: str
-    frames: Optional[TensorRef]  # [T, H, W, 3] uint8, None for text-only requests
-    timestamps: list[float]
-    second_per_grid: float
-    num_source_frames: int
-    seconds: float
+    num_frames: int  # frames written, 0 for text-only requests
+    decode_s: float  # decoding + writing the frames
+    warnings: list[str] = field(default_factory=list)  # e.g. a truncated file answered from its decodable part
 
 
 @dataclass
 class LayoutTaskReq:
     request_id: str
     prompt: str
-    frames: Optional[TensorRef]
-    second_per_grid: float
-    options: dict[str, Any]  # resolved video.* pixel limits and layout.* settings
+    items: list[VisualItem]
+    options: dict[str, Any]  # resolved video.* and layout.* settings
     document: Optional[str] = None
 
 
@@ -166,14 +200,17 @@ class LayoutTaskReq:
 class LayoutTaskOutput:
     request_id: str
     input_ids: TensorRef  # [N] int64
-    position_ids: TensorRef  # [3, N] int64
-    vision_positions: TensorRef  # [n_vis] int64
-    pixel_values: Optional[TensorRef]  # [P, 1176] float32
-    grid_thw: list[list[int]]
+    position_ids: TensorRef  # [3, N] int64 (M-RoPE) or [N]
+    vision_positions: TensorRef  # [n_vis] int64, images first then videos
+    items: list[VisualItem]  # images first then videos, the order of vision_positions
     num_query_tokens: int
     rope_delta: int
     num_visual_tokens: int
     seconds: float
+
+    @property
+    def grid_thw(self) -> list[list[int]]:
+        return [item.grid_thw for item in self.items]
 
 
 @dataclass
@@ -217,8 +254,8 @@ MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (
         SubmitReq, CancelReq, StatusReq, ShutdownReq, TokenOutput, ResultOutput, ErrorOutput, StatusOutput,
-        ReadyReq, HeartbeatReq, VideoTaskReq, VideoTaskOutput, LayoutTaskReq, LayoutTaskOutput, ModelTaskReq,
-        EncodeBatchReq, ModelTaskOutput, TaskError,
+        ReadyReq, HeartbeatReq, VideoTaskReq, VideoPlanOutput, VideoTaskOutput, LayoutTaskReq, LayoutTaskOutput,
+        ModelTaskReq, EncodeBatchReq, ModelTaskOutput, TaskError,
     )
 }
 

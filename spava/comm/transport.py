@@ -105,3 +105,116 @@ def unlink_shared(ref: TensorRef | None) -> None:
         os.unlink(ref.path)
     except FileNotFoundError:
         pass
+
+
+# ----- frames that stream in -------------------------------------------------------------------
+
+PROGRESS_RUNNING, PROGRESS_DONE, PROGRESS_FAILED = 0, 1, 2
+_PROGRESS_HEADER = 8  # int64 status, then one byte per frame (1 = written)
+
+
+class FrameProgress:
+    """Which frames of a streamed frames file are written, and whether decoding ended.
+
+    File layout: an int64 status (running / done / failed) then one byte per frame. The writer (the
+    video worker) writes a frame's pixels, then marks it with `os.pwrite`; readers (the model ranks)
+    poll with `os.pread`. Both go through the page cache and are system calls, so a reader that sees
+    a frame marked also sees its pixels. The status only moves from running to done or failed, and
+    whoever ends a request first (the video worker, or the scheduler for a dead or cancelled one)
+    sets it; every model rank decides from the same file, so they agree.
+    """
+
+    def __init__(self, path: str, num_frames: int, fd: int):
+        self.path, self.num_frames, self._fd = path, num_frames, fd
+
+    @classmethod
+    def create(cls, path: str, num_frames: int) -> "FrameProgress":
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.pwrite(fd, bytes(_PROGRESS_HEADER + num_frames), 0)
+        return cls(path, num_frames, fd)
+
+    @classmethod
+    def open(cls, path: str) -> "FrameProgress":
+        fd = os.open(path, os.O_RDWR)
+        return cls(path, os.fstat(fd).st_size - _PROGRESS_HEADER, fd)
+
+    def mark(self, first: int, stop: int) -> None:
+        """Frames `[first, stop)` are written."""
+        if stop > first:
+            os.pwrite(self._fd, b"\x01" * (stop - first), _PROGRESS_HEADER + first)
+
+    def finish(self, is_ok: bool) -> None:
+        """End the stream (done or failed), unless it has ended already."""
+        if self.status() == PROGRESS_RUNNING:
+            status = PROGRESS_DONE if is_ok else PROGRESS_FAILED
+            os.pwrite(self._fd, status.to_bytes(8, "little"), 0)
+
+    def status(self) -> int:
+        return int.from_bytes(os.pread(self._fd, 8, 0), "little")
+
+    def ready(self) -> tuple[int, list[bool]]:
+        """(status, per-frame written flags) in one read."""
+        data = os.pread(self._fd, _PROGRESS_HEADER + self.num_frames, 0)
+        return int.from_bytes(data[:8], "little"), [bool(b) for b in data[_PROGRESS_HEADER:]]
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def fail_progress(path: str | None) -> None:
+    """Mark a frames stream failed (the scheduler, for a request that ended while it decoded)."""
+    if not path:
+        return
+    try:
+        progress = FrameProgress.open(path)
+    except FileNotFoundError:
+        return
+    try:
+        progress.finish(is_ok=False)
+    finally:
+        progress.close()
+
+
+def create_shared_frames(directory: str, request_id: str, num_frames: int, height: int, width: int):
+    """A new shared-memory frames file `[T, H, W, 3]` uint8 to be filled in place.
+
+    Returns (its `TensorRef`, a writable numpy view of it). The file is sized up front; pages are
+    written through the shared mapping and read by the model ranks with `read_frames`.
+    """
+    import numpy as np
+
+    path = new_ref_path(directory, request_id, "frames")
+    shape = (num_frames, height, width, 3)
+    with open(path, "wb") as handle:
+        handle.truncate(num_frames * height * width * 3)
+    array = np.memmap(path, dtype=np.uint8, mode="r+", shape=shape) if num_frames * height * width else np.empty(shape, np.uint8)
+    return TensorRef(path=path, shape=list(shape), dtype="uint8", node=node_name()), array
+
+
+def local_ref_path(ref: TensorRef) -> tuple[str, bool]:
+    """(path to read, whether it is a private copy fetched from the node holding it: unlink it after)."""
+    return _local_path(ref)
+
+
+def read_frames(path: str, shape: list[int], first: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Frames `[first, stop)` of a `[T, H, W, 3]` uint8 frames file as `[stop-first, H, W, 3]`, by pread.
+
+    `out` (e.g. pinned host memory, for a fast copy to the GPU) receives them when given. Reading
+    with pread, not a mapping, sees frames written after the file was first opened.
+    """
+    _, height, width, channels = shape
+    frame_bytes = height * width * channels
+    out = torch.empty((stop - first, height, width, channels), dtype=torch.uint8) if out is None else out
+    if stop <= first:
+        return out
+    view = memoryview(out.numpy()).cast("B")
+    with open(path, "rb", buffering=0) as handle:
+        offset, done = first * frame_bytes, 0
+        while done < view.nbytes:
+            num_read = os.preadv(handle.fileno(), [view[done:]], offset + done)
+            if num_read <= 0:
+                raise OSError(f"frames file {path} ended early (truncated?)")
+            done += num_read
+    return out

@@ -34,7 +34,8 @@ from spava.attention.config import AttentionConfig, num_selected, resolve_passin
 from spava.attention.registry import get_method
 from spava.comm.collectives import SPComm, end_spawned_rank
 from spava.models.generation import SamplingParams
-from spava.models.runner import ModelRunner, PromptInputs
+from spava.models.inputs import PromptInputs
+from spava.models.runner import ModelRunner
 from spava.models.text_lm import TextLM, build_text_inputs
 
 FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")

@@ -5,7 +5,7 @@ Llama / Qwen2 layer layout (`input_layernorm`, `self_attn.{q,k,v,o}_proj`, optio
 `k_norm`, `post_attention_layernorm`, `mlp`, a `rotary_emb` at the model level) and runs them on the
 local tokens of a `SequencePlan`, calling the chosen `AttentionMethod` for attention. Weights and
 numerics are HF's own modules; only the data flow is ours. Prefill keeps the owned K/V in a
-`DistributedKVCache`; decoding attends new tokens to it with `decode_attention` (exact, LSE-merged).
+`DistributedKVCache`; decode steps run in `spava.models.decode_step` (exact, LSE-merged).
 
 Memory: the MLP runs in token chunks (`mlp_chunk_size`) so a 600K-token shard never materialises
 `[S, intermediate]`, and logits are only computed for the rows the caller asks for.
@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from spava.attention.base import AttentionMethod, AttnContext
-from spava.attention.exact import decode_attention
 from spava.models.fused_ops import FusedOps, is_compile_default
 from spava.models.kv_cache import DistributedKVCache
 
@@ -80,18 +79,20 @@ class ShardedDecoder:
             rows = hidden[start: start + self.mlp_chunk_size]
             rows += self.ops.mlp(layer.mlp, self.ops.norm(layer.post_attention_layernorm, rows))
 
-    def prefill(self, hidden: torch.Tensor, position_ids: torch.Tensor, ctx: AttnContext) -> tuple[torch.Tensor, DistributedKVCache]:
+    def prefill(self, hidden: torch.Tensor, position_ids: torch.Tensor, ctx: AttnContext,
+                extra_capacity: int = 256) -> tuple[torch.Tensor, DistributedKVCache]:
         """Run every layer over the local tokens.
 
         Args:
             hidden: `[S, hidden]` input embeddings in plan order (modified in place).
             position_ids: `[3, S]` or `[S]` global positions sliced by the plan.
+            extra_capacity: cache rows reserved for generated tokens (on the rank that stores them).
         Returns:
             (final hidden states `[S, hidden]` before the last norm, KV cache of the owned tokens)
         """
         cos, sin = self.rope(hidden, position_ids)
         owned = ctx.plan.owned_local_ranges()
-        cache = DistributedKVCache(is_owner=ctx.plan.rank == ctx.plan.decode_rank)
+        cache = DistributedKVCache(is_owner=ctx.plan.rank == ctx.plan.decode_rank, extra_capacity=extra_capacity)
         num_layers = len(self.m.layers)
         for index, layer in enumerate(self.m.layers):
             q, k, v = self._qkv(layer, self.ops.norm(layer.input_layernorm, hidden), cos, sin)
@@ -104,20 +105,6 @@ class ShardedDecoder:
             if self.progress is not None:
                 self.progress(index + 1, num_layers)
         return hidden, cache
-
-    def decode(self, hidden: torch.Tensor, position_ids: torch.Tensor, cache: DistributedKVCache, ctx: AttnContext) -> torch.Tensor:
-        """One step for new tokens replicated on every rank: hidden `[T, hidden]` -> `[T, hidden]`."""
-        cos, sin = self.rope(hidden, position_ids)
-        for index, layer in enumerate(self.m.layers):
-            q, k, v = self._qkv(layer, self.ops.norm(layer.input_layernorm, hidden), cos, sin)
-            layer_cache = cache.layers[index]
-            if cache.is_owner:
-                layer_cache.append(k, v)
-            out = decode_attention(q, layer_cache.k, layer_cache.v, ctx.comm, ctx.backend,
-                                   is_causal=cache.is_owner, scale=ctx.scale)
-            hidden = hidden + layer.self_attn.o_proj(out.reshape(out.shape[0], -1))
-            self._mlp_residual_(layer, hidden)
-        return hidden
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """`[T, hidden]` final hidden states -> `[T, vocab]` float32 logits (last norm + lm_head)."""

@@ -110,6 +110,9 @@ class FusedOps:
     def rope_qk(self, q, k, cos, sin):
         return self._rope_qk(q, k, cos, sin)
 
+    def silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return self._silu_mul(gate, up)
+
     def mlp(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """module(x) for an MLP module; SwiGLU's elementwise part fused when its type is known."""
         if type(module).__name__ in SWIGLU_MLP_TYPES and _is_silu(module.act_fn):

@@ -2,7 +2,10 @@
 
 After prefill, rank r holds, per layer, the post-RoPE K/V of `plan.owned` (its chunks, its anchor
 share, and on the decode rank the query block); the decode rank also appends every generated token.
-Storage is preallocated with headroom so appending a token is a copy into a slice, not a concat.
+Storage is preallocated with room for the whole answer, so a decode step writes its token's K/V at a
+row given by a device tensor (`write`) and reads the number of valid rows from the device too: a
+step never reallocates, never syncs, and can be replayed as a CUDA graph. `length` is the host's
+count (the prompt rows); the decode engine keeps the live count on the device.
 """
 
 from __future__ import annotations
@@ -20,6 +23,24 @@ class LayerKVCache:
         self._k[: k.shape[0]] = k
         self._v[: v.shape[0]] = v
         self.length = k.shape[0]
+
+    def write(self, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store `[T, Hkv, D]` rows at the rows `index` `[T]` (int64, on the cache's device)."""
+        self._k.index_copy_(0, index, k)
+        self._v.index_copy_(0, index, v)
+
+    @property
+    def capacity(self) -> int:
+        return self._k.shape[0]
+
+    @property
+    def storage_k(self) -> torch.Tensor:
+        """The whole K storage `[capacity, Hkv, D]` (valid rows first)."""
+        return self._k
+
+    @property
+    def storage_v(self) -> torch.Tensor:
+        return self._v
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Append `[T, Hkv, D]` rows, doubling the storage when it is full."""

@@ -39,19 +39,7 @@ def resolve_text_model_dir(model_config) -> str:
 
 
 def build_adapter(model_config, parts: tuple[str, ...], device: str):
-    """The model adapter of this rank: `Qwen25VL` with only `parts` kept, or a `TextLM`, on `device`."""
-    if model_config.family == "text":
-        from spava.models.text_lm import TextLM
+    """The model adapter of this rank (its family's, with only `parts` kept) on `device`."""
+    from spava.models.family import get_family
 
-        return TextLM.from_pretrained(resolve_text_model_dir(model_config), dtype=torch_dtype(model_config.dtype),
-                                      device=resolve_device(device))
-    from spava.models.qwen2_5_vl.model import Qwen25VL
-    from spava.models.qwen2_5_vl.presets import qwen2_5_vl_config
-
-    dtype, target = torch_dtype(model_config.dtype), resolve_device(device)
-    if model_config.path is not None:
-        return Qwen25VL.from_pretrained(model_config.path, dtype=dtype, device=target, parts=parts,
-                                        vision_impl=model_config.vision_impl)
-    config = qwen2_5_vl_config(model_config.size)
-    return Qwen25VL.from_config(config, dtype=dtype, device=target, seed=model_config.seed, parts=parts,
-                                vision_impl=model_config.vision_impl)
+    return get_family(model_config).build(parts, device)

@@ -20,13 +20,15 @@ import torch
 
 from spava.models.adapter import HFAdapter, common_prefix_length
 from spava.models.decoder import DecoderModules
-from spava.models.runner import PromptInputs
+from spava.models.inputs import PromptInputs
 
 # Marks a finished GGUF cache; written last so that a crash never leaves a half cache that looks done.
 _CACHE_DONE = "spava_gguf_source.txt"
 
 
 class TextLM(HFAdapter):
+    vision_spec = None  # no vision tower
+
     """Adapter over an HF decoder-only causal LM with Llama / Qwen2-style layers.
 
     Args:
@@ -52,7 +54,7 @@ class TextLM(HFAdapter):
                              "local directory of a text checkpoint, or use TextLM.from_gguf for a .gguf file")
         hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True,
                                                         attn_implementation="sdpa")
-        return cls(hf_model.to(device), _load_tokenizer(path) if load_tokenizer else None)
+        return cls(hf_model.to(device), load_local_tokenizer(path) if load_tokenizer else None)
 
     @classmethod
     def from_config(cls, config, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -120,7 +122,7 @@ def _check_supported(hf_model) -> None:
                          "set use_sliding_window=False in the model config or use a full-attention model")
 
 
-def _load_tokenizer(path: str):
+def load_local_tokenizer(path: str):
     """The directory's tokenizer, or None when it has no tokenizer files."""
     from transformers import AutoTokenizer
 
@@ -204,3 +206,4 @@ def build_text_inputs(tokenizer, document: str, question: str, *, use_chat_templ
     inputs = PromptInputs(input_ids=ids, position_ids=torch.arange(ids.numel()),
                           num_query_tokens=len(input_ids) - num_context)
     return inputs, text
+

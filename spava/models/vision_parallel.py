@@ -14,7 +14,7 @@ the only one that talks.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -27,10 +27,12 @@ from spava.plan.sequence import SequencePlan
 class VisionUnit:
     """One temporal grid of one vision item, encoded on its own.
 
+    index: position among all units of the request (images then videos, temporal order);
     patch_start/stop: rows of the (images then videos) concatenated pixel rows `[P, C*T*p*p]`;
     token_start/stop: rows of the merged embedding sequence (same item order).
     """
 
+    index: int
     item: int
     grid_h: int
     grid_w: int
@@ -47,7 +49,7 @@ def plan_vision_units(grid_thw: list[tuple[int, int, int]], merge_size: int) -> 
     for item, (grid_t, grid_h, grid_w) in enumerate(grid_thw):
         num_patches = grid_h * grid_w
         for _ in range(grid_t):
-            units.append(VisionUnit(item, grid_h, grid_w, patch, patch + num_patches,
+            units.append(VisionUnit(len(units), item, grid_h, grid_w, patch, patch + num_patches,
                                     token, token + num_patches // merge_area))
             patch += num_patches
             token += num_patches // merge_area
@@ -112,74 +114,120 @@ def plan_route_table(units, assignment, vision_positions: torch.Tensor, plans: t
     return RouteTable(send_rows, recv_positions)
 
 
-def encode_units(encode, pixel_values: torch.Tensor, units, assignment, rank: int, device, dtype,
-                 progress=None) -> torch.Tensor | None:
-    """Run the encoder on the units assigned to `rank`: -> `[n_rows, hidden]`, or None if it has none.
+MAX_UNITS_PER_READ = 8  # units preprocessed per call: bounds the float32 intermediates on the device
 
-    With a `progress(done, total)` callback and many units, the units are encoded in 8 calls (exact:
-    temporal grids never attend to each other) so a bar can move on long videos.
+
+def _read_rows(source, wave: list[VisionUnit], device, dtype) -> torch.Tensor:
+    """Pixel rows of `wave` (any units, in order), read in runs of consecutive units of one item."""
+    pieces, run = [], []
+    for unit in wave:
+        if run and (unit.item != run[-1].item or unit.index != run[-1].index + 1 or len(run) == MAX_UNITS_PER_READ):
+            pieces.append(source.rows(run, device, dtype))
+            run = []
+        run.append(unit)
+    pieces.append(source.rows(run, device, dtype))
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def _num_calls(num_units: int, progress) -> int:
+    """Tower calls for complete inputs: one, or 8 with a progress bar on long videos."""
+    return 8 if progress is not None and num_units >= 32 else 1
+
+
+def encode_units(encode, source, units, assignment, rank: int, device, dtype, progress=None,
+                 timer=None) -> torch.Tensor | None:
+    """Run the encoder on the units assigned to `rank` as their inputs become ready.
+
+    Args:
+        encode: (pixel rows `[P, C*T*p*p]`, grid_thw `[G, 3]`) -> merged features `[P/merge^2, d]`.
+        source: a `VisualSource` (pixel rows made already, or streamed frames preprocessed here).
+        timer: optional `StageTimer` receiving `encode_s`.
+    Returns:
+        `[n_rows, d]` features of this rank's units in unit order, or None if it has none.
+
+    Units are independent (a temporal grid never attends to another), so whatever is ready is
+    encoded together: complete inputs take one tower call (8 with a `progress(done, total)` callback
+    and >= 32 units, so a bar can move); streamed frames take one call per wave of decoded units.
     """
     start, stop = assignment[rank]
     if stop <= start:
         return None
     mine = units[start:stop]
-    num_calls = 8 if progress is not None and len(mine) >= 32 else 1
-    step = -(-len(mine) // num_calls)
-    pieces = []
-    for first in range(0, len(mine), step):
-        batch = mine[first: first + step]
-        grid = torch.tensor([[1, u.grid_h, u.grid_w] for u in batch], dtype=torch.long, device=device)
-        rows = pixel_values[batch[0].patch_start: batch[-1].patch_stop].to(device)
-        pieces.append(encode(rows, grid).to(dtype))
-        if progress is not None:
-            progress(min(first + step, len(mine)), len(mine))
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    base, num_rows = mine[0].token_start, mine[-1].token_stop - mine[0].token_start
+    max_wave = -(-len(mine) // _num_calls(len(mine), progress))
+    out, pending, num_done = None, [u.index for u in mine], 0
+    while pending:
+        ready = source.wait_units(pending)
+        for first in range(0, len(ready), max_wave):
+            wave = [units[index] for index in ready[first: first + max_wave]]
+            rows = _read_rows(source, wave, device, dtype)
+            grid = torch.tensor([[1, u.grid_h, u.grid_w] for u in wave], dtype=torch.long, device=device)
+            with timer.span("encode_s") if timer is not None else contextlib.nullcontext():
+                features = encode(rows, grid).to(dtype)
+            if out is None:
+                out = features.new_empty((num_rows, features.shape[1]))
+            _scatter_rows(out, features, wave, base)
+            num_done += len(wave)
+            if progress is not None:
+                progress(num_done, len(mine))
+        done = set(ready)
+        pending = [index for index in pending if index not in done]
+    return out
 
 
-def encode_units_batch(encode, pixel_values: list[torch.Tensor], units: list, assignments: list, rank: int,
-                       device, dtype, progress=None) -> list[torch.Tensor | None]:
-    """Several requests' units assigned to `rank`, encoded together: -> per request `[n_rows_i, hidden]` or None.
+def _scatter_rows(out: torch.Tensor, features: torch.Tensor, wave: list[VisionUnit], base: int) -> None:
+    """Place the features of `wave` (concatenated in wave order) at their units' rows of `out`."""
+    if all(b.index == a.index + 1 for a, b in zip(wave, wave[1:])):
+        out[wave[0].token_start - base: wave[-1].token_stop - base] = features
+        return
+    index = torch.cat([torch.arange(u.token_start - base, u.token_stop - base) for u in wave]).to(out.device)
+    out.index_copy_(0, index, features)
+
+
+def encode_units_batch(encode, sources: list, units: list, assignments: list, rank: int,
+                       device, dtype, progress=None, timer=None) -> list[torch.Tensor | None]:
+    """Several requests' units assigned to `rank`, encoded together: -> per request `[n_rows_i, d]` or None.
 
     Args:
-        encode: (pixel rows `[P, C*T*p*p]`, grid_thw `[G, 3]`) -> merged embeddings `[P/merge^2, d]`.
-        pixel_values: per request, its pixel rows `[P_i, C*T*p*p]` (images then videos).
+        encode: (pixel rows `[P, C*T*p*p]`, grid_thw `[G, 3]`) -> merged features `[P/merge^2, d]`.
+        sources: per request, its `VisualSource`.
         units, assignments: per request, its `plan_vision_units` / `assign_units` (same E for all).
         progress: optional `progress(done, total)` over the batch's units, as in `encode_units`.
 
-    Returns, per request, what `encode_units` returns for it alone: the embeddings of its units on
+    Returns, per request, what `encode_units` returns for it alone: the features of its units on
     `rank` (`n_rows_i` = their merged tokens), None where `rank` has none of its units.
 
-    The rank's share of each request (consecutive units, so consecutive pixel rows) is cut out and the
-    shares are concatenated in request order into `[sum_i p_i, C*T*p*p]` rows with one grid row per unit:
-    `encode_units` encodes that as one request (one tower call, or 8 with a progress callback and >= 32
-    units) and the output rows are split back. Exact: temporal grids never attend to each other. A
-    batch of one makes the same tower call as `encode_units` (no copy of its pixels).
+    Every request's share is read once its inputs are complete (batches serve streams of short
+    videos), the shares' rows are concatenated in request order with one grid row per unit, and the
+    tower runs once (8 times with a progress callback and >= 32 units); the output is split back.
+    Exact: temporal grids never attend to each other.
     """
-    pieces, merged, counts = [], [], []
-    for pixels, request_units, assignment in zip(pixel_values, units, assignments, strict=True):
+    rows, grids, counts = [], [], []
+    for source, request_units, assignment in zip(sources, units, assignments, strict=True):
         start, stop = assignment[rank]
-        mine = request_units[start:stop]
+        mine = list(request_units[start:stop])
         counts.append(mine[-1].token_stop - mine[0].token_start if mine else 0)
         if mine:
-            pieces.append(pixels[mine[0].patch_start: mine[-1].patch_stop])
-            patch = merged[-1].patch_stop if merged else 0
-            token = merged[-1].token_stop if merged else 0
-            merged += _rebase(mine, patch, token)
-    if not merged:
+            source.wait_complete()
+            rows.append(_read_rows(source, mine, device, dtype))
+            grids += [[1, u.grid_h, u.grid_w] for u in mine]
+    if not rows:
         return [None] * len(counts)
-    # move each share to the device before concatenating: a host-side copy of pixel rows is the slow one
-    rows = pieces[0] if len(pieces) == 1 else torch.cat([piece.to(device) for piece in pieces])
-    embeds = encode_units(encode, rows, tuple(merged), ((0, len(merged)),), 0, device, dtype, progress)
-    shares = iter(embeds.split([count for count in counts if count]))
+    all_rows = rows[0] if len(rows) == 1 else torch.cat(rows)
+    grid = torch.tensor(grids, dtype=torch.long, device=device)
+    num_calls = _num_calls(len(grids), progress)
+    step = -(-len(grids) // num_calls)
+    pieces, patch = [], 0
+    for first in range(0, len(grids), step):
+        sizes = [h * w for _, h, w in grids[first: first + step]]
+        with timer.span("encode_s") if timer is not None else contextlib.nullcontext():
+            pieces.append(encode(all_rows[patch: patch + sum(sizes)], grid[first: first + step]).to(dtype))
+        patch += sum(sizes)
+        if progress is not None:
+            progress(min(first + step, len(grids)), len(grids))
+    features = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    shares = iter(features.split([count for count in counts if count]))
     return [next(shares) if count else None for count in counts]
-
-
-def _rebase(units, patch: int, token: int) -> list[VisionUnit]:
-    """Consecutive `units` moved to start at pixel row `patch` and embedding row `token`."""
-    patch_shift, token_shift = patch - units[0].patch_start, token - units[0].token_start
-    return [dataclasses.replace(u, patch_start=u.patch_start + patch_shift, patch_stop=u.patch_stop + patch_shift,
-                                token_start=u.token_start + token_shift, token_stop=u.token_stop + token_shift)
-            for u in units]
 
 
 def _local_index(plan: SequencePlan, positions: torch.Tensor) -> torch.Tensor:
@@ -189,16 +237,27 @@ def _local_index(plan: SequencePlan, positions: torch.Tensor) -> torch.Tensor:
     return local[positions]
 
 
-def encode_and_route(encode, pixel_values, units, assignment, table: RouteTable, hidden: torch.Tensor,
-                     comm: SPComm, progress=None) -> None:
+def encode_and_route(encode, source, units, assignment, table: RouteTable, hidden: torch.Tensor,
+                     comm: SPComm, width: int, progress=None, timer=None) -> torch.Tensor:
     """Colocated: every rank encodes its units, one all-to-all delivers rows to the ranks holding them.
 
     Args:
-        encode: (pixel rows `[P, C*T*p*p]`, grid_thw `[G, 3]`) -> merged embeddings `[P/merge^2, d]`.
-        hidden: `[S, d]` this rank's input embeddings, filled in place at its vision positions.
+        encode: (pixel rows `[P, C*T*p*p]`, grid_thw `[G, 3]`) -> merged features `[P/merge^2, d']`
+            (d' = hidden, or more for towers that also return per-token features for later layers).
+        source: the request's `VisualSource`.
+        hidden: `[S, hidden]` this rank's input embeddings (for device and dtype).
+        width: d', the encoder's feature width.
+    Returns:
+        `[n_local, d']` features of the vision tokens this rank holds, in the order of its
+        `table.recv_positions` (concatenated over encoders); `local_vision_rows(table, rank)` gives
+        their local positions.
+
+    Before the all-to-all every rank waits for the request's inputs to be complete (or failed), so
+    that all ranks either enter the collective or raise `FramesFailed` together.
     """
-    rank, width = comm.rank, hidden.shape[1]
-    embeds = encode_units(encode, pixel_values, units, assignment, rank, hidden.device, hidden.dtype, progress)
+    rank = comm.rank
+    embeds = encode_units(encode, source, units, assignment, rank, hidden.device, hidden.dtype, progress, timer)
+    source.wait_complete()
     if embeds is None:
         embeds = hidden.new_empty((0, width))
     send_rows = table.send_rows[rank]
@@ -208,4 +267,27 @@ def encode_and_route(encode, pixel_values, units, assignment, table: RouteTable,
     out_splits = [int(pos.numel()) * width for pos in recv_positions]
     recv = hidden.new_empty(sum(out_splits) // width, width)
     comm.all_to_all(recv.view(-1), send.reshape(-1), out_splits, in_splits)
-    hidden.index_copy_(0, torch.cat(list(recv_positions)).to(hidden.device), recv)
+    return recv
+
+
+def route_for(method, inputs, placement, merge_size: int):
+    """Units, their assignment to the E encoders, and the route table to the W prefill ranks (pure).
+
+    Disaggregated encoders and prefill ranks each compute it from the same layout, so both sides
+    agree on every point-to-point transfer without exchanging the table.
+    """
+    units = plan_vision_units(inputs.grid_thw, merge_size)
+    assignment = assign_units(units, placement.num_encoders)
+    plans = tuple(method.plan(inputs.num_tokens, inputs.num_query_tokens, placement.num_prefill, r)
+                  for r in range(placement.num_prefill))
+    return units, assignment, plan_route_table(units, assignment, inputs.vision_positions, plans)
+
+
+def transfer_tag(seq: int) -> int:
+    """P2P tag of one request's embedding transfers (gloo matches on it; NCCL orders per peer pair instead)."""
+    return seq % (1 << 20)
+
+
+def local_vision_rows(table: RouteTable, rank: int) -> torch.Tensor:
+    """Local token positions (rank `rank`'s plan order) of the rows it receives, in receive order."""
+    return torch.cat(list(table.recv_positions[rank]))

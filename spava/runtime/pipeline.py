@@ -66,23 +66,29 @@ class RequestHandle(Future):
             yield item
 
 
-def _video_message(video: Any, request_id: str, shm_dir: str) -> dict:
-    """Turn a path / bytes / frames / None into SubmitReq video fields (data goes to shared memory)."""
+def _media_message(media: Any, media_type: str, request_id: str, shm_dir: str) -> dict:
+    """Turn a path / bytes / frames (or an image array) / None into SubmitReq media fields (data goes to
+    shared memory)."""
     from spava.comm.transport import write_shared, write_shared_bytes
 
-    if video is None:
+    if media is None:
         return dict(video_kind="none")
-    if isinstance(video, (str, os.PathLike)):
-        return dict(video_kind="path", video_path=os.path.abspath(os.fspath(video)))
-    if isinstance(video, (bytes, bytearray, memoryview)):
-        return dict(video_kind="bytes", video_ref=write_shared_bytes(bytes(video), shm_dir, request_id, "video"))
+    if isinstance(media, (str, os.PathLike)):
+        return dict(video_kind="path", video_path=os.path.abspath(os.fspath(media)), media_type=media_type)
+    if isinstance(media, (bytes, bytearray, memoryview)):
+        return dict(video_kind="bytes", video_ref=write_shared_bytes(bytes(media), shm_dir, request_id, media_type),
+                    media_type=media_type)
     import numpy as np
     import torch
 
-    frames = torch.as_tensor(np.stack([np.asarray(f) for f in video]) if isinstance(video, list) else video)
+    frames = torch.as_tensor(np.stack([np.asarray(f) for f in media]) if isinstance(media, list) else media)
+    if media_type == "image" and frames.dim() == 3:
+        frames = frames[None]
     if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
-        raise ValueError("video frames must be uint8 RGB [T, H, W, 3] (an array or a list of [H, W, 3] arrays)")
-    return dict(video_kind="frames", video_ref=write_shared(frames, shm_dir, request_id, "video"))
+        raise ValueError("video frames must be uint8 RGB [T, H, W, 3] (an array or a list of [H, W, 3] arrays); "
+                         "an image array uint8 RGB [H, W, 3]")
+    return dict(video_kind="frames", video_ref=write_shared(frames, shm_dir, request_id, media_type),
+                media_type=media_type)
 
 
 class Pipeline:
@@ -136,11 +142,9 @@ class Pipeline:
             self.control_address = self._connect_address
             self._spawn(self._client_loop, self._connect_address)
             return self
-        if self.config.model.family == "text" and self.config.model.path is None:
-            from spava.models.loading import resolve_text_model_dir
+        from spava.models.family import get_family
 
-            # convert a GGUF once, here, before any worker loads it
-            self.config.model.path, self.config.model.gguf = resolve_text_model_dir(self.config.model), None
+        get_family(self.config.model).prepare()  # e.g. convert a GGUF once, before any worker loads it
         self._tmp = tempfile.mkdtemp(prefix="spava-")
         config_path = str(Path(self._tmp) / "pipeline.yaml")
         Path(config_path).write_text(config_to_yaml(self.config))
@@ -152,7 +156,8 @@ class Pipeline:
 
         secret = resolve_secret(self.config.runtime.secret)
         launcher = LocalLauncher(config_path, address, secret=secret, is_quiet=self.is_quiet, log_path=self.log_path)
-        self.scheduler = Scheduler(self.config, address, launcher, config_hash=config_hash(self.config), secret=secret)
+        self.scheduler = Scheduler(self.config, address, launcher, config_hash=config_hash(self.config), secret=secret,
+                                   streams_frames=self.node_layout is None)
         from spava.runtime.launch import local_specs
 
         local = local_specs(self.config, self.node_layout) if self.node_layout is not None else None
@@ -201,22 +206,27 @@ class Pipeline:
 
     # ----- requests -----------------------------------------------------------------------------
 
-    def submit(self, video: Any, prompt: str, *, document: str | None = None, stream: bool = False,
-               timeout_s: float | None = None, video_options: dict | None = None, request_id: str | None = None,
-               **sampling) -> RequestHandle:
+    def submit(self, video: Any, prompt: str, *, image: Any = None, document: str | None = None,
+               stream: bool = False, timeout_s: float | None = None, video_options: dict | None = None,
+               request_id: str | None = None, **sampling) -> RequestHandle:
         """Queue a request; returns a future of `RunResult` (raises `RequestError` on failure).
 
         Args:
             video: a path, encoded bytes, uint8 frames `[T, H, W, 3]` (array or list), or None.
-            prompt: the question. document: optional text placed before the question as context.
+            prompt: the question.
+            image: instead of a video, one image: a path, encoded bytes or uint8 RGB `[H, W, 3]`.
+            document: optional text placed before the question as context.
             sampling: overrides of decode.* (max_new_tokens, temperature, top_p, top_k, seed, stop_strings...).
         """
+        if video is not None and image is not None:
+            raise ValueError("pass a video or an image, not both (one media item per request)")
         if not self._threads:
             self.start()
         request_id = request_id or uuid.uuid4().hex[:16]
         handle = RequestHandle(request_id, self)
         self._pending[request_id] = handle
-        fields = _video_message(video, request_id, self.config.runtime.shm_dir)
+        media, media_type = (image, "image") if image is not None else (video, "video")
+        fields = _media_message(media, media_type, request_id, self.config.runtime.shm_dir)
         self._outbox.put(SubmitReq(request_id=request_id, prompt=prompt, sampling=dict(sampling),
                                    video_options=dict(video_options or {}), timeout_s=timeout_s, stream=stream,
                                    document=document, **fields))

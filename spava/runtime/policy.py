@@ -6,29 +6,44 @@ import dataclasses
 import os
 
 VIDEO_KINDS = ("path", "bytes", "frames", "none")
+MEDIA_TYPES = ("video", "image")
 
 
-def admission_error(message, scheduler) -> str | None:
-    """Why `message` (a SubmitReq) cannot be admitted, or None. Checked before any queueing."""
+def admission_error(message, scheduler) -> tuple[str, str] | None:
+    """Why `message` (a SubmitReq) cannot be admitted, as (error kind, message), or None.
+
+    Kinds: "unhealthy" (the pipeline takes no work), "overloaded" (queue full: retry later),
+    "bad_input" (fix the request). Checked before any queueing.
+    """
     if not scheduler.is_healthy:
-        return "the pipeline is unhealthy (workers kept dying; see the logs) and accepts no new requests"
+        return "unhealthy", "the pipeline is unhealthy (workers kept dying; see the logs) and accepts no new requests"
+    if len(scheduler.requests) >= scheduler.runtime.max_queued_requests:
+        return "overloaded", (f"too many requests in flight ({len(scheduler.requests)}, runtime.max_queued_requests="
+                              f"{scheduler.runtime.max_queued_requests}); retry later")
+    error = _input_error(message, scheduler)
+    return ("bad_input", error) if error is not None else None
+
+
+def _input_error(message, scheduler) -> str | None:
     if message.request_id in scheduler.requests:
         return f"request id {message.request_id!r} is already in use"
-    if len(scheduler.requests) >= scheduler.runtime.max_queued_requests:
-        return (f"too many requests in flight ({len(scheduler.requests)}, runtime.max_queued_requests="
-                f"{scheduler.runtime.max_queued_requests}); retry later")
     if not message.prompt.strip():
         return "the prompt is empty; ask a question"
     if message.video_kind not in VIDEO_KINDS:
         return f"video kind {message.video_kind!r} is not one of {VIDEO_KINDS}"
+    if message.media_type not in MEDIA_TYPES:
+        return f"media type {message.media_type!r} is not one of {MEDIA_TYPES}"
+    what = message.media_type
     if message.video_kind == "path":
         path = message.video_path or ""
+        if os.path.isdir(path):
+            return f"{what} path {path!r} is a directory; pass a {what} file"
         if not os.path.isfile(path):
-            return f"video file {path!r} does not exist"
+            return f"{what} file {path!r} does not exist"
         if os.path.getsize(path) == 0:
-            return f"video file {path!r} is empty (0 bytes)"
+            return f"{what} file {path!r} is empty (0 bytes)"
     if message.video_kind in ("bytes", "frames") and message.video_ref is None:
-        return f"video kind {message.video_kind!r} needs its data"
+        return f"{what} kind {message.video_kind!r} needs its data"
     return None
 
 

@@ -4,8 +4,10 @@ Runs as a thread of the process that created the `Pipeline` (or of a head-node l
 connect as DEALERs with their worker id as identity and say `ReadyReq`; clients connect as DEALERs
 and send `SubmitReq`. Each request goes video -> layout -> model (encode + prefill + decode on the
 model ranks, which take one request at a time, in `seq` order; disaggregated encoder ranks may take
-a batch of them, see `model_groups`). Different requests overlap: while the model ranks run request
-i, layout runs i+1 and video decoding i+2. The number of admitted but not yet running requests whose
+a batch of them, see `model_groups`). A video worker announces the planned frames
+(`VideoPlanOutput`) before it decodes them, so the layout and the model ranks start while frames
+stream in (on one host; model ranks on other nodes wait for the whole video). Different requests
+overlap: while the model ranks run request i, layout runs i+1 and video decoding i+2. The number of admitted but not yet running requests whose
 frames/pixels are held in memory is bounded (`runtime.max_prepared_requests`, at least
 `encode.max_batch_requests` when disaggregated): that is the back-pressure.
 
@@ -26,9 +28,10 @@ import zmq
 from spava.comm.messages import (
     CancelReq, EncodeBatchReq, ErrorOutput, HeartbeatReq, LayoutTaskOutput, LayoutTaskReq, MessageError,
     ModelTaskOutput, ModelTaskReq, ReadyReq, ResultOutput, ShutdownReq, StatusOutput, StatusReq, SubmitReq,
-    TaskError, TensorRef, TokenOutput, VideoTaskOutput, VideoTaskReq, decode_message, encode_message,
+    TaskError, TensorRef, TokenOutput, VideoPlanOutput, VideoTaskOutput, VideoTaskReq, decode_message,
+    encode_message,
 )
-from spava.comm.transport import unlink_shared
+from spava.comm.transport import fail_progress, unlink_shared
 from spava.runtime.launch import free_port, worker_specs
 from spava.comm.security import secure_server
 from spava.runtime.metrics import Metrics
@@ -43,9 +46,13 @@ HUNG_GRACE_S = 30.0
 class Scheduler:
     """Request lifecycle over the worker pool; see the module docstring."""
 
-    def __init__(self, config, control_address: str, launcher, *, config_hash: str = "", secret: str = ""):
+    def __init__(self, config, control_address: str, launcher, *, config_hash: str = "", secret: str = "",
+                 streams_frames: bool = True):
+        """`streams_frames`: model ranks read frames while they decode (all on this host); else a
+        request goes to the model ranks only once its video is decoded."""
         self.config, self.runtime = config, config.runtime
         self.launcher, self.config_hash, self.secret = launcher, config_hash, secret
+        self.streams_frames = streams_frames
         self.zmq_context = zmq.Context()
         self.socket = self.zmq_context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -144,18 +151,23 @@ class Scheduler:
         return {
             SubmitReq: self._on_submit, CancelReq: self._on_cancel, StatusReq: self._on_status,
             ShutdownReq: self._on_shutdown, ReadyReq: self._on_ready, HeartbeatReq: self._on_heartbeat,
-            VideoTaskOutput: self._on_video, LayoutTaskOutput: self._on_layout, ModelTaskOutput: self._on_model,
+            VideoPlanOutput: self._on_video_plan, VideoTaskOutput: self._on_video, LayoutTaskOutput: self._on_layout,
+            ModelTaskOutput: self._on_model,
             TokenOutput: self._on_token, TaskError: self._on_task_error,
         }
 
     def _on_submit(self, identity: bytes, message: SubmitReq) -> None:
-        error = admission_error(message, self)
-        if error is not None:
-            self._send(identity, ErrorOutput(message.request_id, "admission", "bad_input", error))
+        refusal = admission_error(message, self)
+        if refusal is not None:
+            kind, error = refusal
+            if message.request_id not in self.requests:  # a duplicate id must not free the first one's data
+                unlink_shared(message.video_ref)
+            self._send(identity, ErrorOutput(message.request_id, "admission", kind, error))
             return
         try:
             options, sampling = resolve_options(self.config, message), resolve_sampling(self.config, message)
         except ValueError as problem:
+            unlink_shared(message.video_ref)
             self._send(identity, ErrorOutput(message.request_id, "admission", "bad_input", str(problem)))
             return
         timeout = message.timeout_s or self.runtime.request_timeout_s
@@ -164,6 +176,7 @@ class Scheduler:
             request.refs.append(message.video_ref)
         self.requests[message.request_id] = request
         if message.video_kind == "none":
+            request.is_video_done = True
             request.enter("layout_queue")
             self.queues["layout"].append(request.request_id)
         else:
@@ -208,30 +221,53 @@ class Scheduler:
         if state is not None:
             state.request_id = None
 
-    def _on_video(self, identity: bytes, message: VideoTaskOutput) -> None:
-        self._release(identity.decode())
+    def _on_video_plan(self, identity: bytes, message: VideoPlanOutput) -> None:
+        """The frames are planned (files created); they decode from now on. Layout can start."""
+        refs = [ref for item in message.items for ref in _item_refs(item)]
         request = self.requests.get(message.request_id)
-        if message.frames is not None:
-            if request is None:
-                unlink_shared(message.frames)
-                return
-            request.refs.append(message.frames)
-        if request is None:
+        if request is None:  # ended meanwhile: stop the decode and free its files
+            for item in message.items:
+                fail_progress(item.progress)
+            for ref in refs:
+                unlink_shared(ref)
+            self._send(identity, CancelReq(message.request_id))
             return
-        request.video = message
+        request.refs.extend(refs)
+        request.video, request.video_worker_id = message, identity.decode()
+        request.timings["probe_s"] = message.probe_s
         request.enter("layout_queue")
         self.queues["layout"].append(request.request_id)
 
+    def _on_video(self, identity: bytes, message: VideoTaskOutput) -> None:
+        """Every frame is decoded (the video worker is free again)."""
+        self._release(identity.decode())
+        request = self.requests.get(message.request_id)
+        if request is None:
+            return
+        request.video_worker_id = None
+        request.is_video_done = True
+        request.timings["video_decode_s"] = message.decode_s
+        request.warnings.extend(message.warnings)
+        if request.video is None:  # nothing was planned (a text-only request)
+            request.enter("layout_queue")
+            self.queues["layout"].append(request.request_id)
+        elif request.stage == "decoded_wait":
+            request.enter("model_queue")
+            self.queues["model"].append(request.request_id)
+
     def _on_layout(self, identity: bytes, message: LayoutTaskOutput) -> None:
         self._release(identity.decode())
-        refs = [message.input_ids, message.position_ids, message.vision_positions, message.pixel_values]
+        refs = [message.input_ids, message.position_ids, message.vision_positions]
         request = self.requests.get(message.request_id)
         if request is None:
             for ref in refs:
                 unlink_shared(ref)
             return
-        request.refs.extend(ref for ref in refs if ref is not None)
+        request.refs.extend(refs)
         request.layout = message
+        if not request.is_video_done and not self.streams_frames:
+            request.enter("decoded_wait")  # model ranks on other nodes read complete files only
+            return
         request.enter("model_queue")
         self.queues["model"].append(request.request_id)
 
@@ -264,6 +300,8 @@ class Scheduler:
         request = self.requests.get(message.request_id)
         if request is None:
             return
+        if message.stage == "video":
+            request.video_worker_id = None  # it stopped decoding; its frames are marked failed below
         if message.stage == "model" and self.model_groups.holds(request.request_id):
             # other model ranks still run it (the prefill ranks receive an encoder's placeholder rows
             # of a failed batch): let the decode rank stop it after one token
@@ -283,16 +321,13 @@ class Scheduler:
         for output in request.model_outputs.values():
             for key, value in output.timings.items():
                 timings[key] = max(timings.get(key, 0.0), value)
-        if request.video is not None:
-            timings["video_decode_s"] = request.video.seconds
         timings["layout_compute_s"] = request.layout.seconds
         timings["total_s"] = time.monotonic() - request.created
         layout = request.layout
         result = ResultOutput(
             request.request_id, decode.token_ids, decode.text, decode.finish_reason, timings,
-            layout.num_visual_tokens, layout.input_ids.shape[0],
-            request.video.frames.shape[0] if request.video is not None and request.video.frames else 0,
-            self.config.prefill.attention.method, self.config.world_size, self.config_hash,
+            layout.num_visual_tokens, layout.input_ids.shape[0], request.num_frames,
+            self.config.prefill.attention.method, self.config.world_size, self.config_hash, list(request.warnings),
         )
         self._forget(request)  # free shared memory before the client learns the request ended
         self._send(request.client, result)
@@ -314,9 +349,16 @@ class Scheduler:
 
         A request that ended (failed) while model ranks were given it, or still get it from
         `ModelGroups.encoded`, keeps its layout readable until they report its end: the prefill ranks
-        must read it to post the receives that match the encoders' point-to-point sends.
+        must read it to post the receives that match the encoders' point-to-point sends. Frames that
+        still stream in are marked failed first (model ranks waiting for them stop, all alike), and
+        the video worker decoding them is told to stop.
         """
         self.requests.pop(request.request_id, None)
+        if not request.is_video_done:
+            for path in request.progress_paths():
+                fail_progress(path)
+            if request.video_worker_id is not None:
+                self._send(request.video_worker_id.encode(), CancelReq(request.request_id))
         if self.model_groups.holds(request.request_id):
             self.held_refs[request.request_id] = request.refs
             return
@@ -340,7 +382,7 @@ class Scheduler:
 
     def _num_prepared(self) -> int:
         """Admitted requests holding frames/pixels that the model stage has not taken yet."""
-        in_flight = sum(1 for r in self.requests.values() if r.stage in ("video", "layout"))
+        in_flight = sum(1 for r in self.requests.values() if r.stage in ("video", "layout", "decoded_wait"))
         return in_flight + len(self.queues["layout"]) + len(self.queues["model"])
 
     def _idle(self, role: str) -> list[WorkerState]:
@@ -353,15 +395,14 @@ class Scheduler:
             request = self.requests[self.queues["video"].popleft()]
             self._assign(state, request, "video", VideoTaskReq(
                 request.request_id, request.submit.video_kind, request.submit.video_path, request.submit.video_ref,
-                request.options))
+                request.options, request.submit.media_type))
         for state in self._idle("layout"):
             if not self.queues["layout"]:
                 break
             request = self.requests[self.queues["layout"].popleft()]
-            video = request.video
+            items = list(request.video.items) if request.video is not None else []
             self._assign(state, request, "layout", LayoutTaskReq(
-                request.request_id, request.submit.prompt, video.frames if video else None,
-                video.second_per_grid if video else 0.0, request.options, request.submit.document))
+                request.request_id, request.submit.prompt, items, request.options, request.submit.document))
         for handout in self.model_groups.next_tasks(self.queues["model"], self._model_task, self._num_patches):
             self._send_model_work(handout)
 
@@ -407,3 +448,11 @@ class Scheduler:
             self.launcher.start(state.spec, dist_port=port)
         self.model_groups.reset()
         self._free_held_refs()
+
+
+def _item_refs(item) -> list[TensorRef]:
+    """The shared-memory files of one visual item: its frames and, while they stream, its progress file."""
+    refs = [item.frames]
+    if item.progress:
+        refs.append(TensorRef(path=item.progress, shape=[0], dtype="uint8"))
+    return refs

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from spava.comm.messages import LayoutTaskOutput, ModelTaskOutput, SubmitReq, TensorRef, VideoTaskOutput
+from spava.comm.messages import LayoutTaskOutput, ModelTaskOutput, SubmitReq, TensorRef, VideoPlanOutput
 from spava.runtime.launch import WorkerSpec
 
 STAGES = ("video", "layout", "model")
@@ -25,12 +25,23 @@ class Request:
     created: float = field(default_factory=time.monotonic)
     stage_started: float = field(default_factory=time.monotonic)
     timings: dict[str, float] = field(default_factory=dict)
-    refs: list[TensorRef] = field(default_factory=list)
-    video: Optional[VideoTaskOutput] = None
+    refs: list[TensorRef] = field(default_factory=list)  # shared-memory files it owns
+    video: Optional[VideoPlanOutput] = None  # the planned visual items (their frames may still decode)
+    video_worker_id: Optional[str] = None  # the video worker while it decodes this request's frames
+    is_video_done: bool = False  # every frame decoded (or no video)
     layout: Optional[LayoutTaskOutput] = None
     worker_id: Optional[str] = None
     model_outputs: dict[str, ModelTaskOutput] = field(default_factory=dict)
     is_cancelled: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def num_frames(self) -> int:
+        return sum(item.frames.shape[0] for item in self.video.items) if self.video is not None else 0
+
+    def progress_paths(self) -> list[str]:
+        """The progress files of frames that may still be streaming in."""
+        return [item.progress for item in self.video.items if item.progress] if self.video is not None else []
 
     @property
     def request_id(self) -> str:

@@ -8,11 +8,12 @@ user class that follows this contract replaces a built-in one.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
+
+from spava.objects import load_object
 
 
 class BadInputError(ValueError):
@@ -58,11 +59,7 @@ class Stage(ABC):
 
 def load_stage_class(target: str) -> type:
     """'pkg.module:Class' -> the Stage subclass."""
-    module_name, _, attr = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"cannot load stage {target!r}: {error}") from error
+    cls = load_object(target, "stage")
     if not (isinstance(cls, type) and issubclass(cls, Stage)):
         raise ValueError(f"{target} is not a subclass of spava.stages.base.Stage")
     return cls

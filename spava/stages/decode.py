@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import torch
+
 from spava.comm.messages import ModelTaskOutput, TokenOutput
 from spava.models.generation import SamplingParams
 from spava.stages.base import BadInputError, Stage, StageContext
@@ -18,8 +20,9 @@ from spava.stages.prefill import PrefillResult
 
 def sampling_params(defaults, overrides: dict) -> SamplingParams:
     """decode.* defaults updated by a request's sampling overrides; bad values are a BadInputError."""
-    values = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)}
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(SamplingParams)}
+    names = {f.name for f in dataclasses.fields(SamplingParams)}
+    values = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults) if f.name in names}
+    unknown = set(overrides) - names
     if unknown:
         raise BadInputError(f"unknown sampling option(s) {sorted(unknown)}")
     values.update(overrides)
@@ -43,39 +46,53 @@ def _progress_bar(total: int, is_quiet: bool, min_total: int = 64):
     return tqdm(total=total, desc="decode tokens", file=sys.stderr, leave=False)
 
 
+class TextStream:
+    """Text deltas of a growing answer, never cutting a multi-byte character in two.
+
+    Byte-level BPE tokens can end inside a UTF-8 character; decoding them alone gives U+FFFD. Only
+    the tokens since the last complete delta are decoded (with a few before them for context, as
+    the first may merge with its predecessor), so each step costs O(1), not O(answer).
+    """
+
+    def __init__(self, decode):
+        self.decode = decode
+        self.token_ids: list[int] = []
+        self.prefix_offset = 0  # tokens before this are done; [prefix_offset, read_offset) is context
+        self.read_offset = 0
+
+    def push(self, token_ids: list[int]) -> str:
+        self.token_ids.extend(token_ids)
+        before = self.decode(self.token_ids[self.prefix_offset: self.read_offset], skip_special_tokens=True)
+        after = self.decode(self.token_ids[self.prefix_offset:], skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""  # nothing new yet, or a character still incomplete
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.token_ids)
+        return after[len(before):]
+
+
 class DecodeWorker(Stage):
     name = "decode"
 
-    def __init__(self, context: StageContext, decode_config, tokenizer_path: str | None, eos_token_ids=(),
-                 family: str = "qwen2_5_vl"):
+    def __init__(self, context: StageContext, decode_config, model_config):
         self.context = context
-        self.family = family
         self.defaults = decode_config
-        self.tokenizer_path = tokenizer_path
-        self.eos_token_ids = tuple(eos_token_ids)
-        self.tokenizer = None
+        self.model_config = model_config
+        self.processor = None
+        self.eos_token_ids: tuple[int, ...] = ()
         self.runner = None  # the prefill stage's ModelRunner, bound by the worker (same process)
 
     @classmethod
     def from_config(cls, config, context: StageContext) -> "DecodeWorker":
-        return cls(context, config.decode, config.model.tokenizer or config.model.path, family=config.model.family)
+        return cls(context, config.decode, config.model)
 
     def setup(self) -> None:
-        if self.family == "text":
-            from transformers import AutoTokenizer
+        from spava.models.family import get_family
 
-            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path, local_files_only=True)
-            return
-        from spava.models.qwen2_5_vl.prompt import load_qwen_tokenizer
-
-        self.tokenizer = load_qwen_tokenizer(self.tokenizer_path)
-        if not self.eos_token_ids:
-            self.eos_token_ids = (self.tokenizer.convert_tokens_to_ids("<|im_end|>"), self.tokenizer.eos_token_id)
+        self.processor = get_family(self.model_config).processor()
+        self.eos_token_ids = self.processor.eos_token_ids()
 
     def bind(self, runner) -> None:
         self.runner = runner
-        if not self.eos_token_ids and hasattr(runner.adapter, "eos_token_ids"):
-            self.eos_token_ids = tuple(runner.adapter.eos_token_ids())
 
     def process(self, result: PrefillResult) -> ModelTaskOutput:
         task, context = result.task, self.context
@@ -84,21 +101,24 @@ class DecodeWorker(Stage):
 
         bar = _progress_bar(params.max_new_tokens, context.is_quiet or not is_decode_rank)
 
+        text_stream = TextStream(self.processor.decode)
+
         def on_token(token_ids: list[int]) -> None:
-            context.send(TokenOutput(task.request_id, token_ids, self.tokenizer.decode(token_ids)))
+            context.send(TokenOutput(task.request_id, token_ids, text_stream.push(token_ids)))
             if bar is not None:
                 bar.update(len(token_ids))
 
-        start = time.perf_counter()
         output = self.runner.decode_loop(
-            result.inputs, result.state, params, decode_text=self.tokenizer.decode,
+            result.inputs, result.state, params, decode_text=self.processor.decode,
             eos_token_ids=tuple(t for t in self.eos_token_ids if t is not None), on_token=on_token,
             should_cancel=lambda: context.is_cancelled(task.request_id),
         )
         if bar is not None:
             bar.close()
-        timings = {"prefill_s": result.seconds, "decode_s": time.perf_counter() - start}
+        timings = {**result.state.timings, "prefill_stage_s": result.seconds, **output.timings}
+        if self.runner.device.type == "cuda":
+            timings["peak_gpu_gb"] = torch.cuda.max_memory_allocated(self.runner.device) / 2**30
         tokens = output.token_ids if is_decode_rank else []
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True) if is_decode_rank else ""
+        text = self.processor.decode(tokens, skip_special_tokens=True) if is_decode_rank else ""
         return ModelTaskOutput(task.request_id, context.worker_id, tokens, output.finish_reason, timings,
                                is_decode_rank, text)

@@ -33,26 +33,12 @@ import torch
 from spava.attention.registry import get_method
 from spava.comm.collectives import Pending, send_async
 from spava.comm.messages import EncodeBatchReq, ModelTaskOutput, ModelTaskReq, TaskError
+from spava.models.inputs import read_prompt_inputs
 from spava.models.loading import build_adapter
-from spava.models.vision_parallel import (
-    RouteTable, assign_units, encode_units_batch, plan_route_table, plan_vision_units,
-)
+from spava.models.timing import StageTimer
+from spava.models.vision_inputs import VisualSource
+from spava.models.vision_parallel import RouteTable, encode_units_batch, route_for, transfer_tag
 from spava.stages.base import BadInputError, Stage, StageContext
-from spava.stages.layout import read_prompt_inputs
-
-
-def route_for(method, inputs, placement, merge_size: int):
-    """Units, their assignment to the E encoders, and the route table to the W prefill ranks (pure)."""
-    units = plan_vision_units(inputs.grid_thw, merge_size)
-    assignment = assign_units(units, placement.num_encoders)
-    plans = tuple(method.plan(inputs.num_tokens, inputs.num_query_tokens, placement.num_prefill, r)
-                  for r in range(placement.num_prefill))
-    return units, assignment, plan_route_table(units, assignment, inputs.vision_positions, plans)
-
-
-def transfer_tag(seq: int) -> int:
-    """P2P tag of one request (gloo matches on it; NCCL orders per peer pair instead)."""
-    return seq % (1 << 20)
 
 
 @dataclass
@@ -60,7 +46,7 @@ class PlannedRequest:
     """One request of a batch on this encoder rank: its plan, then its embeddings or its error."""
 
     task: ModelTaskReq
-    pixel_values: Optional[torch.Tensor] = None  # `[P, C*T*p*p]` of every grid of the request
+    source: Optional[VisualSource] = None  # the request's pixel rows (streamed frames, preprocessed here)
     units: tuple = ()
     assignment: tuple = ()
     table: Optional[RouteTable] = None  # None: this rank has none of its grids, so encodes and sends nothing
@@ -105,11 +91,18 @@ class VisionEncoder(Stage):
         """Plan every task, encode them in one call, send their rows in seq order.
 
         Yields one answer per task: the `TaskError`s first, then each `ModelTaskOutput` as soon as
-        that request's sends completed (timings `encode_s` from the batch's start, `encode_batch_size`).
+        that request's sends completed (timings: the batch's `frames_wait_s`, `transfer_s`,
+        `preprocess_s`, `encode_s` (tower device time), `encode_stage_s` (wall time from the batch's
+        start), `encode_batch_size`).
         """
         start = time.perf_counter()
         planned = [self._plan(task) for task in tasks]
-        self._encode([p for p in planned if p.table is not None])
+        try:
+            seconds = self._encode([p for p in planned if p.table is not None])
+        finally:
+            for request in planned:
+                if request.source is not None:
+                    request.source.close()
         # failures are answered before any transfer waits: the scheduler fails them (and cancels their
         # decoding) at once; their placeholder rows are still sent below, in seq order
         yield from (p.error for p in planned if p.error is not None)
@@ -122,40 +115,47 @@ class VisionEncoder(Stage):
                 yield from self._abandon(planned[index:], error)
                 return
             if request.error is None:
-                timings = {"encode_s": time.perf_counter() - start, "encode_batch_size": float(len(tasks))}
+                timings = {**seconds, "encode_stage_s": time.perf_counter() - start,
+                           "encode_batch_size": float(len(tasks))}
                 yield ModelTaskOutput(request.task.request_id, self.context.worker_id, [], "", timings, False)
 
     def _plan(self, task: ModelTaskReq) -> PlannedRequest:
         """Read the request's layout and route its grids (pure); an error fails only this request."""
         try:
-            inputs = read_prompt_inputs(task.layout)
-            if inputs.pixel_values is None or not inputs.grid_thw:
+            inputs = read_prompt_inputs(task.layout, self.adapter.vision_spec)
+            if not inputs.has_vision:
                 return PlannedRequest(task)
-            merge = self.adapter.token_ids().spatial_merge_size
+            merge = self.adapter.vision_spec.merge_size
             units, assignment, table = route_for(self.method, inputs, self.context.placement, merge)
         except Exception as error:  # noqa: BLE001 - the prefill ranks fail the same way, before any receive
             self.context.logger.error("planning %s failed:\n%s", task.request_id, traceback.format_exc())
             return PlannedRequest(task, error=self._error(task, error))
         start, stop = assignment[self.context.rank]
         has_units = stop > start
-        return PlannedRequest(task, inputs.pixel_values, units, assignment, table if has_units else None)
+        return PlannedRequest(task, inputs.visual_source(), units, assignment, table if has_units else None)
 
-    def _encode(self, requests: list[PlannedRequest]) -> None:
-        """One tower call over this rank's units of `requests`; if it fails, each of them gets a TaskError."""
+    def _encode(self, requests: list[PlannedRequest]) -> dict[str, float]:
+        """One tower call over this rank's units of `requests`; if it fails, each of them gets a TaskError.
+        Returns the batch's seconds per stage (frames_wait_s, transfer_s, preprocess_s, encode_s)."""
+        timer = StageTimer(self.adapter.device)
         if not requests:
-            return
+            return {}
+        for request in requests:
+            request.source.timer = timer
         try:
-            embeds = encode_units_batch(self.adapter.encode, [r.pixel_values for r in requests],
+            embeds = encode_units_batch(self.adapter.encode, [r.source for r in requests],
                                         [r.units for r in requests], [r.assignment for r in requests],
-                                        self.context.rank, self.adapter.device, self.adapter.dtype, self._progress())
+                                        self.context.rank, self.adapter.device, self.adapter.dtype, self._progress(),
+                                        timer)
         except Exception as error:  # noqa: BLE001 - fails these requests, the worker keeps serving
             self.context.logger.error("encoding a batch of %d request(s) failed:\n%s", len(requests),
                                       traceback.format_exc())
             for request in requests:
                 request.error = self._error(request.task, error, f"encoding a batch of {len(requests)} request(s)")
-            return
+            return {}
         for request, rows in zip(requests, embeds, strict=True):
             request.embeds = rows
+        return timer.totals()
 
     def _send(self, request: PlannedRequest) -> None:
         """This rank's rows of one request to every prefill rank that holds them; waits for all."""

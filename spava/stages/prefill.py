@@ -16,11 +16,11 @@ import torch
 from spava.attention.registry import get_method
 from spava.comm.collectives import Pending, SPComm, recv_async
 from spava.comm.messages import ModelTaskReq
+from spava.models.inputs import PromptInputs, read_prompt_inputs
 from spava.models.loading import build_adapter
-from spava.models.runner import ModelRunner, PrefillState, PromptInputs
+from spava.models.runner import ModelRunner, PrefillState
+from spava.models.vision_parallel import route_for, transfer_tag
 from spava.stages.base import Stage, StageContext
-from spava.stages.encode import route_for, transfer_tag
-from spava.stages.layout import read_prompt_inputs
 
 
 @dataclass
@@ -34,16 +34,17 @@ class PrefillResult:
 class PrefillWorker(Stage):
     name = "prefill"
 
-    def __init__(self, context: StageContext, model_config, prefill_config):
+    def __init__(self, context: StageContext, model_config, prefill_config, decode_config):
         self.context = context
         self.model_config = model_config
         self.config = prefill_config
+        self.decode_config = decode_config
         self.runner: ModelRunner | None = None
         self._seq = 0
 
     @classmethod
     def from_config(cls, config, context: StageContext) -> "PrefillWorker":
-        return cls(context, config.model, config.prefill)
+        return cls(context, config.model, config.prefill, config.decode)
 
     def setup(self) -> None:
         placement = self.context.placement
@@ -52,6 +53,8 @@ class PrefillWorker(Stage):
         feed = None if placement.is_colocated else self._remote_vision_feed
         self.runner = ModelRunner(adapter, get_method(self.config.attention), SPComm(self.context.group),
                                   mlp_chunk_size=self.config.mlp_chunk_size, vision_feed=feed,
+                                  use_cuda_graph=self.decode_config.cuda_graph,
+                                  use_tensor_parallel=self.decode_config.tensor_parallel,
                                   progress=self._progress_callback("prefill layers"),
                                   encode_progress=self._progress_callback("encode grids"))
 
@@ -63,24 +66,29 @@ class PrefillWorker(Stage):
 
         return LayerProgress(description)
 
-    def _remote_vision_feed(self, inputs: PromptInputs, ctx, hidden: torch.Tensor) -> None:
-        """Receive this rank's visual embedding rows from every encoder rank."""
-        placement = self.context.placement
+    def _remote_vision_feed(self, inputs: PromptInputs, ctx, hidden: torch.Tensor, timer) -> None:
+        """Receive this rank's visual feature rows from every encoder rank."""
+        placement, adapter = self.context.placement, self.runner.adapter
         _, _, table = route_for(self.runner.method, inputs, placement, self.runner.merge_size)
         positions = table.recv_positions[ctx.plan.rank]
         buffers, pending = [], Pending()
-        for encoder, local in enumerate(positions):
-            if local.numel():
-                buffer = hidden.new_empty((local.numel(), hidden.shape[1]))
-                pending.works += recv_async(buffer, encoder, transfer_tag(self._seq)).works
-                buffers.append((local, buffer))
-        pending.wait()
+        with timer.host_span("receive_s"):
+            for encoder, local in enumerate(positions):
+                if local.numel():
+                    buffer = hidden.new_empty((local.numel(), adapter.visual_width))
+                    pending.works += recv_async(buffer, encoder, transfer_tag(self._seq)).works
+                    buffers.append((local, buffer))
+            pending.wait()
         for local, buffer in buffers:
-            hidden.index_copy_(0, local.to(hidden.device), buffer)
+            adapter.place_visual(hidden, local.to(hidden.device), buffer)
 
     def process(self, task: ModelTaskReq) -> PrefillResult:
         start = time.perf_counter()
         self._seq = task.seq
-        inputs = read_prompt_inputs(task.layout)
-        state = self.runner.prefill(inputs)
+        if self.runner.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.runner.device)
+        placement = self.context.placement
+        inputs = read_prompt_inputs(task.layout, self.runner.adapter.vision_spec if placement.is_colocated else None)
+        max_new_tokens = int(task.sampling.get("max_new_tokens", self.decode_config.max_new_tokens))
+        state = self.runner.prefill(inputs, max_new_tokens=max_new_tokens)
         return PrefillResult(task, inputs, state, time.perf_counter() - start)

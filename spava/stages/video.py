@@ -1,19 +1,29 @@
-"""`video` stage: decode and sample frames (PyAV by default), after a budget check on metadata.
+"""`video` stage: probe, plan and budget-check a video (or image), then decode its frames into shared memory.
 
-Input `VideoTaskReq` (a path, encoded bytes or raw frames in shared memory, plus the resolved
-video.* options); output `VideoTaskOutput` with the sampled `[T, H, W, 3]` uint8 frames in shared
-memory. The visual-token budget is checked from probed metadata before any frame is decoded, so an
-oversized request fails in milliseconds with the estimate and the setting to change.
+Input `VideoTaskReq` (a path, encoded bytes or raw frames in shared memory, the resolved video.*
+options and whether the item is a video or an image). The stage:
+
+1. probes the source and plans the sampled frames (`spava.media.sampling`) and their grid (the
+   model family's `VisionSpec`) from metadata, and rejects an over-budget request before decoding
+   anything, naming the estimate and the setting to change;
+2. creates the frames file `[T, H, W, 3]` uint8 and its progress file, and sends `VideoPlanOutput`
+   at once, so the layout and model stages start while frames decode;
+3. decodes the frames into the file, marking each one written (`FrameProgress`), and returns
+   `VideoTaskOutput` with the decode time and any warnings.
+
+Images are decoded and resized here with Pillow (HF's image-processor path) and sent complete.
+Files created before the plan is sent are removed on failure; after it, the scheduler owns them.
 """
 
 from __future__ import annotations
 
 import time
 
-import torch
+import numpy as np
 
-from spava.comm.messages import VideoTaskOutput, VideoTaskReq
-from spava.comm.transport import read_shared, read_shared_bytes, write_shared
+from spava.comm.messages import VideoPlanOutput, VideoTaskOutput, VideoTaskReq, VisualItem
+from spava.comm.transport import (FrameProgress, create_shared_frames, new_ref_path, read_shared,
+                                  read_shared_bytes, unlink_shared)
 from spava.stages.base import BadInputError, Stage, StageContext
 
 SAMPLING_KEYS = ("fps", "num_frames", "min_frames", "max_frames", "start_time", "end_time", "min_pixels", "max_pixels")
@@ -28,22 +38,11 @@ def frame_sampling(options: dict):
         raise BadInputError(f"video sampling: {error}") from None
 
 
-def estimate_visual_tokens(num_frames: int, height: int, width: int, options: dict) -> tuple[int, tuple[int, int, int]]:
-    """LLM tokens a video of `num_frames` frames of `height x width` will take, and its grid."""
-    from spava.models.qwen2_5_vl.processing import QwenProcessorConfig, get_grid_thw
-
-    config = QwenProcessorConfig(min_pixels=options["min_pixels"], max_pixels=options["max_pixels"])
-    grid = get_grid_thw(num_frames, height, width, config)
-    return grid[0] * grid[1] * grid[2] // (config.merge_size ** 2), grid
-
-
-def check_budget(num_frames: int, height: int, width: int, options: dict) -> None:
-    num_tokens, grid = estimate_visual_tokens(num_frames, height, width, options)
-    budget = options["max_visual_tokens"]
-    if num_tokens > budget:
+def check_budget(num_tokens: int, grid, what: str, max_visual_tokens: int) -> None:
+    if num_tokens > max_visual_tokens:
         raise BadInputError(
-            f"this video would take {num_tokens} visual tokens ({num_frames} frames of {width}x{height}, "
-            f"grid {grid}), over layout.max_visual_tokens={budget}; lower video.max_frames / video.fps / "
+            f"this {what} would take {num_tokens} visual tokens (grid {tuple(grid)}), over "
+            f"layout.max_visual_tokens={max_visual_tokens}; lower video.max_frames / video.fps / "
             "video.max_pixels, or raise layout.max_visual_tokens"
         )
 
@@ -51,13 +50,16 @@ def check_budget(num_frames: int, height: int, width: int, options: dict) -> Non
 class VideoDecoder(Stage):
     name = "video"
 
-    def __init__(self, context: StageContext, backend: str = "auto"):
+    def __init__(self, context: StageContext, vision_spec, backend: str = "auto"):
         self.context = context
+        self.vision_spec = vision_spec
         self.backend = backend
 
     @classmethod
     def from_config(cls, config, context: StageContext) -> "VideoDecoder":
-        return cls(context, backend=config.video.backend)
+        from spava.models.family import get_family
+
+        return cls(context, get_family(config.model).vision_spec(), backend=config.video.backend)
 
     def _source(self, task: VideoTaskReq):
         if task.video_kind == "path":
@@ -69,27 +71,95 @@ class VideoDecoder(Stage):
         raise BadInputError(f"unknown video kind {task.video_kind!r}")
 
     def process(self, task: VideoTaskReq) -> VideoTaskOutput:
+        if task.video_kind == "none":
+            return VideoTaskOutput(task.request_id, 0, 0.0)
+        if self.vision_spec is None:
+            raise BadInputError("this model has no vision encoder; ask about a document instead of a video or image")
+        if task.media_type == "image":
+            return self._image(task)
+        return self._video(task)
+
+    # ----- videos ------------------------------------------------------------------------------
+
+    def _video(self, task: VideoTaskReq) -> VideoTaskOutput:
         from spava.media.sampling import plan_frame_sampling
-        from spava.media.video import VideoDecodeError, decode_video, probe_video
+        from spava.media.video import VideoDecodeError, probe_video
 
         start = time.perf_counter()
-        if task.video_kind == "none":
-            return VideoTaskOutput(task.request_id, None, [], 0.0, 0, 0.0)
         sampling = frame_sampling(task.options)
         source = self._source(task)
         try:
             info = probe_video(source)
             plan = plan_frame_sampling(info.num_frames, info.fps, sampling)
-            check_budget(plan.num_frames, info.height, info.width, task.options)
+            visual = self.vision_spec.plan(plan.num_frames, info.height, info.width, task.options["min_pixels"],
+                                           task.options["max_pixels"])
+        except VideoDecodeError as error:
+            raise BadInputError(str(error)) from None
+        except ValueError as error:
+            raise BadInputError(f"video sampling: {error}") from None
+        check_budget(visual.num_tokens, visual.grid_thw, f"video ({plan.num_frames} frames of "
+                     f"{info.width}x{info.height})", task.options["max_visual_tokens"])
+        frames_ref, array = create_shared_frames(self.context.shm_dir, task.request_id, plan.num_frames,
+                                                 info.height, info.width)
+        progress_path = new_ref_path(self.context.shm_dir, task.request_id, "progress")
+        try:
+            progress = FrameProgress.create(progress_path, plan.num_frames)
+        except OSError:
+            unlink_shared(frames_ref)
+            raise
+        item = VisualItem("video", frames_ref, progress_path, list(visual.grid_thw), list(visual.resized_hw),
+                          list(plan.timestamps), float(plan.second_per_grid))
+        self.context.send(VideoPlanOutput(task.request_id, [item], time.perf_counter() - start))
+        decode_start = time.perf_counter()
+        try:
+            warnings = self._decode_into(source, sampling, plan, array, progress)
+            progress.finish(is_ok=True)
+        except Exception:
+            progress.finish(is_ok=False)
+            raise
+        finally:
+            progress.close()
+            del array
+        return VideoTaskOutput(task.request_id, plan.num_frames, time.perf_counter() - decode_start, warnings)
+
+    def _decode_into(self, source, sampling, plan, array: np.ndarray, progress: FrameProgress) -> list[str]:
+        """Decode the planned frames into `array`, marking them in `progress`; returns warnings."""
+        from spava.media.video import VideoDecodeError, decode_video
+
+        try:
             decoded = decode_video(source, sampling, backend=self.backend)
-        except (VideoDecodeError, ValueError) as error:
-            if isinstance(error, BadInputError):
-                raise
-            raise BadInputError(f"video: {error}") from None
-        frames = write_shared(torch.from_numpy(decoded.frames), self.context.shm_dir,
-                              task.request_id, "frames")
-        return VideoTaskOutput(
-            request_id=task.request_id, frames=frames, timestamps=list(decoded.timestamps),
-            second_per_grid=float(decoded.plan.second_per_grid), num_source_frames=decoded.num_source_frames,
-            seconds=time.perf_counter() - start,
-        )
+        except VideoDecodeError as error:
+            raise BadInputError(str(error)) from None
+        if decoded.frames.shape[0] != plan.num_frames:
+            raise BadInputError(f"only {decoded.frames.shape[0]} of the {plan.num_frames} planned frames could be "
+                                "decoded; the file may be truncated")
+        array[:] = decoded.frames
+        progress.mark(0, plan.num_frames)
+        return []
+
+    # ----- images ------------------------------------------------------------------------------
+
+    def _image(self, task: VideoTaskReq) -> VideoTaskOutput:
+        from spava.media.images import ImageDecodeError, load_image, resize_image
+
+        start = time.perf_counter()
+        try:
+            image = load_image(self._source(task))
+        except ImageDecodeError as error:
+            raise BadInputError(str(error)) from None
+        height, width = image.shape[:2]
+        spec = self.vision_spec
+        try:
+            visual = spec.plan(1, height, width, spec.image_min_pixels, spec.image_max_pixels)
+        except ValueError as error:
+            raise BadInputError(f"image: {error}") from None
+        check_budget(visual.num_tokens, visual.grid_thw, f"image ({width}x{height})", task.options["max_visual_tokens"])
+        resized = resize_image(image, *visual.resized_hw)
+        frames_ref, array = create_shared_frames(self.context.shm_dir, task.request_id, 1, *visual.resized_hw)
+        array[0] = resized
+        del array
+        item = VisualItem("image", frames_ref, None, list(visual.grid_thw),
+                          list(visual.resized_hw), [0.0], 0.0)
+        seconds = time.perf_counter() - start
+        self.context.send(VideoPlanOutput(task.request_id, [item], seconds))
+        return VideoTaskOutput(task.request_id, 1, 0.0)

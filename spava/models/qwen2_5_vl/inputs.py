@@ -11,7 +11,7 @@ import torch
 
 from spava.models.qwen2_5_vl.model import VisionTokenIds
 from spava.models.qwen2_5_vl.rope import get_mrope_position_ids
-from spava.models.runner import PromptInputs
+from spava.models.inputs import PromptInputs
 
 
 def _grids(grid_thw) -> list[tuple[int, int, int]]:
@@ -62,7 +62,7 @@ def build_prompt_inputs(
         video_token_id=token_ids.video_token_id, vision_start_token_id=token_ids.vision_start_token_id,
         is_transformers5_compat=is_transformers5_compat,
     )
-    pixels = [p for p, g in ((pixel_values, image_grids), (pixel_values_videos, video_grids)) if g]
+    pixels = [p for p, g in ((pixel_values, image_grids), (pixel_values_videos, video_grids)) if g and p is not None]
     return PromptInputs(
         input_ids=input_ids,
         position_ids=position_ids,

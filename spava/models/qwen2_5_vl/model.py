@@ -61,7 +61,7 @@ def load_hf_config(path: str | None, size: str):
 class Qwen25VL(HFAdapter):
     """Adapter over an HF Qwen2.5-VL model (any size)."""
 
-    def __init__(self, hf_model, parts: tuple[str, ...] = PARTS, vision_impl: str = "fast"):
+    def __init__(self, hf_model, parts: tuple[str, ...] = PARTS, vision_impl: str = "fast", vision_spec=None):
         unknown = set(parts) - set(PARTS)
         if unknown or not parts:
             raise ValueError(f"parts must be a non-empty subset of {PARTS}, got {parts}")
@@ -71,6 +71,11 @@ class Qwen25VL(HFAdapter):
         self.config = hf_model.config
         self.parts = tuple(parts)
         self.vision_impl = vision_impl
+        if vision_spec is None:
+            from spava.models.qwen2_5_vl.family import make_vision_spec
+
+            vision_spec = make_vision_spec(self.config.vision_config.to_dict())
+        self.vision_spec = vision_spec  # the family's VisionSpec: preprocessing of streamed frames
         self._fast_vision = None  # built on first use (it copies the MLP weights once)
         if "vision" not in parts:
             self.hf.model.visual = None
@@ -81,7 +86,7 @@ class Qwen25VL(HFAdapter):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.bfloat16,
                         device: str | torch.device = "cpu", parts: tuple[str, ...] = PARTS,
-                        vision_impl: str = "fast") -> "Qwen25VL":
+                        vision_impl: str = "fast", vision_spec=None) -> "Qwen25VL":
         """Load a local HF directory (config.json + *.safetensors); nothing is downloaded."""
         from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -92,11 +97,12 @@ class Qwen25VL(HFAdapter):
         hf_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             path, dtype=dtype, local_files_only=True, attn_implementation="sdpa"
         )
-        return cls(hf_model.to(device), parts, vision_impl)
+        return cls(hf_model.to(device), parts, vision_impl, vision_spec)
 
     @classmethod
     def from_config(cls, config, *, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-                    seed: int = 0, parts: tuple[str, ...] = PARTS, vision_impl: str = "fast") -> "Qwen25VL":
+                    seed: int = 0, parts: tuple[str, ...] = PARTS, vision_impl: str = "fast",
+                    vision_spec=None) -> "Qwen25VL":
         """Random weights for any size (speed does not depend on weight values)."""
         from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -104,10 +110,19 @@ class Qwen25VL(HFAdapter):
         torch.manual_seed(seed)
         with torch.device(device):
             hf_model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
-        return cls(hf_model, parts, vision_impl)
+        return cls(hf_model, parts, vision_impl, vision_spec)
 
     def token_ids(self) -> VisionTokenIds:
         return vision_token_ids(self.config)
+
+    @property
+    def merge_size(self) -> int:
+        return self.config.vision_config.spatial_merge_size
+
+    @property
+    def visual_width(self) -> int:
+        """Width of the vision tower's output rows (the LLM hidden size)."""
+        return self.config.vision_config.out_hidden_size
 
     def encode(self, pixel_rows: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Vision tower: pixel rows `[P, 3*2*14*14]`, grid_thw `[G, 3]` -> merged embeddings `[P/4, hidden]`."""

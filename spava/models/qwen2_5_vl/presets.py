@@ -41,6 +41,13 @@ SPECIAL_TOKENS = dict(image_token_id=151655, video_token_id=151656, vision_start
                       vision_end_token_id=151653, bos_token_id=151643, eos_token_id=151645)
 
 
+def vision_preset(size: str) -> dict[str, Any]:
+    """The `vision_config` values of a preset, as a plain dict (no transformers import)."""
+    if size not in PRESETS:
+        raise ValueError(f"unknown Qwen2.5-VL size {size!r}; choose one of {', '.join(PRESETS)}")
+    return {**_VISION, **PRESETS[size]["vision"]}
+
+
 def qwen2_5_vl_config(size: str = "7b", **text_overrides: Any):
     """A `Qwen2_5_VLConfig` for a preset size; keyword overrides apply to the text config."""
     from transformers import Qwen2_5_VLConfig

@@ -60,6 +60,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spava.models.vision_spec import MAX_ASPECT_RATIO, smart_resize  # noqa: F401 - re-exported
+
 # CLIP normalisation constants used by Qwen2-VL / Qwen2.5-VL (transformers' OPENAI_CLIP_MEAN/STD).
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -71,8 +73,6 @@ DEFAULT_IMAGE_MAX_PIXELS = 28 * 28 * 16384
 DEFAULT_VIDEO_MIN_PIXELS = 128 * 28 * 28
 DEFAULT_VIDEO_MAX_PIXELS = 768 * 28 * 28
 
-# smart_resize refuses frames more elongated than this, like HF.
-MAX_ASPECT_RATIO = 200
 RESIZE_BACKENDS = ("pil", "torch")
 NUM_CHANNELS = 3
 
@@ -136,42 +136,6 @@ class QwenProcessorConfig:
         """Video defaults: 128..768 merged patches per frame (qwen-vl-utils / HF video processor)."""
         base = cls(min_pixels=DEFAULT_VIDEO_MIN_PIXELS, max_pixels=DEFAULT_VIDEO_MAX_PIXELS)
         return replace(base, **overrides)
-
-
-def smart_resize(
-    height: int,
-    width: int,
-    factor: int = 28,
-    min_pixels: int = DEFAULT_IMAGE_MIN_PIXELS,
-    max_pixels: int = DEFAULT_IMAGE_MAX_PIXELS,
-) -> tuple[int, int]:
-    """Qwen2-VL's target frame size ``(height', width')`` (same rule and float arithmetic as HF).
-
-    Both sides become multiples of ``factor``. The area is brought into
-    ``[min_pixels, max_pixels]`` and the aspect ratio is kept as closely as possible. Sides
-    are first rounded to the nearest multiple (Python's round-half-even, as HF). If the area
-    is too large, both sides are scaled by ``sqrt(area / max_pixels)`` and floored. If it is
-    too small, they are scaled up and ceiled.
-    """
-    if height < 1 or width < 1:
-        raise ValueError(f"frame size must be positive, got {height}x{width}")
-    aspect_ratio = max(height, width) / min(height, width)
-    if aspect_ratio > MAX_ASPECT_RATIO:
-        raise ValueError(
-            f"frame of {height}x{width} has aspect ratio {aspect_ratio:.1f} > {MAX_ASPECT_RATIO}, which "
-            "Qwen2.5-VL cannot patchify; crop or pad the frame to a less elongated shape"
-        )
-    resized_height = round(height / factor) * factor
-    resized_width = round(width / factor) * factor
-    if resized_height * resized_width > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        resized_height = max(factor, math.floor(height / beta / factor) * factor)
-        resized_width = max(factor, math.floor(width / beta / factor) * factor)
-    elif resized_height * resized_width < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        resized_height = math.ceil(height * beta / factor) * factor
-        resized_width = math.ceil(width * beta / factor) * factor
-    return resized_height, resized_width
 
 
 def get_grid_thw(num_frames: int, height: int, width: int, config: QwenProcessorConfig) -> tuple[int, int, int]:
