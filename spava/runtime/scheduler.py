@@ -151,11 +151,13 @@ class Scheduler:
     def _on_submit(self, identity: bytes, message: SubmitReq) -> None:
         error = admission_error(message, self)
         if error is not None:
+            unlink_shared(message.video_ref)  # a refused request's encoded video / frames: nobody else frees them
             self._send(identity, ErrorOutput(message.request_id, "admission", "bad_input", error))
             return
         try:
             options, sampling = resolve_options(self.config, message), resolve_sampling(self.config, message)
         except ValueError as problem:
+            unlink_shared(message.video_ref)
             self._send(identity, ErrorOutput(message.request_id, "admission", "bad_input", str(problem)))
             return
         timeout = message.timeout_s or self.runtime.request_timeout_s
