@@ -125,7 +125,8 @@ def test_health_and_metrics_follow_the_pipeline_status():
                  "spava_time_to_first_token_seconds_count 1.0", "spava_e2e_request_latency_seconds_count 1.0",
                  "spava_time_per_output_token_seconds_count 1.0", "spava_request_queue_time_seconds_count 1.0",
                  'spava_request_stage_seconds_count{stage="prefill"} 1.0', "spava_generation_tokens_total 3.0",
-                 "spava_num_requests_running 0.0", 'spava_num_requests_waiting{stage="model"} 2.0', "spava_healthy 1.0"):
+                 "spava_num_requests_running 0.0", 'spava_num_requests_waiting{stage="model"} 2.0', "spava_healthy 1.0",
+                 "spava_pipeline_num_requests 3.0"):
         assert line in text, line
     with _serve(StubPipeline(is_healthy=False)) as server:
         response = httpx.get(f"{server.base_url}/health")
@@ -133,8 +134,12 @@ def test_health_and_metrics_follow_the_pipeline_status():
         assert "spava_healthy 0.0" in httpx.get(f"{server.base_url}/metrics").text
 
 
-def _never_answers(handle, video, prompt, kwargs):
+def _stalls_mid_answer(handle, video, prompt, kwargs):
     handle.stream.put("first")  # a stream that started and then waits (the stub's cancel() ends it)
+
+
+def _stalls_before_answering(handle, video, prompt, kwargs):
+    pass  # no token yet (a long prefill): only the stub's cancel() ends it
 
 
 def _wait_for(condition, timeout_s: float = 10.0) -> bool:
@@ -144,9 +149,10 @@ def _wait_for(condition, timeout_s: float = 10.0) -> bool:
     return condition()
 
 
-@pytest.mark.parametrize("stream", [True, False])
-def test_client_disconnect_cancels_its_request(stream):
-    pipeline = StubPipeline(_never_answers)
+@pytest.mark.parametrize("stream, behaviour", [(True, _stalls_mid_answer), (True, _stalls_before_answering),
+                                               (False, _stalls_before_answering)])
+def test_client_disconnect_cancels_its_request(stream, behaviour):
+    pipeline = StubPipeline(behaviour)
     with _serve(pipeline) as server:
         client = httpx.Client(timeout=httpx.Timeout(10.0, read=0.5))
         with pytest.raises(httpx.ReadTimeout):

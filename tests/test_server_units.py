@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import threading
+import time
 
 import pytest
 
@@ -41,6 +43,7 @@ def test_sampling_and_video_options_map_to_pipeline_names():
                                         "end_time": 9.0}
     assert to_submission(_request(max_completion_tokens=3, stop=["a", "b"]), SERVED).sampling == {
         "max_new_tokens": 3, "stop_strings": ["a", "b"]}
+    assert to_submission(_request(document="A long text."), SERVED).document == "A long text."
 
 
 def test_num_frames_turns_the_default_fps_off_and_media_io_kwargs_is_read():
@@ -205,3 +208,21 @@ def test_unreachable_media_host_is_a_clear_400():
 
     error = _media_error(ServerOptions(media_fetch_timeout_s=5), f"http://127.0.0.1:{free_port()}/clip.mp4")
     assert error.status == 400 and "unreachable or refused the connection" in error.message
+
+
+def test_drain_pool_runs_blocking_jobs_concurrently_and_reuses_threads():
+    from spava.server.bridge import DrainPool
+
+    pool = DrainPool()
+    barrier = threading.Barrier(5, timeout=10)
+    done = []
+    for _ in range(5):  # each job waits for all five: only five threads at once can finish them
+        pool.submit(lambda: done.append(barrier.wait()))
+    deadline = time.monotonic() + 10
+    while len(done) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(done) == [0, 1, 2, 3, 4] and pool.num_threads == 5
+    finished = threading.Event()
+    pool.submit(finished.set)
+    assert finished.wait(10) and pool.num_threads == 5, "an idle thread takes the next job"
+    pool.close()

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
+from spava.server.bridge import DrainPool
 from spava.server.chat import create_chat_completion
 from spava.server.errors import APIError, install_handlers
 from spava.server.media import MediaResolver
@@ -36,6 +37,7 @@ class ServerState:
     options: ServerOptions
     media: MediaResolver
     metrics: ServerMetrics
+    drain_pool: DrainPool
 
     async def status(self):
         """The pipeline's StatusOutput, or None if it did not answer in `options.status_timeout_s`."""
@@ -88,19 +90,20 @@ def create_app(pipeline, options: ServerOptions | None = None, *, served: Served
     `media_transport` is an httpx transport for fetching media URLs (tests)."""
     options = options or ServerOptions()
     state = ServerState(pipeline, served or describe_pipeline(pipeline, options), options,
-                        MediaResolver(options, transport=media_transport), ServerMetrics())
+                        MediaResolver(options, transport=media_transport), ServerMetrics(), DrainPool())
 
     @asynccontextmanager
     async def lifespan(app):
         yield
         await state.media.aclose()
+        state.drain_pool.close()
 
     app = FastAPI(title="spava", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.spava = state
     install_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
 
-    def authorized(authorization: str | None = Header(None)) -> None:
+    async def authorized(authorization: str | None = Header(None)) -> None:  # async: no thread hop per request
         _check_api_key(state, authorization)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)])

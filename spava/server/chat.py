@@ -7,8 +7,8 @@ final chunk with `finish_reason`, the usage chunk when `stream_options.include_u
 `data: [DONE]`. A failure after the first chunk is sent as one `data: {"error": ...}` event.
 
 A client that disconnects, before or during the answer, cancels its pipeline request (which frees
-what it holds): `bridge.cancel_on_disconnect` watches the connection, and the event generator
-cancels when it is stopped early.
+what it holds): a task watches the connection, and the event generator also cancels when it is
+stopped early.
 """
 
 from __future__ import annotations
@@ -17,30 +17,37 @@ import asyncio
 import json
 import time
 
+from fastapi.responses import JSONResponse, StreamingResponse
+
 from spava.runtime.pipeline import RequestError
-from spava.server.bridge import PendingRequest, cancel_on_disconnect, submit
+from spava.server.bridge import PendingRequest, submit, wait_for_disconnect
 from spava.server.errors import APIError, from_request_error
 from spava.server.protocol import FINISH_REASONS, ChatCompletionRequest, chunk, completion, usage_chunk
 from spava.server.translate import Submission, to_submission
 
 # the metrics outcome of a refusal by the server itself (before the pipeline saw the request)
-_REFUSAL_OUTCOMES = {400: "bad_input", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                     413: "media_too_large"}
+_REFUSAL_OUTCOMES = {400: "bad_input", 403: "forbidden", 404: "not_found", 413: "media_too_large"}
 
 
 class _Lifetime:
-    """Books a submitted request once: the running gauge, its outcome, and the disconnect watcher."""
+    """Books a submitted request once: the running gauge, its outcome, and the disconnect watcher
+    (a client that goes away before the answer is complete abandons its request)."""
 
     def __init__(self, state, pending: PendingRequest, receive):
         self.state, self.pending, self.is_closed = state, pending, False
         state.metrics.running.inc()
-        self.watcher = asyncio.create_task(cancel_on_disconnect(receive, pending))
+        self.watcher = asyncio.create_task(self._watch(receive))
+
+    async def _watch(self, receive) -> None:
+        await wait_for_disconnect(receive)
+        self.abandon()
 
     def close(self, outcome: str, result=None) -> None:
         if self.is_closed:
             return
         self.is_closed = True
-        self.watcher.cancel()
+        if asyncio.current_task() is not self.watcher:
+            self.watcher.cancel()
         metrics = self.state.metrics
         metrics.running.dec()
         metrics.finished(outcome)
@@ -62,7 +69,8 @@ async def _prepare(state, body: ChatCompletionRequest, arrived: float) -> tuple[
     try:
         submission = to_submission(body, state.served)
         media = await state.media.resolve(submission.media) if submission.media is not None else None
-        pending = await submit(state.pipeline, submission, media.value if media else None, arrived)
+        pending = await submit(state.pipeline, submission, media.value if media else None, arrived,
+                               state.drain_pool)
     except APIError as error:
         state.metrics.finished(_REFUSAL_OUTCOMES.get(error.status, "bad_input"))
         raise
@@ -71,8 +79,6 @@ async def _prepare(state, body: ChatCompletionRequest, arrived: float) -> tuple[
 
 async def create_chat_completion(state, request, body: ChatCompletionRequest):
     """The endpoint body; `state` is the app's `ServerState`, `request` the Starlette request."""
-    from fastapi.responses import JSONResponse, StreamingResponse
-
     arrived = time.perf_counter()
     submission, pending = await _prepare(state, body, arrived)
     lifetime = _Lifetime(state, pending, request.receive)

@@ -12,6 +12,7 @@ One registry per app (no global state). Names and units:
   spava_prompt_tokens_total, spava_generation_tokens_total, spava_visual_tokens_total
   spava_num_requests_running                    requests this server is answering now
   spava_num_requests_waiting{stage}             requests queued in the pipeline per stage (at scrape time)
+  spava_pipeline_num_requests                   requests the pipeline holds, from every client (at scrape time)
   spava_healthy                                 1 while the pipeline accepts requests (at scrape time)
 """
 
@@ -46,6 +47,8 @@ class ServerMetrics:
         self.running = Gauge("spava_num_requests_running", "Requests this server is answering", registry=registry)
         self.waiting = Gauge("spava_num_requests_waiting", "Requests queued in the pipeline per stage", ["stage"],
                              registry=registry)
+        self.pipeline_requests = Gauge("spava_pipeline_num_requests", "Requests the pipeline holds (every client)",
+                                       registry=registry)
         self.healthy = Gauge("spava_healthy", "1 while the pipeline accepts requests", registry=registry)
 
     def finished(self, outcome: str) -> None:
@@ -75,6 +78,7 @@ class ServerMetrics:
 
         self.healthy.set(1 if status is not None and status.is_healthy else 0)
         if status is not None:
+            self.pipeline_requests.set(status.num_inflight)
             for stage, count in status.num_queued.items():
                 self.waiting.labels(stage=stage).set(count)
         return generate_latest(self.registry)

@@ -89,7 +89,7 @@ def _text_of(content, param: str, is_user: bool) -> tuple[list[str], list[MediaR
             texts.append(part["text"])
         elif kind in _MEDIA_PARTS and is_user:
             payload = part.get(kind)
-            url = payload.get("url") if isinstance(payload, dict) else payload if isinstance(payload, str) else None
+            url = payload.get("url") if isinstance(payload, dict) else payload  # {"url": ...} or a bare string
             if not isinstance(url, str) or not url:
                 raise bad_request(f"{where}.{kind}.url must be a non-empty string", f"{where}.{kind}.url", "invalid_value")
             media.append(MediaRef(_MEDIA_PARTS[kind], url, f"{where}.{kind}.url"))
