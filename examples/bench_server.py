@@ -13,7 +13,7 @@ directly (one thread per stream).
 
     PYTHONPATH=$PWD:$PWD/kernels python examples/bench_server.py                 # CPU demo, text-only
     PYTHONPATH=$PWD:$PWD/kernels python examples/bench_server.py --video-frames 8 --json bench.json
-    PYTHONPATH=$PWD:$PWD/kernels python examples/bench_server.py --config X.yaml model.path=/models/Qwen2.5-VL-7B-Instruct
+    PYTHONPATH=$PWD:$PWD/kernels python examples/bench_server.py --config X.yaml model.path=/models/Qwen2.5-VL-7B
 """
 
 from __future__ import annotations
@@ -233,8 +233,8 @@ def report(results: dict, concurrency: int, num_requests: int) -> str:
             f"{concurrency} concurrent streams, {num_requests} requests:"]
     for name in ("load_http", "load_direct"):
         load = results[name]
-        rows.append(f"  {name[5:]:<6} {load['requests_per_s']:7.2f} req/s   TTFT p50 {load['ttft']['median_ms']:8.1f} ms"
-                    f"   p99 {load['ttft']['p99_ms']:8.1f} ms")
+        rows.append(f"  {name[5:]:<6} {load['requests_per_s']:7.2f} req/s   TTFT p50 "
+                    f"{load['ttft']['median_ms']:8.1f} ms   p99 {load['ttft']['p99_ms']:8.1f} ms")
         if load["cpu_s"]:
             rows.append("         CPU seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in load["cpu_s"].items()))
     return "\n".join(rows)
@@ -259,10 +259,10 @@ def main(argv=None) -> int:
             try:
                 results = run(args, address, base_url, video, {"pipeline": launch.pid, "server": serve.pid})
             finally:
-                results_serve_rc = stop_process(serve)
+                serve_exit_code = stop_process(serve)
         finally:
             stop_process(launch)
-    results["serve_exit_code"] = results_serve_rc
+    results["serve_exit_code"] = serve_exit_code
     print(report(results, args.concurrency, args.num_requests))
     if args.json:
         with open(args.json, "w") as handle:

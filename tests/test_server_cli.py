@@ -27,16 +27,21 @@ def test_serve_without_the_extra_names_it(monkeypatch, capsys):
     assert 'pip install "spava[serve]"' in capsys.readouterr().err
 
 
-def test_serve_arguments_parse():
+def test_serve_arguments_parse(tmp_path):
     args = build_parser().parse_args(["serve", "--config", "configs/demo_cpu.yaml", "decode.max_new_tokens=8",
-                                      "--port", "0", "--api-key", "k", "--allowed-local-media-path", "/data",
+                                      "--port", "0", "--api-key", "k", "--allowed-local-media-path", str(tmp_path),
                                       "--served-model-name", "demo", "--max-media-bytes", "1000",
-                                      "--media-fetch-timeout", "2.5", "--allowed-media-domains", "a.test", "b.test"])
+                                      "--media-fetch-timeout", "2.5", "--allowed-media-domains", "a.test,b.test"])
     assert (args.config, args.overrides, args.port, args.api_key) == ("configs/demo_cpu.yaml",
                                                                       ["decode.max_new_tokens=8"], 0, "k")
-    assert (args.max_media_bytes, args.media_fetch_timeout, args.allowed_media_domains) == (1000, 2.5,
-                                                                                           ["a.test", "b.test"])
+    assert (args.max_media_bytes, args.media_fetch_timeout) == (1000, 2.5)
     assert args.host == "127.0.0.1" and args.connect is None
+    from spava.server.run import options_from_args
+
+    options = options_from_args(args)
+    assert options.allowed_media_domains == ("a.test", "b.test") and options.api_key == "k"
+    assert options.served_model_name == "demo" and options.max_media_bytes == 1000
+    assert options.allowed_local_media_path == str(tmp_path.resolve())
 
 
 @pytest.mark.slow

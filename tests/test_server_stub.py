@@ -121,7 +121,8 @@ def test_health_and_metrics_follow_the_pipeline_status():
         metrics = httpx.get(f"{server.base_url}/metrics")
     text = metrics.text
     assert metrics.headers["content-type"].startswith("text/plain")
-    for line in ('spava_server_requests_total{outcome="ok"} 1.0', 'spava_server_requests_total{outcome="not_found"} 1.0',
+    for line in ('spava_server_requests_total{outcome="ok"} 1.0',
+                 'spava_server_requests_total{outcome="not_found"} 1.0',
                  "spava_time_to_first_token_seconds_count 1.0", "spava_e2e_request_latency_seconds_count 1.0",
                  "spava_time_per_output_token_seconds_count 1.0", "spava_request_queue_time_seconds_count 1.0",
                  'spava_request_stage_seconds_count{stage="prefill"} 1.0', "spava_generation_tokens_total 3.0",

@@ -94,7 +94,8 @@ def test_message_shapes_that_cannot_be_answered_are_refused():
     two_videos = [{"type": "video_url", "video_url": {"url": "file:///a.mp4"}},
                   {"type": "image_url", "image_url": {"url": "file:///b.png"}}, {"type": "text", "text": "?"}]
     error = _refusal(_request(two_videos))
-    assert error.param == "messages[0].content[1].image_url.url" and "one video or one image per request" in error.message
+    assert error.param == "messages[0].content[1].image_url.url"
+    assert "one video or one image per request" in error.message
     assert _refusal(_request([{"type": "input_audio", "input_audio": {}}])).param == "messages[0].content[0].type"
     assert _refusal(_request([{"type": "video_url", "video_url": {"url": "file:///a.mp4"}}])).code == "empty_prompt"
     turns = ChatCompletionRequest(messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},

@@ -30,8 +30,8 @@ def add_serve_parser(commands) -> None:
                                                     "else <family>-<size>)")
     parser.add_argument("--allowed-local-media-path", metavar="DIR",
                         help="let file:// media URLs read files under DIR (default: file:// refused)")
-    parser.add_argument("--allowed-media-domains", metavar="HOST", nargs="+", default=[],
-                        help="only fetch http(s) media from these hosts (default: any host)")
+    parser.add_argument("--allowed-media-domains", metavar="HOST[,HOST...]", default="",
+                        help="only fetch http(s) media from these hosts, comma-separated (default: any host)")
     parser.add_argument("--max-media-bytes", type=int, default=DEFAULT_MAX_MEDIA_BYTES,
                         help=f"largest data: or http(s) media item in bytes (default {DEFAULT_MAX_MEDIA_BYTES})")
     parser.add_argument("--media-fetch-timeout", type=float, default=DEFAULT_MEDIA_FETCH_TIMEOUT_S,

@@ -150,7 +150,8 @@ class MediaResolver:
             raise bad_request(f"{ref.param}: fetching {ref.url!r} did not finish within {timeout:g} s "
                               "(--media-fetch-timeout)", ref.param, "media_fetch_timeout") from None
         except httpx.TooManyRedirects:
-            raise bad_request(f"{ref.param}: {ref.url!r} redirects too often", ref.param, "media_fetch_failed") from None
+            raise bad_request(f"{ref.param}: {ref.url!r} redirects too often", ref.param,
+                              "media_fetch_failed") from None
         except (httpx.TransportError, httpx.InvalidURL) as error:
             raise bad_request(f"{ref.param}: could not fetch {ref.url!r}: host {host!r} is unreachable or refused "
                               f"the connection ({type(error).__name__}: {error})", ref.param,

@@ -70,7 +70,7 @@ def model_id_from_config(config) -> str:
 
 
 def accepts_images(pipeline) -> bool:
-    """Whether `pipeline.submit` has an `image` keyword (or takes any keyword arguments by name)."""
+    """Whether `pipeline.submit` names an `image` parameter (its `**sampling` would not take one)."""
     try:
         parameters = inspect.signature(pipeline.submit).parameters
     except (TypeError, ValueError):

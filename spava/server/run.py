@@ -16,7 +16,7 @@ def options_from_args(args) -> ServerOptions:
     return ServerOptions(
         api_key=args.api_key or os.environ.get("SPAVA_API_KEY") or None,
         allowed_local_media_path=args.allowed_local_media_path,
-        allowed_media_domains=tuple(args.allowed_media_domains),
+        allowed_media_domains=tuple(args.allowed_media_domains.split(",")),
         max_media_bytes=args.max_media_bytes,
         media_fetch_timeout_s=args.media_fetch_timeout,
         served_model_name=args.served_model_name,

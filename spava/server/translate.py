@@ -12,7 +12,8 @@ Rules (docs/serve.md lists them for users):
   top_p, top_k, seed, stop_token_ids as named.
 - spava options: fps, num_frames, max_frames, min_pixels, max_pixels, total_pixels, start_time,
   end_time -> video_options (num_frames without fps turns the config's default fps off);
-  `media_io_kwargs.video.num_frames` (vLLM's, sent by lmms-eval) -> num_frames; attention_method must equal the served method; document -> the text-model context.
+  `media_io_kwargs.video.num_frames` (vLLM's, sent by lmms-eval) -> num_frames; attention_method
+  must equal the served method; document -> the text-model context.
 - other OpenAI fields: `IGNORED_FIELDS` are accepted and ignored; `HARMLESS_VALUES` are accepted only
   with their no-op values (n=1, logprobs=false, tools=[]...); anything else is refused by name.
 """
@@ -91,7 +92,8 @@ def _text_of(content, param: str, is_user: bool) -> tuple[list[str], list[MediaR
             payload = part.get(kind)
             url = payload.get("url") if isinstance(payload, dict) else payload  # {"url": ...} or a bare string
             if not isinstance(url, str) or not url:
-                raise bad_request(f"{where}.{kind}.url must be a non-empty string", f"{where}.{kind}.url", "invalid_value")
+                raise bad_request(f"{where}.{kind}.url must be a non-empty string", f"{where}.{kind}.url",
+                                  "invalid_value")
             media.append(MediaRef(_MEDIA_PARTS[kind], url, f"{where}.{kind}.url"))
         else:
             allowed = "text, image_url, video_url" if is_user else "text"
