@@ -1,4 +1,4 @@
-"""The `spava` command line: run, launch, bench, bench-stream, eval, check-attention."""
+"""The `spava` command line: run, launch, serve, bench, bench-stream, eval, check-attention."""
 
 from __future__ import annotations
 
@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--master-port", type=int, default=29600, help="control port; model ranks meet at +1")
     launch.add_argument("--nproc-per-node", type=int, help="model ranks per node (default: split evenly)")
     launch.set_defaults(handler=_launch)
+
+    from spava.server.cli import add_serve_parser  # light: FastAPI is imported only when `serve` runs
+
+    add_serve_parser(commands)
 
     commands.add_parser("bench", help="side-by-side time-to-first-token benchmark (see `spava bench --help`)")
     commands.add_parser("bench-stream", help="requests/s and TTFT of a request stream per GPU layout "

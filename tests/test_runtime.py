@@ -127,6 +127,15 @@ def _write(path, data: bytes) -> str:
     return str(path)
 
 
+def test_refused_request_frees_its_encoded_video(pipeline, video_path):
+    with open(video_path, "rb") as handle:
+        data = handle.read()
+    with pytest.raises(RequestError) as error:
+        pipeline.run(data, "hi", video_options={"fps": None, "num_frames": 3}, request_id="refused-bytes")
+    assert error.value.stage == "admission"
+    assert not _shm_files("refused-bytes"), "the scheduler frees what a refused request brought"
+
+
 def test_over_budget_video_is_rejected_before_decoding_with_the_estimate(pipeline, video_path):
     with pytest.raises(RequestError) as error:
         pipeline.run(video_path, "hi", video_options={"min_pixels": 2_000_000, "max_pixels": 12_845_056})

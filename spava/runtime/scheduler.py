@@ -160,8 +160,7 @@ class Scheduler:
         refusal = admission_error(message, self)
         if refusal is not None:
             kind, error = refusal
-            if message.request_id not in self.requests:  # a duplicate id must not free the first one's data
-                unlink_shared(message.video_ref)
+            unlink_shared(message.video_ref)  # a refused request's encoded video / frames: nobody else frees them
             self._send(identity, ErrorOutput(message.request_id, "admission", kind, error))
             return
         try:
