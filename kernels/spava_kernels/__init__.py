@@ -14,7 +14,13 @@ is importable, else the torch reference in `spava_kernels.reference`, with the s
                                                              short packed seqs (ViT windows), rotary
     flash_attention(q, k, v, cu_seqlens, max_seqlen, scale=None, out=None) -> out  long packed seqs
     swiglu_gemm(x, weight, bias, width) -> [N, W]                                 gate/up GEMM + SwiGLU
+    DecodeAttention(max_workspaces=8)(q, k_cache, v_cache, length, ...) -> (out, lse)
+                                    split-KV decoding over a KV cache, workspaces kept per shape
     has_triton() -> bool
+
+The functional decode_attention(q, k_cache, v_cache, length, *, ...) -> (out, lse) is
+`spava_kernels.dispatch.decode_attention` (= `spava_kernels.decode_attention.decode_attention`): the
+package attribute of that name is its module once imported, so it is not re-exported here.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 _EXPORTS = (
     "has_triton", "use_triton", "merge_two", "merge_into_", "score_and_pool", "select_topk",
     "pack_selected", "select_into", "window_attention", "window_attention_reference", "flash_attention",
-    "swiglu_gemm",
+    "swiglu_gemm", "DecodeAttention", "DecodeWorkspace",
 )
 
 __all__ = list(_EXPORTS)

@@ -19,6 +19,8 @@ from typing import Optional
 import torch
 
 from spava_kernels import reference
+# torch-only module (its Triton kernels load on first use): the decode-attention API itself
+from spava_kernels.decode_attention import DecodeAttention, DecodeWorkspace, decode_attention  # noqa: F401
 
 IMPLS = ("auto", "triton", "torch")
 # Whether flash_attention(config=None) takes the Gluon sm_90 kernel on H100 / H200 (else the Triton kernel):
