@@ -185,13 +185,14 @@ def test_bad_inputs_name_what_to_change():
         "tensor length": lambda: decode_attention(q, k, v, torch.tensor([5.0])),
         "one int32/int64 element": lambda: decode_attention(q, k, v, torch.tensor([5, 6])),
         "multiple of Hkv": lambda: decode_attention(q[:, :27], k, v, 10),
-        "head_dim": lambda: decode_attention(q[..., :72], k[..., :72], v[..., :72], 10),
+        "head_dim": lambda: decode_attention(q[..., :72], k[..., :72], v[..., :72], 10, impl="triton"),
         "contiguous last dim": lambda: decode_attention(q, torch.ones(100, 4, 256)[..., ::2], v, 10),
         "share one of": lambda: decode_attention(q, k.half(), v, 10),
         "out must be": lambda: decode_attention(q, k, v, 10, out=torch.empty(3, 28, 64)),
         "lse_out must be": lambda: decode_attention(q, k, v, 10, lse_out=torch.empty(3, 28, dtype=torch.float64)),
         "impl must be": lambda: decode_attention(q, k, v, 10, impl="cuda"),
-        "query rows per KV head": lambda: decode_attention(torch.ones(19, 28, 128), k, v, 50),  # 7 * 19 > 128
+        "query rows per KV head": lambda: decode_attention(torch.ones(19, 28, 128), k, v, 50,
+                                                           impl="triton"),  # 7 * 19 > 128
         "num_splits": lambda: decode_attention(q, k, v, 10, impl="triton", num_splits=0),
         "float64": lambda: decode_attention(q.double(), k.double(), v.double(), 10, impl="triton"),
     }

@@ -18,6 +18,7 @@ from spava.attention.registry import get_method
 from spava.comm.collectives import SPComm
 from spava.models.decode_step import TensorParallelSlices, even_slices
 from spava.models.generation import SamplingParams
+from spava.models.inputs import PromptInputs
 from spava.models.runner import ModelRunner
 
 from _dist import run_distributed
@@ -118,3 +119,35 @@ def test_every_rank_stops_at_the_same_step():
 
 def test_one_rank_stops_on_eos_stop_string_and_cancel():
     run_distributed(_stopping_agrees, 1, timeout=120)
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_decode_matches_eager_and_hf(dtype):
+    """On CUDA: the split-KV kernel (head_dim 64) and the graph-replayed steps give the eager steps'
+    tokens and, in float32, HF's greedy tokens."""
+    from transformers import LlamaConfig
+
+    from spava.models.text_lm import TextLM
+
+    config = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+                         tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    model = TextLM.from_config(config, dtype=dtype, device="cuda", seed=0)
+    ids = torch.randint(3, 512, (1500,), generator=torch.Generator().manual_seed(0))
+    inputs = PromptInputs(input_ids=ids, position_ids=torch.arange(ids.numel()), num_query_tokens=9)
+    params = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    method = get_method(AttentionConfig(method="full"))
+    outputs = [ModelRunner(model, method, SPComm.single(), use_cuda_graph=use_graph).generate(inputs, params)
+               for use_graph in (False, True)]
+    assert outputs[0].token_ids == outputs[1].token_ids
+    if dtype == torch.float32:
+        with torch.inference_mode():
+            prompt_ids = ids.cuda()[None]
+            generated = model.hf.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=24,
+                                          min_new_tokens=24, do_sample=False, pad_token_id=0)
+        assert outputs[1].token_ids == generated[0, ids.numel():].tolist()

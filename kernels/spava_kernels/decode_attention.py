@@ -182,13 +182,28 @@ class DecodeAttention:
                                 out=out, lse_out=lse_out, impl=impl, workspace=workspace, config=config)
 
 
-def _use_triton(impl: str, *tensors: torch.Tensor) -> bool:
-    """Triton for impl "triton", or "auto" with CUDA tensors (not float64) and Triton importable."""
+def _fits_kernel(q: torch.Tensor, k_cache: torch.Tensor) -> str:
+    """Why the Triton kernel cannot take these shapes ("" when it can)."""
+    num_q, num_heads, dim = q.shape
+    if dim not in HEAD_DIMS:
+        return f"head_dim must be one of {HEAD_DIMS}; got {dim}"
+    if (num_heads // k_cache.shape[1]) * num_q > MAX_GROUP_ROWS:
+        return (f"(Hq / Hkv) * T = {(num_heads // k_cache.shape[1]) * num_q} query rows per KV head; at most "
+                f"{MAX_GROUP_ROWS}: call with fewer new tokens at a time")
+    return ""
+
+
+def _use_triton(impl: str, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+    """Triton for impl "triton" (shapes it takes, else ValueError), or "auto" with CUDA tensors (not
+    float64), shapes it takes and Triton importable; otherwise the reference."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    problem = _fits_kernel(q, k_cache)
     if impl != "auto":
+        if impl == "triton" and problem:
+            raise ValueError(problem)
         return impl == "triton"
-    if not all(t.is_cuda and t.dtype != torch.float64 for t in tensors):
+    if problem or not all(t.is_cuda and t.dtype != torch.float64 for t in (q, k_cache, v_cache)):
         return False
     return importlib.util.find_spec("triton") is not None
 
@@ -202,15 +217,10 @@ def _check(q, k_cache, v_cache, length, is_causal, out, lse_out) -> bool:
     capacity, num_kv_heads, _ = k_cache.shape
     if num_q < 1 or num_kv_heads < 1 or num_heads % num_kv_heads:
         raise ValueError(f"need T >= 1 and Hq ({num_heads}) a multiple of Hkv ({num_kv_heads})")
-    if (num_heads // num_kv_heads) * num_q > MAX_GROUP_ROWS:
-        raise ValueError(f"(Hq / Hkv) * T = {(num_heads // num_kv_heads) * num_q} query rows per KV head; at most "
-                         f"{MAX_GROUP_ROWS}: call with fewer new tokens at a time")
     is_float64 = q.dtype == torch.float64
     if (q.dtype not in _DTYPES and not is_float64) or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
         raise ValueError(f"q, k_cache, v_cache must share one of {_DTYPES} (or float64); got {q.dtype}, "
                          f"{k_cache.dtype}, {v_cache.dtype}")
-    if dim not in HEAD_DIMS and not is_float64:
-        raise ValueError(f"head_dim must be one of {HEAD_DIMS}; got {dim}")
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("k_cache and v_cache need a contiguous last dim (a strided cache would be copied every step)")
     if out is not None and (out.shape != q.shape or out.stride(-1) != 1 or out.device != q.device):

@@ -48,6 +48,7 @@ def parse_args(argv):
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per answer (EOS ignored)")
     parser.add_argument("--repeats", type=int, default=3, help="measured requests per video")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured requests per video first")
+    parser.add_argument("--hf-warmup", type=int, help="unmeasured HF requests per video (default: --warmup)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--device", choices=["cuda", "cpu"], help="cpu: run every model rank on the CPU")
     parser.add_argument("--no-hf", action="store_true", help="skip the HF transformers baseline")
@@ -135,30 +136,37 @@ def main(argv=None) -> int:
           f"(+{args.warmup} warm-up), method {config.prefill.attention.method} on {len(config.prefill.devices)} "
           f"prefill rank(s) {config.prefill.devices}", file=sys.stderr, flush=True)
     results = {"config": _config_summary(config, args), "videos": {}}
+    path = os.path.join(args.out, "results.json")
     for video, row in run_pipeline(config, args).items():
         results["videos"][video] = {"spava": row}
-    if not args.no_decoded:
-        from spava.bench.e2e_decoded import decoded_ttft
-
-        for video, entry in results["videos"].items():
-            print(f"  {os.path.basename(video)}: decoded-input TTFT", file=sys.stderr, flush=True)
-            entry["decoded"] = decoded_ttft(config, video, args)
+    _write(results, path)  # after every phase: a later one that fails or runs out of time loses nothing
     if not args.no_hf:
         from spava.bench.e2e_hf import hf_file_to_answer
 
         for video, entry in results["videos"].items():
             print(f"  {os.path.basename(video)}: HF transformers baseline", file=sys.stderr, flush=True)
             entry["hf"] = hf_file_to_answer(config, video, args)
-    with open(os.path.join(args.out, "results.json"), "w") as handle:
-        json.dump(results, handle, indent=1)
+            _write(results, path)
+    if not args.no_decoded:
+        from spava.bench.e2e_decoded import decoded_ttft
+
+        for video, entry in results["videos"].items():
+            print(f"  {os.path.basename(video)}: decoded-input TTFT", file=sys.stderr, flush=True)
+            entry["decoded"] = decoded_ttft(config, video, args)
+            _write(results, path)
     chart = os.path.join(args.out, "stages.png")
     has_chart = write_chart(results, chart)
     if args.json:
         print(json.dumps(results, indent=1))
     else:
         print(format_table(results))
-        print(f"\nwrote {os.path.join(args.out, 'results.json')}" + (f" and {chart}" if has_chart else ""))
+        print(f"\nwrote {path}" + (f" and {chart}" if has_chart else ""))
     return 0
+
+
+def _write(results: dict, path: str) -> None:
+    with open(path, "w") as handle:
+        json.dump(results, handle, indent=1)
 
 
 def _config_summary(config, args) -> dict:
@@ -173,6 +181,7 @@ def _config_summary(config, args) -> dict:
             "method": config.prefill.attention.method, "prefill_devices": list(config.prefill.devices),
             "encode_devices": list(config.encode.devices), "max_new_tokens": args.max_new_tokens,
             "repeats": args.repeats, "warmup": args.warmup, "device": device, "host": platform.node(),
+            "compiled_ops": os.environ.get("SPAVA_COMPILE", "1") != "0",
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
 
 

@@ -96,7 +96,8 @@ def hf_file_to_answer(config, video: str, args) -> dict:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     try:
-        for _ in range(max(args.warmup, 1) if device.startswith("cuda") else args.warmup):
+        warmup = args.warmup if args.hf_warmup is None else args.hf_warmup
+        for _ in range(warmup):
             _one_request(adapter, processor, config, video, args, device)
         rows = [_one_request(adapter, processor, config, video, args, device) for _ in range(args.repeats)]
     except torch.cuda.OutOfMemoryError:

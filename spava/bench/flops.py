@@ -65,19 +65,35 @@ def llm_prefill_flops(method, plan, text_config) -> int:
     return plan.num_local_tokens * linear_flops_per_token(text_config) + 4 * head_dim * attention
 
 
+def window_pairs(grid_h: int, grid_w: int, window: int, merge: int) -> int:
+    """Query-key pairs of one temporal grid's window attention, as the tower runs it.
+
+    Windows are `window` x `window` patches aligned to the grid's origin (merge groups never split);
+    those at the bottom and right edges are smaller, and each attends only within itself.
+    """
+    rows = [min(window, grid_h - start) for start in range(0, grid_h, window)]
+    cols = [min(window, grid_w - start) for start in range(0, grid_w, window)]
+    return sum((h * w) ** 2 for h in rows for w in cols)
+
+
 def vision_flops(vision_config, grid_thw: tuple[int, int, int], num_grids: int | None = None) -> int:
-    """FLOPs of the ViT over `num_grids` temporal grids (default all) of one video."""
+    """FLOPs of the ViT over `num_grids` temporal grids (default all) of one video.
+
+    The patch embedding runs once per patch (not once per block); window blocks count the pairs of
+    the windows they really attend (edge windows are smaller), full blocks every pair of a grid.
+    """
     grid_t, grid_h, grid_w = grid_thw
     grids = grid_t if num_grids is None else num_grids
     patches = grids * grid_h * grid_w
     hidden, inter = vision_config.hidden_size, vision_config.intermediate_size
-    per_patch = 1176 * hidden + hidden * 3 * hidden + hidden * hidden + 3 * hidden * inter
-    linear = 2 * patches * per_patch * vision_config.depth
+    patch_dim = 3 * vision_config.temporal_patch_size * vision_config.patch_size ** 2
+    per_block = hidden * 3 * hidden + hidden * hidden + 3 * hidden * inter
+    linear = 2 * patches * (patch_dim * hidden + per_block * vision_config.depth)
     window = vision_config.window_size // vision_config.patch_size  # patches per window side
-    windows_pairs = grids * (grid_h * grid_w) * window * window  # upper bound: full windows
+    windows = grids * window_pairs(grid_h, grid_w, window, vision_config.spatial_merge_size)
     full_pairs = grids * (grid_h * grid_w) ** 2
     num_full = len(vision_config.fullatt_block_indexes)
-    attention = 4 * hidden * (full_pairs * num_full + windows_pairs * (vision_config.depth - num_full))
+    attention = 4 * hidden * (full_pairs * num_full + windows * (vision_config.depth - num_full))
     merged = patches // 4
     merger = 2 * merged * (4 * hidden) * (4 * hidden) + 2 * merged * (4 * hidden) * vision_config.out_hidden_size
     return linear + attention + merger

@@ -25,6 +25,7 @@ flags and applies the same rules, so all ranks stop at the same step.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from spava.comm.collectives import SPComm
 from spava.models.fused_ops import SWIGLU_MLP_TYPES
 from spava.models.generation import SamplingParams
 
+logger = logging.getLogger("spava.models")
 FLAG_CANCEL = 1  # payload[1] bit: the sampling rank saw a cancellation before launching this step
 
 
@@ -246,14 +248,26 @@ class DecodeEngine:
         if self.graph is not None:
             self.graph.replay()
         elif self.use_graph and self.num_steps >= 2:  # after eager steps warmed up compiled ops and cuBLAS
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self._layers()
-            self.graph.replay()
+            self._capture()
         else:
             self._layers()
         self._sample_and_share(is_cancelled)
         self._publish()
+
+    def _capture(self) -> None:
+        """Capture the layers once and replay them; if capturing fails, log it and stay eager."""
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._layers()
+        except Exception as error:  # noqa: BLE001 - a capture problem must not fail the request
+            logger.warning("capturing the decode step in a CUDA graph failed (%s: %s); decoding eagerly",
+                           type(error).__name__, error)
+            self.use_graph = False
+            self._layers()
+            return
+        self.graph = graph
+        graph.replay()
 
     def _publish(self) -> None:
         slot = self.num_steps % 2
