@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.0, help="film grain in grey levels (0: smooth picture)")
     parser.add_argument("--gop", type=int, default=None, help="keyframe interval in frames (default: x264's 250)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="FFmpeg threads per decoder (0: FFmpeg's choice for one, the cores shared out for several)")
+                        help="FFmpeg threads per decoder (0: FFmpeg's choice for one, else a share of the cores)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive single-decoder baseline")
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "spava_bench_video")
     args = parser.parse_args()

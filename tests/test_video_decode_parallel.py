@@ -50,7 +50,11 @@ def _decode(path, sampling, **kwargs):
 @pytest.mark.parametrize("num_workers", [1, 2, 3, 4, 0])
 @pytest.mark.parametrize(
     "sampling",
-    [FrameSampling(fps=2.0), FrameSampling(fps=None, num_frames=64), FrameSampling(fps=None, num_frames=6, start_time=3.0)],
+    [
+        FrameSampling(fps=2.0),
+        FrameSampling(fps=None, num_frames=64),
+        FrameSampling(fps=None, num_frames=6, start_time=3.0),
+    ],
     ids=["fps_2", "exact_64", "window"],
 )
 def test_workers_fill_out_with_the_planned_frames(long_video, sampling, num_workers):
@@ -159,7 +163,8 @@ def test_out_must_match_the_plan_and_probe(long_video):
     path, _ = long_video
     info = probe_video(path)
     plan = plan_video_sampling(info, FrameSampling(fps=None, num_frames=4))
-    for out in (np.zeros((4, 64, 96, 3), np.float32), np.zeros((4, 96, 64, 3), np.uint8), np.zeros((2, 64, 96, 3), np.uint8)):
+    wrong = [((4, 64, 96, 3), np.float32), ((4, 96, 64, 3), np.uint8), ((2, 64, 96, 3), np.uint8)]
+    for out in (np.zeros(shape, dtype) for shape, dtype in wrong):
         with pytest.raises(ValueError, match=r"\(4, 64, 96, 3\)"):
             decode_video_into(path, plan, out, info=info)
     read_only = np.zeros((4, 64, 96, 3), np.uint8)

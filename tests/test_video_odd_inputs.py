@@ -228,3 +228,17 @@ def test_constant_rate_video_is_not_vfr(tmp_path):
     info = probe_video(path)
     assert not info.is_vfr and info.frame_times is None
     assert plan_video_sampling(info, FrameSampling()) == plan_frame_sampling(30, 12.0, FrameSampling())
+
+
+# --- containers whose timestamps cannot identify frames -------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".h264", ".ts"])
+def test_containers_with_decode_order_or_missing_timestamps(tmp_path, suffix):
+    # AVI stores decoding times as presentation times (H.264 with B-frames: the frames come out
+    # carrying other frames' times); a raw .h264 stream has none; MPEG-TS has real ones.
+    path = write_synthetic_video(tmp_path / f"clip{suffix}", num_frames=40, fps=8.0, codec=H264)
+    sampling = FrameSampling(fps=None, num_frames=8)
+    decoded = decode_video(path, sampling, num_workers=2)
+    assert [read_frame_index(frame) for frame in decoded.frames] == list(decoded.plan.indices)
+    np.testing.assert_array_equal(decoded.frames, _plain_decode(path)[list(decoded.plan.indices)])

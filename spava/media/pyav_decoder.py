@@ -204,7 +204,9 @@ def decode_segment(
 
 def _missing_frames_error(src: _EncodedSource, index: PacketIndex, missing: list[int], stats: DecodeStats) -> Exception:
     times = ", ".join(f"{index.seconds(index.pts[i]):.3f} s" for i in missing[:4])
-    cause = f" ({stats.num_bad_packets} damaged packets; FFmpeg: {stats.last_packet_error})" if stats.num_bad_packets else ""
+    cause = ""
+    if stats.num_bad_packets:
+        cause = f" ({stats.num_bad_packets} damaged packets; FFmpeg: {stats.last_packet_error})"
     return VideoDecodeError(
         f"{src.label}: {len(missing)} planned frames do not decode{cause}, first at {times}; the file is "
         f"damaged, {_REENCODE_HINT}."
@@ -229,9 +231,8 @@ def decode_by_order(
     with open_video_stream(src, num_threads) as (container, stream):
         convert = _Converter(writer, stats)
         for position, frame in enumerate(_decoded_frames(container, stream, stats, check_stop)):
-            if position in wanted:
-                seconds = float(frame.time) if frame.time is not None else position / fps
-                writer.put(position, convert(frame), seconds)
+            if position in wanted:  # the stream's times are missing or unreliable: the nominal time
+                writer.put(position, convert(frame), position / fps)
             if position >= last_wanted:
                 return
     raise VideoDecodeError(

@@ -27,6 +27,9 @@ How the layout is read
 * **Frames** are the video packets in presentation order; frame ``i`` is the one with
   the ``i``-th smallest presentation timestamp (pts). A packet that FFmpeg flags as
   corrupt (e.g. cut short by a truncated download) is not counted: it cannot decode.
+  Containers that store decoding times as presentation times (H.264 with B-frames in
+  AVI) give an index without timestamps: their frames are then decoded from the start
+  and identified by their order.
 * **Variable frame rate.** When the real start times stray from ``i / fps`` by more than
   a quarter of a frame, the stream counts as VFR (or mis-timed) and :class:`VideoInfo`
   carries the real display intervals (``frame_times``) for planning by time.
@@ -224,6 +227,8 @@ def _index_packets(container: Any, stream: Any, av: Any) -> tuple[PacketIndex, A
         durations[packet.pts] = packet.duration or 0
         if packet.is_keyframe:
             keyframe_pts.append(packet.pts)
+    if _are_timestamps_decode_order(pts, stream):
+        pts, keyframe_pts = [], []  # frames can then only be identified by their order
     pts.sort()
     end_pts = _end_pts(pts, durations)
     num_corrupt = sum(corrupt_flags) - (1 if corrupt_flags and corrupt_flags[-1] else 0)
@@ -231,6 +236,17 @@ def _index_packets(container: Any, stream: Any, av: Any) -> tuple[PacketIndex, A
         tuple(pts), tuple(sorted(keyframe_pts)), num_packets, end_pts, stream.time_base or Fraction(1), num_corrupt
     )
     return index, first_frame
+
+
+def _are_timestamps_decode_order(pts_in_file_order: list[int], stream: Any) -> bool:
+    """True when packet "presentation" timestamps are really decoding times (e.g. H.264 in AVI).
+
+    A decoder that reorders frames (B-frames) must get presentation times that go back and
+    forth in file order; if they only increase, the container made them up from the decoding
+    order, and the frames that come out carry times of other frames.
+    """
+    reorders = bool(getattr(stream.codec_context, "has_b_frames", False))
+    return reorders and all(b > a for a, b in zip(pts_in_file_order, pts_in_file_order[1:]))
 
 
 def _decode_first(stream: Any, packet: Any, av: Any) -> Any:

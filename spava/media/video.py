@@ -157,7 +157,8 @@ def plan_video_sampling(info: VideoInfo, sampling: FrameSampling) -> SamplingPla
 def _check_arguments(backend: str, num_threads: int, num_workers: int, min_decoded_fraction: float) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}; use backend='auto'.")
-    for name, value, meaning in (("num_threads", num_threads, "decoder's choice"), ("num_workers", num_workers, "auto")):
+    counts = (("num_threads", num_threads, "decoder's choice"), ("num_workers", num_workers, "auto"))
+    for name, value, meaning in counts:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0 (0 = {meaning}), got {value!r}.")
     if not isinstance(min_decoded_fraction, (int, float)) or not 0.0 <= min_decoded_fraction <= 1.0:
@@ -205,7 +206,9 @@ def _decode_warnings(stats, writer: _SlotWriter, info: VideoInfo) -> list[str]:
     warnings = []
     num_corrupt = info.packet_index.num_corrupt_packets if info.packet_index is not None else 0
     if num_corrupt:
-        warnings.append(f"{num_corrupt} packets flagged corrupt by the demuxer were skipped; nearby frames may show artifacts.")
+        warnings.append(
+            f"{num_corrupt} packets flagged corrupt by the demuxer were skipped; nearby frames may show artifacts."
+        )
     if stats.num_bad_packets:
         warnings.append(
             f"{stats.num_bad_packets} damaged packets were skipped (FFmpeg: {stats.last_packet_error or 'cut short'}); "
@@ -214,7 +217,9 @@ def _decode_warnings(stats, writer: _SlotWriter, info: VideoInfo) -> list[str]:
     if stats.resized_from:
         height, width = writer.stored_size
         sizes = ", ".join(f"{w}x{h}" for w, h in sorted(stats.resized_from))
-        warnings.append(f"the picture size changed mid-stream ({sizes}); those frames were rescaled to {width}x{height}.")
+        warnings.append(
+            f"the picture size changed mid-stream ({sizes}); those frames were rescaled to {width}x{height}."
+        )
     return warnings
 
 
