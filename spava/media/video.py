@@ -255,8 +255,9 @@ def decode_video_into(
             written, called from whichever decoder thread wrote them, in no global order; a
             :class:`DecodeProgress` turns these calls into the complete leading prefix. An
             exception it raises fails the decode.
-        should_stop: Polled between frames; returning True stops every decoder promptly
-            and raises :class:`DecodeCancelled`.
+        should_stop: Polled by every decoder between packets and frames (keep it cheap, e.g.
+            an ``Event.is_set``); returning True stops them all within a frame's decode time
+            and raises :class:`DecodeCancelled`; ``out`` then holds only some slots.
         backend: ``"auto"`` / ``"pyav"`` (parallel), ``"decord"`` or ``"torchcodec"``; ignored
             for in-memory frames.
         min_decoded_fraction: Fail when the decodable frames cover less than this share of
