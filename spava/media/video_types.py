@@ -15,8 +15,9 @@ encoded bytes, or in-memory frames (see :mod:`spava.media.video`).
 
 Outputs
 -------
-* :class:`VideoDecodeError`, :class:`VideoInfo`, :class:`DecodedVideo`, ``VideoSource``,
-  ``BACKENDS``, ``DEFAULT_FRAMES_FPS`` -- public, re-exported by :mod:`spava.media.video`.
+* :class:`VideoDecodeError`, :class:`DecodeCancelled`, :class:`VideoInfo`,
+  :class:`DecodedVideo`, :class:`DecodeReport`, ``VideoSource``, ``BACKENDS``,
+  ``DEFAULT_FRAMES_FPS`` -- public, re-exported by :mod:`spava.media.video`.
 * ``_EncodedSource`` (a checked path or byte string, from :func:`_as_encoded_source`)
   and a uint8 ``[T, H, W, 3]`` array (from :func:`_as_frame_array`) for the decoders.
 * ``_SlotWriter``: writes every backend's planned frames into the caller's output array.
