@@ -196,3 +196,123 @@ def test_imports_stay_light():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --- rule 5: planning by presentation time ------------------------------------------------
+
+
+@pytest.mark.parametrize("num_source_frames, source_fps, fps", GRID)
+@pytest.mark.parametrize("window", [(None, None), (0.3, None), (0.1, 0.9)])
+def test_time_plan_of_constant_rate_equals_index_plan(num_source_frames, source_fps, fps, window):
+    start, end = window
+    duration = num_source_frames / source_fps
+    if start is not None:
+        start, end = start * duration, (None if end is None else end * duration)
+    sampling = FrameSampling(fps=fps, start_time=start, end_time=end)
+    edges = [i / source_fps for i in range(num_source_frames + 1)]
+    by_index = plan_frame_sampling(num_source_frames, source_fps, sampling)
+    by_time = plan_frame_sampling(num_source_frames, source_fps, sampling, frame_times=edges)
+    assert by_time.indices == by_index.indices
+    assert by_time.timestamps == pytest.approx(by_index.timestamps)
+    assert by_time.effective_fps == pytest.approx(by_index.effective_fps)
+    assert by_time.second_per_grid == pytest.approx(by_index.second_per_grid)
+
+
+# Edges of 7 frames: three quick ones, a freeze from 0.3 s to 2.0 s, two quick ones, a freeze to 4.0 s.
+VFR_EDGES = [0.0, 0.1, 0.2, 0.3, 2.0, 2.1, 2.2, 4.0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected_indices, clip_duration",
+    [
+        # 4 s at 2 fps = 8, capped at the 7 frames, rounded down to 6. Targets from 0.05 s (middle of
+        # frame 0) to 3.1 s (middle of frame 6), 0.61 s apart: 0.05, 0.66, 1.27, 1.88, 2.49, 3.1.
+        ({}, (0, 3, 3, 3, 6, 6), 4.0),
+        # Window [1, 3): frames 3..6 overlap it; 3.7 s of them -> 7, capped at 4. Targets from 1.15 s
+        # to 3.1 s, 0.65 s apart: 1.15, 1.8, 2.45, 3.1.
+        ({"start_time": 1.0, "end_time": 3.0}, (3, 3, 6, 6), 3.7),
+        # Exactly 2 frames: the middles of the first and last frames.
+        ({"fps": None, "num_frames": 2}, (0, 6), 4.0),
+        # More slots than frames: each frame once, the last repeated (rule 3's padding).
+        ({"fps": None, "num_frames": 10}, (0, 1, 2, 3, 4, 5, 6, 6, 6, 6), 4.0),
+    ],
+    ids=["fps_2", "window", "exact_2", "padded"],
+)
+def test_time_plan_table(kwargs, expected_indices, clip_duration):
+    sampling = FrameSampling(**kwargs)
+    plan = plan_frame_sampling(7, 1.75, sampling, frame_times=VFR_EDGES)
+    assert plan.indices == expected_indices
+    assert plan.timestamps == tuple(VFR_EDGES[i] for i in expected_indices)
+    assert plan.effective_fps == pytest.approx(len(expected_indices) / clip_duration)
+    assert plan.second_per_grid == pytest.approx(2 * clip_duration / len(expected_indices))
+
+
+def test_time_plan_target_on_a_boundary_takes_the_later_frame():
+    # Frames shown during [0, 2), [2, 3), [3, 4), [4, 6): middles 1 and 5, so 3 targets at 1, 3, 5 s.
+    # At 3 s frame 2 has just replaced frame 1.
+    sampling = FrameSampling(fps=None, num_frames=3, frame_multiple=1)
+    plan = plan_frame_sampling(4, 1.0, sampling, frame_times=[0.0, 2.0, 3.0, 4.0, 6.0])
+    assert plan.indices == (0, 2, 3)
+
+
+@pytest.mark.parametrize(
+    "frame_times, needle",
+    [([0.0, 1.0], "N \\+ 1"), ([0.0, 1.0, 1.0, 2.0], "strictly increasing"), ([0.0, 1.0, math.nan, 2.0], "finite")],
+)
+def test_time_plan_rejects_bad_frame_times(frame_times, needle):
+    with pytest.raises(ValueError, match=needle):
+        plan_frame_sampling(3, 1.0, FrameSampling(), frame_times=frame_times)
+
+
+def test_time_plan_start_past_the_end():
+    with pytest.raises(ValueError, match="start_time"):
+        plan_frame_sampling(7, 1.75, FrameSampling(start_time=4.0), frame_times=VFR_EDGES)
+
+
+# --- rule 6: total pixel budget -----------------------------------------------------------
+
+
+def _reference_cap(num_frames, min_pixels, max_pixels, total_pixels):
+    """qwen-vl-utils' fetch_video (Qwen2.5-VL repository), transcribed line by line."""
+    video_max_pixels, frame_factor = 768 * 28 * 28, 2
+    cap = max(min(video_max_pixels, total_pixels / num_frames * frame_factor), int(min_pixels * 1.05))
+    max_pixels_supposed = max_pixels  # ele.get("max_pixels", cap)
+    return min(max_pixels_supposed, cap)
+
+
+@pytest.mark.parametrize(
+    "num_frames, max_pixels, expected",
+    [
+        (64, 768 * 28 * 28, 602112.0),  # 64 frames keep the full 768 patches per frame
+        (768, 768 * 28 * 28, 235200.0),  # 90316800 / 768 * 2: 300 patches per frame
+        (302, 768 * 28 * 28, 90316800 / 302 * 2),  # a fractional cap, as the reference computes it
+        (4000, 768 * 28 * 28, 105369.0),  # floored at int(min_pixels * 1.05)
+        (64, 200_000, 200_000.0),  # a smaller request stands
+        (64, 2_000_000, 602112.0),  # a larger request is clamped to the reference's ceiling
+    ],
+)
+def test_effective_max_pixels_matches_reference(num_frames, max_pixels, expected):
+    min_pixels, total = sampling_module.DEFAULT_MIN_PIXELS, sampling_module.DEFAULT_TOTAL_PIXELS
+    cap = sampling_module.effective_max_pixels(num_frames, min_pixels, max_pixels, total, 2)
+    assert cap == expected == _reference_cap(num_frames, min_pixels, max_pixels, total)
+
+
+@pytest.mark.parametrize("num_frames", [2, 17, 64, 235, 236, 500, 768, 5000])
+@pytest.mark.parametrize("total_pixels", [1_000_000, 24576 * 28 * 28, 90316800])
+def test_effective_max_pixels_grid_against_reference(num_frames, total_pixels):
+    for max_pixels in (100_352, 602_112, 1_003_520):
+        got = sampling_module.effective_max_pixels(num_frames, 100_352, max_pixels, total_pixels, 2)
+        assert got == _reference_cap(num_frames, 100_352, max_pixels, total_pixels)
+
+
+def test_effective_max_pixels_without_budget_is_the_request():
+    assert sampling_module.effective_max_pixels(768, 100_352, 2_000_000, None, 2) == 2_000_000.0
+    with pytest.raises(ValueError, match="total_pixels"):
+        sampling_module.effective_max_pixels(8, 100_352, 602_112, 0, 2)
+
+
+def test_total_pixels_default_and_validation():
+    assert FrameSampling().total_pixels == 90316800 == int(128000 * 28 * 28 * 0.9)
+    assert FrameSampling(total_pixels=None).total_pixels is None
+    with pytest.raises(ValueError, match="total_pixels"):
+        FrameSampling(total_pixels=0)

@@ -15,7 +15,7 @@ import pytest
 
 av = pytest.importorskip("av")
 
-from spava.media import video as video_module  # noqa: E402
+from spava.media import pyav_decoder  # noqa: E402
 from spava.media.sampling import FrameSampling, plan_frame_sampling  # noqa: E402
 from spava.media.synthetic import make_synthetic_frames, read_frame_index, write_synthetic_video  # noqa: E402
 from spava.media.video import DecodedVideo, VideoDecodeError, decode_video, probe_video  # noqa: E402
@@ -132,35 +132,42 @@ SPARSE_SAMPLINGS = [
 ]
 
 
+def _decode_all_frames(path) -> np.ndarray:
+    """Independent reference: every frame, decoded from the start by plain PyAV."""
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+@pytest.mark.parametrize("num_workers", [1, 3])
 @pytest.mark.parametrize("sampling", SPARSE_SAMPLINGS, ids=["fps_0.5", "exact_8", "late_window"])
-def test_sparse_plan_seeks_and_matches_sequential(videos, monkeypatch, sampling):
+def test_sparse_plan_seeks_and_matches_sequential(videos, monkeypatch, sampling, num_workers):
     path, kwargs = videos["long_small_gop"]
-    with monkeypatch.context() as patch:
-        patch.setattr(video_module, "_wants_seek", lambda *args: False)
-        sequential = decode_video(path, sampling)
-
-    def no_sequential(*args, **kwargs):
-        raise AssertionError("the sparse plan should have been decoded by seeking")
-
-    monkeypatch.setattr(video_module, "_decode_sequential", no_sequential)
-    seeked = decode_video(path, sampling)
+    num_seeks = []
+    real_seek = pyav_decoder._seek
+    monkeypatch.setattr(pyav_decoder, "_seek", lambda *args: num_seeks.append(args[2]) or real_seek(*args))
+    seeked = decode_video(path, sampling, num_workers=num_workers)
     _check_decoded(seeked, kwargs, sampling)
-    np.testing.assert_array_equal(seeked.frames, sequential.frames)
-    assert seeked.timestamps == pytest.approx(sequential.timestamps)
+    assert num_seeks, "a sparse plan on a video with keyframes every 12 frames should seek"
+    assert seeked.report.num_decoded_frames < max(seeked.plan.indices) + 1  # seeking skipped frames
+    np.testing.assert_array_equal(seeked.frames, _decode_all_frames(path)[list(seeked.plan.indices)])
 
 
 def test_seek_miss_falls_back_to_sequential(videos, monkeypatch):
     path, kwargs = videos["long_small_gop"]
+    real_seek = pyav_decoder._seek
 
-    def always_miss(frames, target_pts):
-        raise video_module._SeekMiss("simulated decoder that drops frames after a seek")
+    def seek_too_far(container, stream, keyframe_pts):
+        # A demuxer that lands after the requested keyframe: the wanted frame never comes out.
+        return real_seek(container, stream, keyframe_pts + int(1 / (stream.time_base * kwargs["fps"])) * 24)
 
-    monkeypatch.setattr(video_module, "_advance_to", always_miss)
+    monkeypatch.setattr(pyav_decoder, "_seek", seek_too_far)
     sampling = FrameSampling(fps=0.5)
-    _check_decoded(decode_video(path, sampling), kwargs, sampling)
+    decoded = decode_video(path, sampling, num_workers=2)
+    _check_decoded(decoded, kwargs, sampling)
+    assert decoded.report.num_seek_fallbacks >= 1
 
 
-def test_truncated_file_is_replanned_over_frames_that_exist(tmp_path):
+def test_truncated_file_is_planned_over_frames_that_exist(tmp_path):
     # moov atom first ("faststart"), then cut the media data: the header promises 60 frames.
     frames = make_synthetic_frames(60, 64, 96, seed=3)
     path = tmp_path / "faststart.mp4"
@@ -174,11 +181,13 @@ def test_truncated_file_is_replanned_over_frames_that_exist(tmp_path):
             container.mux(packet)
     data = path.read_bytes()
     truncated = data[: int(len(data) * 0.6)]
-    assert probe_video(truncated).num_frames == 60
-    decoded = decode_video(truncated, FrameSampling(fps=None, num_frames=8))
+    info = probe_video(truncated)
+    assert info.container_num_frames == 60 and 0 < info.num_frames < 60
+    decoded = decode_video(truncated, FrameSampling(fps=None, num_frames=8), min_decoded_fraction=0.0)
     assert 0 < decoded.num_source_frames < 60
     assert max(decoded.plan.indices) == decoded.num_source_frames - 1
     assert [read_frame_index(frame) for frame in decoded.frames] == list(decoded.plan.indices)
+    assert "truncated" in " ".join(decoded.report.warnings)
 
 
 def test_frame_list_input(videos):
@@ -302,8 +311,9 @@ def test_probe_video_metadata(videos, video_name):
         assert info.fps == pytest.approx(kwargs["fps"])
         assert info.duration == pytest.approx(kwargs["num_frames"] / kwargs["fps"], abs=0.2)
         assert info.codec == ("h264" if kwargs["codec"] == "libx264" else kwargs["codec"])
-    # Matroska records no frame count: it is estimated from duration * fps.
-    assert info.is_num_frames_estimated == path.name.endswith(".mkv")
+    # Matroska records no frame count; the packet index counts the frames all the same.
+    assert not info.is_num_frames_estimated
+    assert info.container_num_frames == (None if path.name.endswith(".mkv") else kwargs["num_frames"])
 
 
 def test_probe_frames_input():

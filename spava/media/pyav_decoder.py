@@ -1,228 +1,87 @@
-"""PyAV decoding internals: open a stream, index its packets, decode planned frames.
+"""PyAV decoding of one segment of a sampling plan into the caller's output array.
 
 Role
 ----
-The low-level pieces of the default ``"pyav"`` backend; :mod:`spava.media.video` strings
-them together (read the layout, plan, decode, fall back, re-plan). Nothing here is
-public API. PyAV (``av``) is imported only inside the functions that run, never at
-import time.
+The worker of the default ``"pyav"`` backend: :func:`decode_segment` opens its own
+container, seeks to the keyframe at or before the segment's first wanted frame, decodes
+forward and converts to RGB only the wanted frames, which a ``_SlotWriter`` puts into
+``out``. :mod:`spava.media.parallel_decode` runs several of these at once (threads: PyAV
+releases the GIL while FFmpeg decodes and converts). Nothing here is public API; PyAV is
+imported only inside the functions that run.
 
 Inputs
 ------
-An ``_EncodedSource`` (a checked path or byte string), an open PyAV container and
-video stream (from :func:`_open_video_stream`), a :class:`~spava.media.sampling.FrameSampling`
-or :class:`~spava.media.sampling.SamplingPlan`, and optionally a :class:`_PacketIndex`.
+An ``_EncodedSource``, the :class:`~spava.media.pyav_probe.PacketIndex` of the probe, the
+segment's wanted frame indices (ascending), a ``_SlotWriter``, an FFmpeg thread count, a
+``check_stop()`` callable (raises to stop) and a :class:`DecodeStats` to add to.
 
-Outputs
--------
-* :func:`_open_video_stream` -- ``(container, stream)``, FFmpeg errors turned into
-  :class:`~spava.media.video_types.VideoDecodeError`.
-* :func:`_index_packets` -- a :class:`_PacketIndex` (per-frame pts and keyframes, by demuxing).
-* :func:`_read_info` -- a :class:`~spava.media.video_types.VideoInfo` from stream metadata.
-* :func:`_wants_seek` -- whether a plan is sparse enough to be decoded by seeking.
-* :func:`_decode_sequential` / :func:`_decode_with_seeks` -- fill a ``_FrameSink`` with
-  the planned frames as uint8 RGB, decoding from the start or seeking to keyframes;
-  the seek path raises :class:`_SeekMiss` when a frame is not where the index puts it.
+Frames are identified by presentation timestamp: frame ``i`` is the one whose pts is
+``index.pts[i]``, so seeking never shifts indices.
+
+Seek misses
+-----------
+A decoder may drop frames after a seek (open GOPs, demuxers that land late). A frame that
+does not come out where the index puts it is a *seek miss*; the segment's remaining frames
+are then decoded forward without seeking from one keyframe earlier, and if that misses
+too, from the start of the stream. A frame still missing then does not decode at all,
+which is an error -- never a wrong frame.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from spava.media.sampling import FrameSampling, plan_frame_sampling
-from spava.media.video_types import (
-    _REENCODE_HINT,
-    VideoDecodeError,
-    VideoInfo,
-    _EncodedSource,
-    _FrameSink,
-    _import_backend,
-)
-
-# The seek path pays for a packet-indexing pass, so it is only tried on videos with at
-# least this many frames, when sequential decoding would decode at least this many
-# frames per planned frame.
-_MIN_FRAMES_FOR_SEEK = 64
-_MIN_DECODED_PER_WANTED_FOR_SEEK = 8
-
-
-@dataclass(frozen=True)
-class _PacketIndex:
-    """Video packets found by demuxing, without decoding.
-
-    ``pts[i]`` is the presentation timestamp of source frame ``i`` (sorted); ``keyframe_pts``
-    the sorted timestamps of keyframes. ``num_packets`` counts every data packet, including
-    any without a timestamp (then ``pts`` is incomplete and unusable for seeking).
-    """
-
-    pts: tuple[int, ...]
-    keyframe_pts: tuple[int, ...]
-    num_packets: int
-
-    @property
-    def is_seekable(self) -> bool:
-        return self.num_packets > 0 and len(self.pts) == self.num_packets and bool(self.keyframe_pts)
+from spava.media.pyav_probe import PacketIndex, describe_ffmpeg_error, open_video_stream
+from spava.media.video_types import _REENCODE_HINT, VideoDecodeError, _EncodedSource, _SlotWriter
 
 
 class _SeekMiss(Exception):
-    """The seek path did not find a wanted frame where the packet index put it."""
+    """A wanted frame did not come out where the packet index put it."""
 
 
-@contextmanager
-def _open_video_stream(src: _EncodedSource, num_threads: int = 0) -> Iterator[tuple[Any, Any]]:
-    """Open ``src`` with PyAV and yield ``(container, video_stream)``.
+@dataclass
+class DecodeStats:
+    """What one worker did; workers' stats are added up into the decode report."""
 
-    FFmpeg errors raised while the block runs become :class:`VideoDecodeError`.
+    num_decoded_frames: int = 0
+    num_seek_fallbacks: int = 0
+    num_bad_packets: int = 0
+    last_packet_error: str = ""
+    resized_from: set[tuple[int, int]] = field(default_factory=set)
+
+    def add(self, other: DecodeStats) -> None:
+        self.num_decoded_frames += other.num_decoded_frames
+        self.num_seek_fallbacks += other.num_seek_fallbacks
+        self.num_bad_packets += other.num_bad_packets
+        self.last_packet_error = other.last_packet_error or self.last_packet_error
+        self.resized_from |= other.resized_from
+
+
+def _decoded_frames(container: Any, stream: Any, stats: DecodeStats, check_stop: Callable[[], None]) -> Iterator[Any]:
+    """Demux and decode the video stream, skipping packets that are cut short or fail to decode.
+
+    Packets that fail are counted (frames that depend on them may show artifacts); the
+    frames of skipped packets never come out, which the caller's pts check notices if they
+    were wanted.
     """
-    av = _import_backend("pyav")
-    try:
-        container = av.open(src.open_arg(), mode="r")
-    except (av.error.InvalidDataError, av.error.EOFError) as exc:
-        raise VideoDecodeError(
-            f"{src.label} is not a readable video container (corrupt, truncated, or not a video file): {exc}; "
-            f"check the file plays in a media player, or {_REENCODE_HINT}."
-        ) from exc
-    except av.FFmpegError as exc:
-        raise VideoDecodeError(
-            f"FFmpeg could not open {src.label}: {exc}; check the file, or {_REENCODE_HINT}."
-        ) from exc
-    try:
-        stream = _select_video_stream(container, src.label)
-        # Threads must be configured before the first decode opens the codec.
-        stream.thread_type = "AUTO"
-        stream.thread_count = num_threads
-        yield container, stream
-    except av.FFmpegError as exc:
-        raise VideoDecodeError(
-            f"decoding {src.label} failed: {exc}; the file may be corrupt or truncated, {_REENCODE_HINT}."
-        ) from exc
-    finally:
-        container.close()
-
-
-def _select_video_stream(container: Any, label: str) -> Any:
-    """Return the first real video stream (cover-art pictures do not count)."""
     import av
 
-    attached_pic = av.stream.Disposition.attached_pic
-    streams = [s for s in container.streams.video if not s.disposition & attached_pic]
-    if not streams:
-        found = ", ".join(sorted({s.type for s in container.streams})) or "no streams at all"
-        raise VideoDecodeError(
-            f"{label} has no video stream (found: {found}); pass a file that contains video, not only audio."
-        )
-    stream = streams[0]
-    if stream.codec_context is None:
-        raise VideoDecodeError(
-            f"{label}: the video codec is not supported by this FFmpeg build (no decoder for it); {_REENCODE_HINT}."
-        )
-    return stream
-
-
-def _stream_fps(stream: Any) -> float | None:
-    """Average frame rate, falling back to FFmpeg's guesses; None when unknown."""
-    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
-        if rate is not None and rate > 0:
-            return float(rate)
-    return None
-
-
-def _stream_duration(container: Any, stream: Any) -> float | None:
-    """Duration in seconds from the stream, else the container; None when unknown."""
-    if stream.duration is not None and stream.duration > 0 and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None and container.duration > 0:
-        return container.duration / 1_000_000  # container durations are in AV_TIME_BASE (microseconds)
-    return None
-
-
-def _index_packets(container: Any, stream: Any) -> _PacketIndex:
-    """Demux (not decode) the whole video stream and record packet timestamps and keyframes."""
-    pts: list[int] = []
-    keyframe_pts: list[int] = []
-    num_packets = 0
     for packet in container.demux(stream):
-        # Empty packets are end-of-stream flush markers; discarded ones are never shown.
-        if packet.size == 0 or packet.is_discard:
+        check_stop()
+        if packet.size and packet.is_corrupt:
+            continue  # the probe counted it; decoding a cut packet would give a damaged picture
+        try:
+            frames = stream.decode(packet)  # an empty packet flushes the decoder at the end
+        except av.error.InvalidDataError as exc:
+            stats.num_bad_packets += 1
+            stats.last_packet_error = describe_ffmpeg_error(exc)
             continue
-        num_packets += 1
-        if packet.pts is None:
-            continue
-        pts.append(packet.pts)
-        if packet.is_keyframe:
-            keyframe_pts.append(packet.pts)
-    return _PacketIndex(pts=tuple(sorted(pts)), keyframe_pts=tuple(sorted(keyframe_pts)), num_packets=num_packets)
-
-
-def _read_info(container: Any, stream: Any, index: _PacketIndex | None, label: str) -> VideoInfo:
-    """Combine stream metadata with an optional packet index into a :class:`VideoInfo`."""
-    fps, duration = _stream_fps(stream), _stream_duration(container, stream)
-    num_frames, is_estimated = stream.frames, False
-    if index is not None:
-        num_frames = index.num_packets
-    elif num_frames <= 0 and fps is not None and duration is not None:
-        num_frames, is_estimated = max(1, round(duration * fps)), True
-    if num_frames <= 0:
-        raise VideoDecodeError(f"{label}: the video stream has no frames; {_REENCODE_HINT}.")
-    if fps is None and duration:
-        fps = num_frames / duration
-    if fps is None:
-        raise VideoDecodeError(f"{label}: cannot determine the frame rate; {_REENCODE_HINT} with `-r 30`.")
-    if duration is None:
-        duration = num_frames / fps
-    codec = stream.codec_context.name
-    width, height = stream.codec_context.width, stream.codec_context.height
-    return VideoInfo(width, height, num_frames, fps, duration, codec, is_estimated)
-
-
-def _wants_seek(num_frames: int, fps: float, sampling: FrameSampling) -> bool:
-    """True when the plan skips most frames, so seeking to keyframes can beat decoding them all."""
-    if num_frames < _MIN_FRAMES_FOR_SEEK:
-        return False
-    try:
-        plan = plan_frame_sampling(num_frames, fps, sampling)
-    except ValueError:
-        return False  # the exact plan made later reports the problem
-    num_decoded_sequentially = max(plan.indices) + 1
-    return num_decoded_sequentially >= _MIN_DECODED_PER_WANTED_FOR_SEEK * len(set(plan.indices))
-
-
-def _frame_seconds(frame: Any, stream: Any, fallback: float) -> float:
-    """Presentation time of ``frame`` in seconds from the stream start."""
-    if frame.pts is None or stream.time_base is None:
-        return fallback
-    start = stream.start_time or 0
-    return float((frame.pts - start) * stream.time_base)
-
-
-def _to_rgb(frame: Any, size: tuple[int, int] | None) -> np.ndarray:
-    """Convert an AVFrame to uint8 ``[H, W, 3]``, rescaling if the stream changed size mid-way."""
-    if size is None or (frame.height, frame.width) == tuple(size):
-        return frame.to_ndarray(format="rgb24")
-    return frame.to_ndarray(format="rgb24", height=size[0], width=size[1])
-
-
-def _decode_sequential(container: Any, stream: Any, sink: _FrameSink, fps: float) -> int | None:
-    """Decode from the start, converting only wanted frames; stop after the last wanted one.
-
-    Returns the number of frames in the stream if decoding reached its end, else None.
-    """
-    wanted = set(sink.slots)
-    last_wanted = max(wanted)
-    num_seen = 0
-    for index, frame in enumerate(container.decode(stream)):
-        num_seen = index + 1
-        if index in wanted:
-            sink.put(index, _to_rgb(frame, sink.frame_size), _frame_seconds(frame, stream, index / fps))
-        if index >= last_wanted:
-            return None
-    return num_seen
+        for frame in frames:
+            stats.num_decoded_frames += 1
+            yield frame
 
 
 def _advance_to(frames: Iterator[Any], target_pts: int) -> Any:
@@ -236,35 +95,147 @@ def _advance_to(frames: Iterator[Any], target_pts: int) -> Any:
     raise _SeekMiss(f"stream ended before pts {target_pts}")
 
 
-def _decode_with_seeks(
-    container: Any,
-    stream: Any,
-    index: _PacketIndex,
-    sink: _FrameSink,
-    advance_to: Callable[[Iterator[Any], int], Any] = _advance_to,
-) -> None:
-    """Decode wanted frames, seeking to the keyframe before one whenever that skips decoding.
-
-    Frame ``i`` is identified by its presentation timestamp ``index.pts[i]``, so seeking never
-    shifts indices; a frame that does not show up where expected raises :class:`_SeekMiss`.
-    ``advance_to`` pulls frames up to a target pts (:func:`_advance_to`; injectable so that
-    :mod:`spava.media.video` can route it through its own, patchable, name).
-    """
+def _seek(container: Any, stream: Any, keyframe_pts: int) -> None:
+    """Position the demuxer on the keyframe with ``keyframe_pts`` (the decoder is flushed)."""
     import av
 
-    frames = container.decode(stream)
-    position = index.pts[0]  # the decoder starts at the first frame
-    for source_index in sink.wanted:
-        target = index.pts[source_index]
-        key_position = bisect_right(index.keyframe_pts, target) - 1
-        keyframe = index.keyframe_pts[key_position] if key_position >= 0 else None
-        if keyframe is not None and keyframe > position:
-            try:
-                container.seek(keyframe, stream=stream, backward=True)
-            except av.FFmpegError as exc:
-                raise _SeekMiss(f"seek to pts {keyframe} failed: {exc}") from exc
-            frames = container.decode(stream)
-        frame = advance_to(frames, target)
-        seconds = _frame_seconds(frame, stream, (target - index.pts[0]) * float(stream.time_base))
-        sink.put(source_index, _to_rgb(frame, sink.frame_size), seconds)
-        position = target
+    try:
+        container.seek(keyframe_pts, stream=stream, backward=True)
+    except av.FFmpegError as exc:
+        raise _SeekMiss(f"seek to pts {keyframe_pts} failed: {describe_ffmpeg_error(exc)}") from exc
+
+
+class _Converter:
+    """RGB conversion with one reused scaler (a fresh one per frame costs ~10x the conversion)."""
+
+    def __init__(self, writer: _SlotWriter, stats: DecodeStats) -> None:
+        from av.video.reformatter import VideoReformatter
+
+        self.reformatter = VideoReformatter()
+        self.height, self.width = writer.stored_size
+        self.stats = stats
+
+    def __call__(self, frame: Any) -> Any:
+        if (frame.height, frame.width) == (self.height, self.width):
+            return self.reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        self.stats.resized_from.add((frame.width, frame.height))  # the stream changed size mid-way
+        rgb = self.reformatter.reformat(frame, format="rgb24", width=self.width, height=self.height, threads=1)
+        return rgb.to_ndarray()
+
+
+def _keyframe_at_or_before(index: PacketIndex, pts: int) -> int | None:
+    position = bisect_right(index.keyframe_pts, pts) - 1
+    return index.keyframe_pts[position] if position >= 0 else None
+
+
+def _decode_pass(
+    src: _EncodedSource,
+    index: PacketIndex,
+    targets: list[int],
+    writer: _SlotWriter,
+    *,
+    start_pts: int | None,
+    is_seeking: bool,
+    num_threads: int,
+    check_stop: Callable[[], None],
+    stats: DecodeStats,
+) -> None:
+    """Decode ``targets`` (frame indices), starting at keyframe ``start_pts`` (None: the stream start).
+
+    With ``is_seeking``, also seek ahead whenever a keyframe lies between two wanted frames.
+    Frames already written are skipped, so a pass may resume a failed one.
+    """
+    with open_video_stream(src, num_threads) as (container, stream):
+        convert = _Converter(writer, stats)
+        if start_pts is not None:
+            _seek(container, stream, start_pts)
+        frames = _decoded_frames(container, stream, stats, check_stop)
+        position = index.pts[0] if start_pts is None else start_pts
+        for source_index in targets:
+            if source_index in writer.filled:
+                continue
+            target = index.pts[source_index]
+            keyframe = _keyframe_at_or_before(index, target)
+            if is_seeking and keyframe is not None and keyframe > position:
+                _seek(container, stream, keyframe)
+                frames = _decoded_frames(container, stream, stats, check_stop)
+            frame = _advance_to(frames, target)
+            writer.put(source_index, convert(frame), index.seconds(target))
+            position = target
+
+
+def decode_segment(
+    src: _EncodedSource,
+    index: PacketIndex,
+    targets: list[int],
+    writer: _SlotWriter,
+    *,
+    num_threads: int,
+    check_stop: Callable[[], None],
+    stats: DecodeStats,
+) -> None:
+    """Decode the wanted frames ``targets`` (ascending indices) of one segment into ``writer``.
+
+    Tries seeking, then forward decoding from one keyframe earlier, then from the start.
+
+    Raises:
+        VideoDecodeError: A wanted frame does not decode even from the start of the stream.
+    """
+    first_keyframe = _keyframe_at_or_before(index, index.pts[targets[0]])
+    start = first_keyframe if first_keyframe is not None and first_keyframe > index.pts[0] else None
+    earlier = None if start is None else _keyframe_at_or_before(index, start - 1)
+    attempts = [(start, True)]
+    if earlier is not None and earlier > index.pts[0]:
+        attempts.append((earlier, False))
+    attempts.append((None, False))
+    for attempt, (start_pts, is_seeking) in enumerate(attempts):
+        try:
+            _decode_pass(
+                src, index, targets, writer, start_pts=start_pts, is_seeking=is_seeking,
+                num_threads=num_threads, check_stop=check_stop, stats=stats,
+            )
+            return
+        except _SeekMiss:
+            if attempt + 1 < len(attempts):
+                stats.num_seek_fallbacks += 1
+    missing = [i for i in targets if i not in writer.filled]
+    raise _missing_frames_error(src, index, missing, stats)
+
+
+def _missing_frames_error(src: _EncodedSource, index: PacketIndex, missing: list[int], stats: DecodeStats) -> Exception:
+    times = ", ".join(f"{index.seconds(index.pts[i]):.3f} s" for i in missing[:4])
+    cause = ""
+    if stats.num_bad_packets:
+        cause = f" ({stats.num_bad_packets} damaged packets; FFmpeg: {stats.last_packet_error})"
+    return VideoDecodeError(
+        f"{src.label}: {len(missing)} planned frames do not decode{cause}, first at {times}; the file is "
+        f"damaged, {_REENCODE_HINT}."
+    )
+
+
+def decode_by_order(
+    src: _EncodedSource,
+    writer: _SlotWriter,
+    fps: float,
+    *,
+    num_threads: int,
+    check_stop: Callable[[], None],
+    stats: DecodeStats,
+) -> None:
+    """Decode from the start counting frames (for streams whose packets carry no timestamps).
+
+    Frame ``k`` out of the decoder is source frame ``k``; stops after the last wanted one.
+    """
+    wanted = set(writer.wanted)
+    last_wanted = max(wanted)
+    with open_video_stream(src, num_threads) as (container, stream):
+        convert = _Converter(writer, stats)
+        for position, frame in enumerate(_decoded_frames(container, stream, stats, check_stop)):
+            if position in wanted:  # the stream's times are missing or unreliable: the nominal time
+                writer.put(position, convert(frame), position / fps)
+            if position >= last_wanted:
+                return
+    raise VideoDecodeError(
+        f"{src.label}: the stream ended after {len(writer.filled)} of the planned frames; the container "
+        f"declares more frames than decode, {_REENCODE_HINT}."
+    )

@@ -12,6 +12,10 @@ Inputs / outputs
 ----------------
 ``plan_frame_sampling(N, F, sampling)`` with ``N`` source frames at ``F`` frames per
 second returns ``SamplingPlan(indices, timestamps, effective_fps, second_per_grid)``.
+``plan_frame_sampling(N, F, sampling, frame_times=E)`` plans by presentation time instead
+(variable frame rate, rule 5): ``E`` holds the ``N + 1`` edges of the frames' display
+intervals in seconds. :func:`effective_max_pixels` gives the per-frame pixel cap that
+qwen-vl-utils derives from a total pixel budget (rule 6).
 
 The contract
 ------------
@@ -42,27 +46,63 @@ The contract
    frames than ``frame_multiple``, or ``num_frames`` above the clip's size): every
    clip frame once, then the **last frame repeated** up to ``count`` -- the same
    padding Qwen2.5-VL's processor applies, rather than failing.
-4. **Timing.** ``timestamps[k] = indices[k] / F`` seconds (nominal; decoders report
-   the frames' real presentation times). ``effective_fps = count / (n_clip / F)``,
-   the same sampled-fps formula Qwen2.5-VL uses, and ``second_per_grid =
+4. **Timing.** ``timestamps[k] = indices[k] / F`` seconds. ``effective_fps = count /
+   (n_clip / F)``, the same sampled-fps formula Qwen2.5-VL uses, and ``second_per_grid =
    frame_multiple / effective_fps`` -- seconds per temporal patch, which Qwen2.5-VL
    takes as ``second_per_grid_ts`` for its temporal position ids.
+5. **Presentation time (variable frame rate).** Rules 1-4 assume frame ``i`` starts at
+   ``i/F``. When the decoder finds that the real presentation times stray from that
+   (a variable-frame-rate stream, or a container whose rate is wrong), it passes the
+   real display intervals as ``frame_times`` (frame ``i`` is shown during
+   ``[frame_times[i], frame_times[i+1])``) and the plan is made in time instead:
 
-``min_pixels`` / ``max_pixels`` are not used here; they ride along for the image
-processor (spatial resizing). Plans are deterministic: same inputs, same plan.
+   * the clip holds the frames whose real display interval overlaps the window, and
+     its duration is the real time from the first one's start to the last one's end;
+   * the count follows rule 2 with that duration;
+   * if ``count <= n_clip``, ``count`` **target times** are spread evenly from the
+     middle of the first clip frame's display interval to the middle of the last
+     one's, and each slot takes the frame **displayed at its target time** (a target
+     exactly on a frame boundary takes the later frame). A frame shown for longer
+     than the target spacing (a freeze, a slide) is therefore picked more than once:
+     the plan then has repeated indices, which is what the viewer saw. Otherwise
+     rule 3's padding applies;
+   * ``timestamps`` are the real start times of the picked frames, ``effective_fps
+     = count / real clip duration`` and ``second_per_grid`` follows from it, so the
+     temporal position ids reflect the real spacing.
+
+   For a constant-rate stream (``frame_times[i] == i/F``) this gives the same plan as
+   rules 1-4 (the midpoint of frame ``j`` is ``(j + 0.5)/F``, so "displayed at the
+   target" is rule 3's round-half-up); decoders pass ``frame_times`` only when the
+   times stray, so constant-rate plans never depend on float ties.
+6. **Pixel budget.** ``min_pixels`` / ``max_pixels`` / ``total_pixels`` are not used for
+   planning; they ride along for the image processor (spatial resizing).
+   :func:`effective_max_pixels` turns them into the per-frame cap qwen-vl-utils would
+   use for a plan of ``count`` frames (see its docstring for the reference rule and
+   where spava's defaults differ).
+
+Plans are deterministic: same inputs, same plan.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Qwen2.5-VL's video defaults (qwen-vl-utils): 128 and 768 patches of 28x28 pixels.
+from spava.media.pixel_budget import effective_max_pixels  # noqa: F401 -- re-exported: rule 6 of this contract
+
+# Qwen2.5-VL's video defaults (qwen-vl-utils): 128 and 768 patches of 28x28 pixels per frame,
+# and a budget for all frames together of 90% of 128000 such patches (see effective_max_pixels).
 DEFAULT_MIN_PIXELS = 128 * 28 * 28
 DEFAULT_MAX_PIXELS = 768 * 28 * 28
+DEFAULT_TOTAL_PIXELS = int(128000 * 28 * 28 * 0.9)
 
 # Slack for float products such as 0.375 s * 8 fps = 2.9999999999999996 frames.
 _FRAME_EPS = 1e-6
+# The same slack for presentation times in seconds (rule 5): far below any frame duration,
+# far above float noise on times of hours.
+_TIME_EPS = 1e-7
 
 
 def _is_int(value: object) -> bool:
@@ -92,6 +132,8 @@ class FrameSampling:
         frame_multiple: The count is a multiple of this (Qwen's temporal patch, 2).
         min_pixels: Smallest frame area (H*W) the image processor may resize to.
         max_pixels: Largest frame area (H*W) the image processor may resize to.
+        total_pixels: Pixel budget of all frames together, which lowers the per-frame cap of
+            long plans (:func:`effective_max_pixels`); None: no total budget.
     """
 
     fps: float | None = 2.0
@@ -103,6 +145,7 @@ class FrameSampling:
     frame_multiple: int = 2
     min_pixels: int = DEFAULT_MIN_PIXELS
     max_pixels: int = DEFAULT_MAX_PIXELS
+    total_pixels: int | None = DEFAULT_TOTAL_PIXELS
 
     def __post_init__(self) -> None:
         self._check_mode()
@@ -188,6 +231,9 @@ class FrameSampling:
                 f"FrameSampling.min_pixels={self.min_pixels} is larger than max_pixels={self.max_pixels}; "
                 "lower min_pixels or raise max_pixels."
             )
+        if self.total_pixels is not None:
+            hint = f"qwen-vl-utils' default is {DEFAULT_TOTAL_PIXELS}, None for no budget."
+            _require_int("total_pixels", self.total_pixels, 1, hint)
 
 
 @dataclass(frozen=True)
@@ -196,8 +242,10 @@ class SamplingPlan:
 
     Attributes:
         indices: Source-frame indices, length T (the output frame count); non-decreasing,
-            with repeats only when the clip is shorter than T (last frame repeated).
-        timestamps: Nominal time of each planned frame in seconds (``index / source_fps``), length T.
+            with repeats only when the clip is shorter than T (last frame repeated) or, when
+            planned by presentation time, a frame is displayed across several target times.
+        timestamps: Start time of each planned frame in seconds, length T: ``index / source_fps``,
+            or the real presentation time when planned with ``frame_times`` (rule 5).
         effective_fps: Sampled frames per second of clip time, ``T / clip_duration``.
         second_per_grid: Seconds per temporal patch, ``frame_multiple / effective_fps``.
     """
@@ -253,19 +301,30 @@ def _uniform_indices(first: int, last: int, count: int) -> tuple[int, ...]:
     return tuple(first + math.floor(k * step + 0.5) for k in range(count))
 
 
-def plan_frame_sampling(num_source_frames: int, source_fps: float, sampling: FrameSampling) -> SamplingPlan:
+def plan_frame_sampling(
+    num_source_frames: int,
+    source_fps: float,
+    sampling: FrameSampling,
+    *,
+    frame_times: Sequence[float] | None = None,
+) -> SamplingPlan:
     """Plan which source frames to decode (see the module docstring for the rules).
 
     Args:
         num_source_frames: Frames in the video, N >= 1.
-        source_fps: Source frame rate F > 0 (frames per second).
+        source_fps: Source frame rate F > 0 (frames per second); with ``frame_times`` only
+            used in messages.
         sampling: What to sample.
+        frame_times: None (frame ``i`` starts at ``i / F``), or the ``N + 1`` edges of the
+            frames' display intervals in seconds, strictly increasing: frame ``i`` is shown
+            during ``[frame_times[i], frame_times[i + 1])``. Plans by presentation time (rule 5).
 
     Returns:
         A :class:`SamplingPlan` with T = ``plan.num_frames`` indices in ``[0, N)``.
 
     Raises:
-        ValueError: No frames, a non-positive frame rate, or a window starting past the end.
+        ValueError: No frames, a non-positive frame rate, bad ``frame_times``, or a window
+            starting past the end.
     """
     if not isinstance(sampling, FrameSampling):
         raise TypeError(f"sampling must be a FrameSampling, got {type(sampling).__name__}")
@@ -279,6 +338,8 @@ def plan_frame_sampling(num_source_frames: int, source_fps: float, sampling: Fra
             f"source_fps must be a positive, finite frame rate, got {source_fps!r}: the video's duration "
             "is zero or unknown; re-encode it with a constant frame rate (e.g. ffmpeg -r 30)."
         )
+    if frame_times is not None:
+        return _plan_by_time(_checked_edges(frame_times, num_source_frames), sampling)
     first, last = _clip_frame_range(num_source_frames, float(source_fps), sampling)
     num_clip_frames = last - first + 1
     clip_duration = num_clip_frames / source_fps
@@ -288,6 +349,57 @@ def plan_frame_sampling(num_source_frames: int, source_fps: float, sampling: Fra
     return SamplingPlan(
         indices=indices,
         timestamps=tuple(index / source_fps for index in indices),
+        effective_fps=effective_fps,
+        second_per_grid=sampling.frame_multiple / effective_fps,
+    )
+
+
+def _checked_edges(frame_times: Sequence[float], num_source_frames: int) -> tuple[float, ...]:
+    edges = tuple(float(t) for t in frame_times)
+    if len(edges) != num_source_frames + 1:
+        raise ValueError(
+            f"frame_times must hold the N + 1 = {num_source_frames + 1} edges of the frames' display intervals "
+            f"(start of each frame, then the end of the last one), got {len(edges)} values."
+        )
+    if not all(math.isfinite(t) for t in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError("frame_times must be finite and strictly increasing (seconds); sort them and drop duplicates.")
+    return edges
+
+
+def _time_clip_range(edges: tuple[float, ...], sampling: FrameSampling) -> tuple[int, int]:
+    """``(first, last)`` source indices (inclusive) of frames whose real display interval overlaps the window."""
+    num_frames = len(edges) - 1
+    start = 0.0 if sampling.start_time is None else float(sampling.start_time)
+    end = edges[-1] if sampling.end_time is None else min(float(sampling.end_time), edges[-1])
+    if start >= edges[-1] - _TIME_EPS:
+        raise ValueError(
+            f"FrameSampling.start_time={start!r} s is at or beyond the end of the video "
+            f"({edges[-1]:.3f} s, {num_frames} frames); use a smaller start_time, or None to start at the beginning."
+        )
+    first = min(max(bisect_right(edges, start + _TIME_EPS) - 1, 0), num_frames - 1)
+    last = min(max(bisect_left(edges, end - _TIME_EPS) - 1, first), num_frames - 1)
+    return first, last
+
+
+def _plan_by_time(edges: tuple[float, ...], sampling: FrameSampling) -> SamplingPlan:
+    """Rule 5: uniform target times over the clip, each taking the frame displayed then."""
+    first, last = _time_clip_range(edges, sampling)
+    num_clip_frames = last - first + 1
+    clip_duration = edges[last + 1] - edges[first]
+    count = _frame_count(num_clip_frames, clip_duration, sampling)
+    if count > num_clip_frames or count == 1:
+        indices = _uniform_indices(first, last, count)
+    else:
+        start_mid = (edges[first] + edges[first + 1]) / 2
+        step = ((edges[last] + edges[last + 1]) / 2 - start_mid) / (count - 1)
+        # The frame displayed at time t is the last one starting at or before t.
+        indices = tuple(
+            min(max(bisect_right(edges, start_mid + k * step + _TIME_EPS) - 1, first), last) for k in range(count)
+        )
+    effective_fps = count / clip_duration
+    return SamplingPlan(
+        indices=indices,
+        timestamps=tuple(edges[index] for index in indices),
         effective_fps=effective_fps,
         second_per_grid=sampling.frame_multiple / effective_fps,
     )
