@@ -70,13 +70,22 @@ class VideoConfig:
     max_frames: int = 768
     min_pixels: int = 128 * 28 * 28
     max_pixels: int = 768 * 28 * 28
+    # all frames' pixel budget, as qwen-vl-utils (null: none, frames keep max_pixels; see media/sampling.py)
+    total_pixels: Optional[int] = 90_316_800
     start_time: Optional[float] = None
     end_time: Optional[float] = None
-    num_workers: int = 1
+    # fail a truncated file when its decodable frames cover less than this share of its declared length
+    min_decoded_fraction: float = 0.9
+    num_workers: int = 1  # video worker processes (requests decoded at once)
+    num_decoders: int = 0  # parallel decoders per video (0: chosen from the cores and the plan)
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ValueError(f"video.num_workers must be >= 1, got {self.num_workers}")
+        if self.num_decoders < 0:
+            raise ValueError(f"video.num_decoders must be >= 0 (0 = auto), got {self.num_decoders}")
+        if not 0.0 <= self.min_decoded_fraction <= 1.0:
+            raise ValueError(f"video.min_decoded_fraction must lie in [0, 1], got {self.min_decoded_fraction}")
 
 
 @dataclass

@@ -91,6 +91,17 @@ def test_an_image_is_answered_as_an_image(pipeline, tmp_path):
         pipeline.submit(str(path), "Which?", image=str(path))
 
 
+def test_the_model_ranks_start_while_frames_still_decode(pipeline, fault_dir, video_path):
+    arm_fault(fault_dir, "video-slow-frames", "0.5")  # 4 sampled frames: about 2 s of decoding
+    result = pipeline.run(video_path, "What moves?", request_id="streamed")
+    timings = result.timings
+    assert timings["video_decode_s"] > 1.5
+    assert timings["frames_wait_s"] > 0.5  # the encoder was waiting on frames that were still decoding
+    # decoding and the model stage overlapped: the request took less than the two in a row
+    assert timings["total_s"] < timings["video_decode_s"] + timings["prefill_stage_s"] - 0.5
+    assert not _shm_files("streamed")
+
+
 def test_streaming_yields_each_token(pipeline, video_path):
     pieces = list(pipeline.stream(video_path, "Describe it.", max_new_tokens=5))
     assert len(pieces) == 5

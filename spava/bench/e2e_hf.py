@@ -48,7 +48,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _one_request(adapter, processor, config, video: str, args, device: str) -> dict:
+def _one_request(adapter, processor, config, plan, video: str, args, device: str) -> dict:
     from spava.comm.messages import TensorRef, VisualItem
     from spava.media.video import decode_video
     from spava.models.qwen2_5_vl.processing import QwenProcessorConfig, preprocess_video
@@ -56,7 +56,7 @@ def _one_request(adapter, processor, config, video: str, args, device: str) -> d
     start = time.perf_counter()
     decoded = decode_video(video, frame_sampling_of(config))
     decoded_at = time.perf_counter()
-    pixel_config = QwenProcessorConfig(min_pixels=config.video.min_pixels, max_pixels=config.video.max_pixels,
+    pixel_config = QwenProcessorConfig(min_pixels=config.video.min_pixels, max_pixels=plan.max_pixels,
                                        resize_backend="torch")
     pixels, grid = preprocess_video(torch.from_numpy(decoded.frames), pixel_config)
     item = VisualItem("video", TensorRef("", list(decoded.frames.shape), "uint8"), None, grid.tolist(), [0, 0],
@@ -98,8 +98,8 @@ def hf_file_to_answer(config, video: str, args) -> dict:
     try:
         warmup = args.warmup if args.hf_warmup is None else args.hf_warmup
         for _ in range(warmup):
-            _one_request(adapter, processor, config, video, args, device)
-        rows = [_one_request(adapter, processor, config, video, args, device) for _ in range(args.repeats)]
+            _one_request(adapter, processor, config, plan, video, args, device)
+        rows = [_one_request(adapter, processor, config, plan, video, args, device) for _ in range(args.repeats)]
     except torch.cuda.OutOfMemoryError:
         return {"skipped": "out of memory"}
     finally:

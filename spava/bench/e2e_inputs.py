@@ -20,6 +20,7 @@ class VideoPlan:
     width: int
     resized_hw: tuple[int, int]
     grid_thw: tuple[int, int, int]
+    max_pixels: int  # the per-frame cap after the pixel budget
     second_per_grid: float
     duration_s: float
 
@@ -35,13 +36,15 @@ def frame_sampling_of(config):
 
 def plan_video(config, path: str) -> VideoPlan:
     """Probe `path` and plan its frames and grid as the pipeline does."""
-    from spava.media.sampling import plan_frame_sampling
-    from spava.media.video import probe_video
+    from spava.media.sampling import effective_max_pixels
+    from spava.media.video import plan_video_sampling, probe_video
     from spava.models.family import get_family
 
+    sampling, spec = frame_sampling_of(config), get_family(config.model).vision_spec()
     info = probe_video(path)
-    plan = plan_frame_sampling(info.num_frames, info.fps, frame_sampling_of(config))
-    visual = get_family(config.model).vision_spec().plan(plan.num_frames, info.height, info.width,
-                                                         config.video.min_pixels, config.video.max_pixels)
+    plan = plan_video_sampling(info, sampling)
+    max_pixels = effective_max_pixels(plan.num_frames, sampling.min_pixels, sampling.max_pixels, sampling.total_pixels,
+                                      spec.temporal_patch_size)
+    visual = spec.plan(plan.num_frames, info.height, info.width, sampling.min_pixels, max_pixels)
     return VideoPlan(plan.num_frames, info.height, info.width, visual.resized_hw, visual.grid_thw,
-                     plan.second_per_grid, info.duration)
+                     int(max_pixels), plan.second_per_grid, info.duration)

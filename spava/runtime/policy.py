@@ -50,11 +50,12 @@ def _input_error(message, scheduler) -> str | None:
 def resolve_options(config, message) -> dict:
     """video.* settings updated by the request's video_options, plus the layout budget."""
     options = {f.name: getattr(config.video, f.name) for f in dataclasses.fields(config.video)}
-    unknown = set(message.video_options) - set(options) - {"backend", "num_workers"}
+    unknown = set(message.video_options) - set(options) - {"backend", "num_workers", "num_decoders"}
     if unknown:
         raise ValueError(f"unknown video option(s) {sorted(unknown)}; valid: {sorted(options)}")
     options.update(message.video_options)
     options.pop("num_workers", None)
+    options.pop("num_decoders", None)
     options["max_visual_tokens"] = config.layout.max_visual_tokens
     from spava.stages.video import frame_sampling
 

@@ -22,11 +22,12 @@ import time
 import numpy as np
 
 from spava.comm.messages import VideoPlanOutput, VideoTaskOutput, VideoTaskReq, VisualItem
-from spava.comm.transport import (FrameProgress, create_shared_frames, new_ref_path, read_shared,
+from spava.comm.transport import (PROGRESS_FAILED, FrameProgress, create_shared_frames, new_ref_path, read_shared,
                                   read_shared_bytes, unlink_shared)
 from spava.stages.base import BadInputError, Stage, StageContext
 
-SAMPLING_KEYS = ("fps", "num_frames", "min_frames", "max_frames", "start_time", "end_time", "min_pixels", "max_pixels")
+SAMPLING_KEYS = ("fps", "num_frames", "min_frames", "max_frames", "start_time", "end_time", "min_pixels", "max_pixels",
+                 "total_pixels")
 
 
 def frame_sampling(options: dict):
@@ -50,16 +51,18 @@ def check_budget(num_tokens: int, grid, what: str, max_visual_tokens: int) -> No
 class VideoDecoder(Stage):
     name = "video"
 
-    def __init__(self, context: StageContext, vision_spec, backend: str = "auto"):
+    def __init__(self, context: StageContext, vision_spec, backend: str = "auto", num_decoders: int = 0):
         self.context = context
         self.vision_spec = vision_spec
         self.backend = backend
+        self.num_decoders = num_decoders  # parallel decoders per video (0: from the cores and the plan)
 
     @classmethod
     def from_config(cls, config, context: StageContext) -> "VideoDecoder":
         from spava.models.family import get_family
 
-        return cls(context, get_family(config.model).vision_spec(), backend=config.video.backend)
+        return cls(context, get_family(config.model).vision_spec(), backend=config.video.backend,
+                   num_decoders=config.video.num_decoders)
 
     def _source(self, task: VideoTaskReq):
         if task.video_kind == "path":
@@ -82,17 +85,18 @@ class VideoDecoder(Stage):
     # ----- videos ------------------------------------------------------------------------------
 
     def _video(self, task: VideoTaskReq) -> VideoTaskOutput:
-        from spava.media.sampling import plan_frame_sampling
-        from spava.media.video import VideoDecodeError, probe_video
+        from spava.media.sampling import effective_max_pixels
+        from spava.media.video import VideoDecodeError, plan_video_sampling, probe_video
 
         start = time.perf_counter()
         sampling = frame_sampling(task.options)
         source = self._source(task)
         try:
             info = probe_video(source)
-            plan = plan_frame_sampling(info.num_frames, info.fps, sampling)
-            visual = self.vision_spec.plan(plan.num_frames, info.height, info.width, task.options["min_pixels"],
-                                           task.options["max_pixels"])
+            plan = plan_video_sampling(info, sampling)
+            max_pixels = effective_max_pixels(plan.num_frames, sampling.min_pixels, sampling.max_pixels,
+                                              sampling.total_pixels, self.vision_spec.temporal_patch_size)
+            visual = self.vision_spec.plan(plan.num_frames, info.height, info.width, sampling.min_pixels, max_pixels)
         except VideoDecodeError as error:
             raise BadInputError(str(error)) from None
         except ValueError as error:
@@ -112,7 +116,7 @@ class VideoDecoder(Stage):
         self.context.send(VideoPlanOutput(task.request_id, [item], time.perf_counter() - start))
         decode_start = time.perf_counter()
         try:
-            warnings = self._decode_into(source, sampling, plan, array, progress)
+            warnings = self._decode_into(source, info, plan, array, progress, task.options["min_decoded_fraction"])
             progress.finish(is_ok=True)
         except Exception:
             progress.finish(is_ok=False)
@@ -120,22 +124,30 @@ class VideoDecoder(Stage):
         finally:
             progress.close()
             del array
+        for warning in warnings:
+            self.context.logger.warning("request %s: %s", task.request_id, warning)
         return VideoTaskOutput(task.request_id, plan.num_frames, time.perf_counter() - decode_start, warnings)
 
-    def _decode_into(self, source, sampling, plan, array: np.ndarray, progress: FrameProgress) -> list[str]:
-        """Decode the planned frames into `array`, marking them in `progress`; returns warnings."""
-        from spava.media.video import VideoDecodeError, decode_video
+    def _decode_into(self, source, info, plan, array: np.ndarray, progress: FrameProgress,
+                     min_decoded_fraction: float) -> list[str]:
+        """Decode the planned frames into `array` with parallel decoders, marking each frame in
+        `progress` as it lands (the model ranks start on them); returns the decoder's warnings.
+
+        The decoders stop as soon as the stream is marked failed: the scheduler does that when the
+        request ends early (cancelled, timed out, failed elsewhere), so no socket is polled here.
+        """
+        from spava.media.video import DecodeCancelled, VideoDecodeError, decode_video_into
 
         try:
-            decoded = decode_video(source, sampling, backend=self.backend)
+            report = decode_video_into(source, plan, array, info=info, num_workers=self.num_decoders,
+                                       on_frames=progress.mark, backend=self.backend,
+                                       should_stop=lambda: progress.status() == PROGRESS_FAILED,
+                                       min_decoded_fraction=min_decoded_fraction)
+        except DecodeCancelled:
+            raise BadInputError("the request ended while its video was decoding") from None
         except VideoDecodeError as error:
             raise BadInputError(str(error)) from None
-        if decoded.frames.shape[0] != plan.num_frames:
-            raise BadInputError(f"only {decoded.frames.shape[0]} of the {plan.num_frames} planned frames could be "
-                                "decoded; the file may be truncated")
-        array[:] = decoded.frames
-        progress.mark(0, plan.num_frames)
-        return []
+        return list(report.warnings)
 
     # ----- images ------------------------------------------------------------------------------
 

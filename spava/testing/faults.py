@@ -6,6 +6,7 @@ is armed by creating a flag file in that directory; the first stage process that
 
   <stage>-crash          the worker process exits at once (os._exit) in the middle of a task
   <stage>-sleep          the task sleeps N seconds first (N = the file's content, default 5)
+  video-slow-frames      the next video's frames arrive N seconds apart (default 0.2): a slow decoder
   prefill-crash-rank<R>  prefill rank R exits mid-request
   encode-batch-fail      the vision-tower call of the next batch of several requests raises
                          (an encoder rank's `EncodeBatchReq`; one request alone is not affected)
@@ -53,10 +54,30 @@ def _apply(stage_name: str) -> None:
         time.sleep(float(seconds or 5))
 
 
+class _SlowProgress:
+    """A frames progress file whose frames are marked `delay_s` seconds apart (a slow decoder)."""
+
+    def __init__(self, progress, delay_s: float):
+        self.progress, self.delay_s = progress, delay_s
+
+    def mark(self, first: int, stop: int) -> None:
+        time.sleep(self.delay_s * (stop - first))
+        self.progress.mark(first, stop)
+
+    def __getattr__(self, name):
+        return getattr(self.progress, name)
+
+
 class FaultyVideo(VideoDecoder):
     def process(self, task):
         _apply("video")
         return super().process(task)
+
+    def _decode_into(self, source, info, plan, array, progress, min_decoded_fraction):
+        delay = take_fault("video-slow-frames")
+        if delay is not None:
+            progress = _SlowProgress(progress, float(delay or 0.2))
+        return super()._decode_into(source, info, plan, array, progress, min_decoded_fraction)
 
 
 class FaultyLayout(LayoutPlanner):
