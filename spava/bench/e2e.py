@@ -72,9 +72,13 @@ def load_bench_config(args):
     from spava.config import load_config
 
     overrides = list(args.overrides) + ["runtime.log_level=WARNING"]
-    if args.device == "cpu":
-        overrides += ["prefill.devices=[cpu,cpu]", "encode.devices=[cpu]", "model.dtype=float32"]
-    return load_config(args.config, overrides)
+    config = load_config(args.config, overrides)
+    if args.device == "cpu":  # the same ranks, on the CPU
+        cpus = lambda devices: "[" + ",".join("cpu" for _ in devices) + "]"  # noqa: E731
+        overrides += [f"prefill.devices={cpus(config.prefill.devices)}", f"encode.devices={cpus(config.encode.devices)}",
+                      "model.dtype=float32"]
+        config = load_config(args.config, overrides)
+    return config
 
 
 def _timed_request(pipeline, video: str, args) -> dict:
