@@ -128,8 +128,9 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_graph_decode_matches_eager_and_hf(dtype):
-    """On CUDA: the split-KV kernel (head_dim 64) and the graph-replayed steps give the eager steps'
-    tokens and, in float32, HF's greedy tokens."""
+    """On CUDA: the split-KV kernel (head_dim 64) and graph-replayed steps give the eager steps'
+    tokens; the prompt's last-token logits match HF's forward. (Greedy tokens are not compared with
+    HF's: random weights give nearly tied logits, which float32 rounding differences may reorder.)"""
     from transformers import LlamaConfig
 
     from spava.models.text_lm import TextLM
@@ -145,9 +146,8 @@ def test_cuda_graph_decode_matches_eager_and_hf(dtype):
     outputs = [ModelRunner(model, method, SPComm.single(), use_cuda_graph=use_graph).generate(inputs, params)
                for use_graph in (False, True)]
     assert outputs[0].token_ids == outputs[1].token_ids
-    if dtype == torch.float32:
-        with torch.inference_mode():
-            prompt_ids = ids.cuda()[None]
-            generated = model.hf.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=24,
-                                          min_new_tokens=24, do_sample=False, pad_token_id=0)
-        assert outputs[1].token_ids == generated[0, ids.numel():].tolist()
+    with torch.inference_mode():
+        reference = model.hf(ids.cuda()[None]).logits[0, -1].float()
+    scale = reference.abs().max().item()
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+    assert (outputs[1].first_token_logits - reference).abs().max().item() <= tolerance * scale

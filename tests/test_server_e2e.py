@@ -25,7 +25,7 @@ from spava.config import load_config  # noqa: E402
 from spava.media.synthetic import write_synthetic_video  # noqa: E402
 from spava.runtime.pipeline import Pipeline  # noqa: E402
 from spava.server.app import create_app  # noqa: E402
-from spava.server.options import ServerOptions, accepts_images  # noqa: E402
+from spava.server.options import ServerOptions  # noqa: E402
 from spava.testing.faults import FAULT_DIR_ENV, arm_fault  # noqa: E402
 
 MODEL = "qwen2_5_vl-tiny"
@@ -202,8 +202,6 @@ def test_disconnect_while_waiting_cancels_a_non_streamed_request(server, media_d
     assert not _wait_until_empty(shm_dir)
 
 
-@pytest.mark.xfail(not accepts_images(Pipeline), strict=True,
-                   reason="waits for Pipeline.submit(None, prompt, image=...)")
 def test_image_url_with_the_real_pipeline(server, shm_dir):
     from PIL import Image
 

@@ -16,7 +16,7 @@ from _server_helpers import ServerThread, StubPipeline, check_stream, parse_sse 
 from spava.server.app import create_app  # noqa: E402
 from spava.server.options import ServedModel, ServerOptions  # noqa: E402
 
-SERVED = ServedModel("stub-model", "spava", "You are a helpful assistant.", has_vision=True, accepts_images=True)
+SERVED = ServedModel("stub-model", "spava", "You are a helpful assistant.", has_vision=True)
 QUESTION = [{"role": "user", "content": "What happens?"}]
 
 

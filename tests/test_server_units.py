@@ -20,7 +20,7 @@ from spava.server.options import ServedModel, ServerOptions, model_id_from_confi
 from spava.server.protocol import ChatCompletionRequest  # noqa: E402
 from spava.server.translate import to_submission  # noqa: E402
 
-SERVED = ServedModel("m", "spava", "You are a helpful assistant.", has_vision=True, accepts_images=True)
+SERVED = ServedModel("m", "spava", "You are a helpful assistant.", has_vision=True)
 
 
 def _request(content="What happens?", **fields) -> ChatCompletionRequest:
@@ -102,12 +102,9 @@ def test_message_shapes_that_cannot_be_answered_are_refused():
                                             {"role": "user", "content": "c"}])
     assert _refusal(turns).param == "messages[1].role"
     assert _refusal(_request(model="other")).status == 404
-    text_only = ServedModel("t", "spava", "", has_vision=False, accepts_images=False)
+    text_only = ServedModel("t", "spava", "", has_vision=False)
     video = [{"type": "video_url", "video_url": {"url": "file:///a.mp4"}}, {"type": "text", "text": "?"}]
     assert "reads text only" in _refusal(_request(video), text_only).message
-    no_images = ServedModel("m", "spava", "", has_vision=True, accepts_images=False)
-    image = [{"type": "image_url", "image_url": {"url": "file:///a.png"}}, {"type": "text", "text": "?"}]
-    assert "does not take images" in _refusal(_request(image), no_images).message
 
 
 def test_every_failure_kind_has_its_status():
@@ -128,6 +125,7 @@ def test_model_id_comes_from_the_model_folder_else_family_and_size(tmp_path):
     assert model_id_from_config(load_config()) == "qwen2_5_vl-tiny"
     folder = tmp_path / "Qwen2.5-VL-7B-Instruct"
     folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "qwen2_5_vl", "vision_config": {}}')
     assert model_id_from_config(load_config(None, [f"model.path={folder}/"])) == "Qwen2.5-VL-7B-Instruct"
 
 

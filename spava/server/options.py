@@ -8,7 +8,6 @@ Both are plain data: no FastAPI here.
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from dataclasses import dataclass, field
@@ -55,7 +54,6 @@ class ServedModel:
     method: str  # prefill.attention.method; per-request methods are not supported
     system_prompt: str  # layout.system_prompt, the system turn of every prompt
     has_vision: bool  # False for text-only model families (video and images are refused)
-    accepts_images: bool  # whether pipeline.submit takes `image=`
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -66,25 +64,19 @@ def model_id_from_config(config) -> str:
         return os.path.basename(os.path.normpath(model.path))
     if model.gguf:
         return os.path.splitext(os.path.basename(model.gguf))[0]
-    return f"{model.family}-{model.size}"
+    from spava.models.family import family_name
 
-
-def accepts_images(pipeline) -> bool:
-    """Whether `pipeline.submit` names an `image` parameter (its `**sampling` would not take one)."""
-    try:
-        parameters = inspect.signature(pipeline.submit).parameters
-    except (TypeError, ValueError):
-        return False
-    return "image" in parameters
+    return f"{family_name(model)}-{model.size}"
 
 
 def describe_pipeline(pipeline, options: ServerOptions) -> ServedModel:
     """The `ServedModel` of a `Pipeline` (started here or connected to with the same config)."""
+    from spava.models.family import get_family
+
     config = pipeline.config
     return ServedModel(
         model_id=options.served_model_name or model_id_from_config(config),
         method=config.prefill.attention.method,
         system_prompt=config.layout.system_prompt,
-        has_vision=config.model.family != "text",
-        accepts_images=accepts_images(pipeline),
+        has_vision=get_family(config.model).has_vision,
     )

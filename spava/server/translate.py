@@ -171,9 +171,6 @@ def to_submission(request: ChatCompletionRequest, served: ServedModel) -> Submis
     if media is not None and not served.has_vision:
         raise bad_request(f"{media.param}: the model {served.model_id!r} reads text only; send no {media.kind}",
                           media.param, "unsupported_content")
-    if media is not None and media.kind == "image" and not served.accepts_images:
-        raise bad_request(f"{media.param}: this server's pipeline does not take images yet; send a video",
-                          media.param, "unsupported_content")
     return Submission(
         prompt=prompt, media=media, document=request.document, sampling=_sampling(request),
         video_options=_video_options(request), stream=request.stream,
