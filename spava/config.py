@@ -133,10 +133,23 @@ class PrefillConfig:
     devices: list[str] = field(default_factory=lambda: ["cpu", "cpu"])
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     mlp_chunk_size: int = 8192
+    # Below this many prompt tokens per rank an approximate method (spava, apb, star) runs
+    # `short_input_method` instead (exact); 0 = never (the CPU demo shows spava on short prompts).
+    # The multi-GPU configs set 4096, from the 4xH200 sweep in BENCHMARKS.md: at 360p (9,595 tokens)
+    # on 4 GPUs (2,400 per rank) spava was 16% slower than zigzag_ring; on 2 GPUs (4,800 per rank)
+    # and at 720p it was the fastest. The result's `method` names what ran.
+    min_tokens_per_rank: int = 0
+    short_input_method: str = "zigzag_ring"
 
     def __post_init__(self) -> None:
         if not self.devices:
             raise ValueError("prefill.devices must list at least one device")
+        if self.min_tokens_per_rank < 0:
+            raise ValueError(f"prefill.min_tokens_per_rank must be >= 0 (0 = off), got {self.min_tokens_per_rank}")
+        if self.min_tokens_per_rank:
+            from spava.attention.registry import ShortInputRule
+
+            ShortInputRule.from_config(self)  # the fallback must be a known, exact method
         _check_devices("prefill.devices", self.devices)
         if self.mlp_chunk_size < 1:
             raise ValueError(f"prefill.mlp_chunk_size must be >= 1, got {self.mlp_chunk_size}")

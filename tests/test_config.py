@@ -72,3 +72,18 @@ def test_messages_round_trip_and_reject_bad_input():
         decode_message(encode_message(CancelReq(5)))
     with pytest.raises(MessageError):
         encode_message(object())
+
+
+def test_short_input_rule_picks_the_exact_method_below_the_threshold():
+    from spava.attention.registry import ShortInputRule, get_method
+
+    config = load_config(None, ["prefill.min_tokens_per_rank=4096"])
+    rule = ShortInputRule.from_config(config.prefill)
+    spava, ring = get_method("spava"), get_method("ring")
+    assert rule.choose(spava, 4096 * 4 - 1, 4).name == "zigzag_ring"
+    assert rule.choose(spava, 4096 * 4, 4) is spava
+    assert rule.choose(spava, 100, 1) is spava  # one rank: nothing to save
+    assert rule.choose(ring, 100, 4) is ring  # exact methods stay
+    assert ShortInputRule.from_config(load_config().prefill) is None  # 0 = off, the default
+    with pytest.raises(ValueError, match="exact"):
+        load_config(None, ["prefill.min_tokens_per_rank=10", "prefill.short_input_method=apb"])

@@ -44,3 +44,16 @@ def test_pipeline_with_zigzag_ring_answers_like_single_process_full():
     # 6 frames at the assumed 2 fps -> second_per_grid = 1.0, as in the reference
     assert result.token_ids[:8] == _reference_tokens(config, frames, 8)
     assert result.method == "zigzag_ring" and result.world_size == 4
+
+
+def test_short_prompts_run_the_exact_method_and_say_so():
+    """With prefill.min_tokens_per_rank above the prompt's tokens per rank, spava gives way to exact
+    zigzag_ring on every rank (encoder routing included) and the result names it."""
+    overrides = [o for o in OVERRIDES if not o.startswith("prefill.attention.method")]
+    config = load_config("configs/demo_cpu.yaml", overrides + ["prefill.attention.method=spava",
+                                                                "prefill.min_tokens_per_rank=100000"])
+    frames = make_synthetic_frames(6, 80, 112, seed=3)
+    with Pipeline.from_config(config, is_quiet=True) as pipeline:
+        result = pipeline.run(frames, QUESTION, max_new_tokens=8)
+    assert result.method == "zigzag_ring"
+    assert result.token_ids[:8] == _reference_tokens(config, frames, 8)

@@ -30,6 +30,7 @@ class AttnContext:
     backend: AttentionBackend
     peer_plans: tuple[SequencePlan, ...]  # every rank's plan of the same request, by rank
     scale: float | None = None
+    method: "AttentionMethod | None" = None  # the method that made this context (runs every layer)
 
 
 class AttentionMethod(ABC):
@@ -67,4 +68,5 @@ class AttentionMethod(ABC):
             self.plan(plan.num_tokens, plan.num_query_tokens, plan.world_size, rank)
             for rank in range(plan.world_size)
         )
-        return AttnContext(plan=plan, comm=comm, backend=get_backend(self.config.backend, device), peer_plans=peers)
+        return AttnContext(plan=plan, comm=comm, backend=get_backend(self.config.backend, device), peer_plans=peers,
+                           method=self)

@@ -48,3 +48,31 @@ def get_method(config: AttentionConfig | str) -> AttentionMethod:
     if not (isinstance(cls, type) and issubclass(cls, AttentionMethod)):
         raise ValueError(f"{target} is not a subclass of spava.attention.base.AttentionMethod")
     return cls(replace(config))
+
+
+class ShortInputRule:
+    """Below `min_tokens_per_rank` prompt tokens per rank, an approximate method gives way to an
+    exact one (`method`): there its fixed per-layer work (selection gathers, small kernels) costs
+    more than the attention it saves, and exact attention is cheap. A pure function of the prompt
+    length and the world size, so every rank (prefill and encoder) chooses the same method.
+    """
+
+    def __init__(self, min_tokens_per_rank: int, method: AttentionMethod):
+        if not method.is_exact:
+            raise ValueError(f"prefill.short_input_method must be an exact method, got {method.name!r}")
+        self.min_tokens_per_rank = min_tokens_per_rank
+        self.method = method
+
+    def choose(self, method: AttentionMethod, num_tokens: int, world_size: int) -> AttentionMethod:
+        """`method`, or the exact one for a short prompt on several ranks."""
+        if method.is_exact or world_size == 1 or num_tokens >= self.min_tokens_per_rank * world_size:
+            return method
+        return self.method
+
+    @classmethod
+    def from_config(cls, prefill_config) -> "ShortInputRule | None":
+        """The rule of the `prefill` section (None when `min_tokens_per_rank` is 0)."""
+        if prefill_config.min_tokens_per_rank <= 0:
+            return None
+        exact = get_method(replace(prefill_config.attention, method=prefill_config.short_input_method))
+        return cls(prefill_config.min_tokens_per_rank, exact)

@@ -239,6 +239,7 @@ class ModelTaskOutput:
     timings: dict[str, float]
     is_decode_rank: bool
     text: str = ""  # detokenized answer on the decode rank
+    method: str = ""  # the attention method that ran (an exact one for short prompts, see ShortInputRule)
 
 
 @dataclass

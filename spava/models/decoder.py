@@ -96,7 +96,7 @@ class ShardedDecoder:
         num_layers = len(self.m.layers)
         for index, layer in enumerate(self.m.layers):
             q, k, v = self._qkv(layer, self.ops.norm(layer.input_layernorm, hidden), cos, sin)
-            out = self.method.forward(q, k, v, ctx, layer_idx=index)
+            out = (ctx.method or self.method).forward(q, k, v, ctx, layer_idx=index)
             hidden += layer.self_attn.o_proj(out.reshape(out.shape[0], -1))
             del q, out
             cache.add_layer(torch.cat([k[a:b] for a, b in owned]), torch.cat([v[a:b] for a, b in owned]))

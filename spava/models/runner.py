@@ -47,7 +47,7 @@ class ModelRunner:
     """Per-rank driver of one model adapter with one attention method."""
 
     def __init__(self, adapter, method: AttentionMethod, comm: SPComm, *, mlp_chunk_size: int = 8192,
-                 use_cuda_graph: bool = True, use_tensor_parallel: bool = True,
+                 use_cuda_graph: bool = True, use_tensor_parallel: bool = True, short_inputs=None,
                  progress: Callable[[int, int], None] | None = None,
                  vision_feed: Callable[["PromptInputs", AttnContext, torch.Tensor], None] | None = None,
                  encode_progress: Callable[[int, int], None] | None = None):
@@ -62,6 +62,13 @@ class ModelRunner:
         self.merge_size = adapter.vision_spec.merge_size if adapter.vision_spec is not None else 1
         self.use_cuda_graph = use_cuda_graph  # decode steps as CUDA graph replays (one rank, CUDA)
         self.use_tensor_parallel = use_tensor_parallel  # decode's MLP and LM head split over the ranks
+        self.short_inputs = short_inputs  # a ShortInputRule: an exact method for short prompts (or None)
+
+    def method_for(self, num_tokens: int) -> AttentionMethod:
+        """The method a prompt of `num_tokens` runs with (see `ShortInputRule`)."""
+        if self.short_inputs is None:
+            return self.method
+        return self.short_inputs.choose(self.method, num_tokens, self.comm.world_size)
 
     @property
     def device(self) -> torch.device:
@@ -94,8 +101,9 @@ class ModelRunner:
         `encode_s` (see `spava.models.vision_inputs`) and `prefill_s` (device time of the LLM layers).
         """
         timer = StageTimer(self.device)
-        plan = self.method.plan(inputs.num_tokens, inputs.num_query_tokens, self.comm.world_size, self.comm.rank)
-        ctx = self.method.context(plan, self.comm, self.device)
+        method = self.method_for(inputs.num_tokens)
+        plan = method.plan(inputs.num_tokens, inputs.num_query_tokens, self.comm.world_size, self.comm.rank)
+        ctx = method.context(plan, self.comm, self.device)
         try:
             hidden = self._embed_local(inputs, plan, ctx, timer)
         finally:

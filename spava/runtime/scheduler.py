@@ -326,7 +326,8 @@ class Scheduler:
         result = ResultOutput(
             request.request_id, decode.token_ids, decode.text, decode.finish_reason, timings,
             layout.num_visual_tokens, layout.input_ids.shape[0], request.num_frames,
-            self.config.prefill.attention.method, self.config.world_size, self.config_hash, list(request.warnings),
+            decode.method or self.config.prefill.attention.method, self.config.world_size, self.config_hash,
+            list(request.warnings),
         )
         self._forget(request)  # free shared memory before the client learns the request ended
         self._send(request.client, result)

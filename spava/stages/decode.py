@@ -121,4 +121,4 @@ class DecodeWorker(Stage):
         tokens = output.token_ids if is_decode_rank else []
         text = self.processor.decode(tokens, skip_special_tokens=True) if is_decode_rank else ""
         return ModelTaskOutput(task.request_id, context.worker_id, tokens, output.finish_reason, timings,
-                               is_decode_rank, text)
+                               is_decode_rank, text, result.state.ctx.method.name)

@@ -30,7 +30,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from spava.attention.registry import get_method
+from spava.attention.registry import ShortInputRule, get_method
 from spava.comm.collectives import Pending, send_async
 from spava.comm.messages import EncodeBatchReq, ModelTaskOutput, ModelTaskReq, TaskError
 from spava.models.inputs import read_prompt_inputs
@@ -57,15 +57,16 @@ class PlannedRequest:
 class VisionEncoder(Stage):
     name = "encode"
 
-    def __init__(self, context: StageContext, model_config, attention_config):
+    def __init__(self, context: StageContext, model_config, prefill_config):
         self.context = context
         self.model_config = model_config
-        self.method = get_method(attention_config)
+        self.method = get_method(prefill_config.attention)
+        self.short_inputs = ShortInputRule.from_config(prefill_config)  # as the prefill ranks choose
         self.adapter = None
 
     @classmethod
     def from_config(cls, config, context: StageContext) -> "VisionEncoder":
-        return cls(context, config.model, config.prefill.attention)
+        return cls(context, config.model, config.prefill)
 
     def setup(self) -> None:
         self.adapter = build_adapter(self.model_config, ("vision",), self.context.device)
@@ -126,7 +127,10 @@ class VisionEncoder(Stage):
             if not inputs.has_vision:
                 return PlannedRequest(task)
             merge = self.adapter.vision_spec.merge_size
-            units, assignment, table = route_for(self.method, inputs, self.context.placement, merge)
+            method, num_prefill = self.method, self.context.placement.num_prefill
+            if self.short_inputs is not None:
+                method = self.short_inputs.choose(method, inputs.num_tokens, num_prefill)
+            units, assignment, table = route_for(method, inputs, self.context.placement, merge)
         except Exception as error:  # noqa: BLE001 - the prefill ranks fail the same way, before any receive
             self.context.logger.error("planning %s failed:\n%s", task.request_id, traceback.format_exc())
             return PlannedRequest(task, error=self._error(task, error))

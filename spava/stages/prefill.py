@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spava.attention.registry import get_method
+from spava.attention.registry import ShortInputRule, get_method
 from spava.comm.collectives import Pending, SPComm, recv_async
 from spava.comm.messages import ModelTaskReq
 from spava.models.inputs import PromptInputs, read_prompt_inputs
@@ -54,6 +54,7 @@ class PrefillWorker(Stage):
         self.runner = ModelRunner(adapter, get_method(self.config.attention), SPComm(self.context.group),
                                   mlp_chunk_size=self.config.mlp_chunk_size, vision_feed=feed,
                                   use_cuda_graph=self.decode_config.cuda_graph,
+                                  short_inputs=ShortInputRule.from_config(self.config),
                                   use_tensor_parallel=self.decode_config.tensor_parallel,
                                   progress=self._progress_callback("prefill layers"),
                                   encode_progress=self._progress_callback("encode grids"))
@@ -69,7 +70,7 @@ class PrefillWorker(Stage):
     def _remote_vision_feed(self, inputs: PromptInputs, ctx, hidden: torch.Tensor, timer) -> None:
         """Receive this rank's visual feature rows from every encoder rank."""
         placement, adapter = self.context.placement, self.runner.adapter
-        _, _, table = route_for(self.runner.method, inputs, placement, self.runner.merge_size)
+        _, _, table = route_for(self.runner.method_for(inputs.num_tokens), inputs, placement, self.runner.merge_size)
         positions = table.recv_positions[ctx.plan.rank]
         buffers, pending = [], Pending()
         with timer.host_span("receive_s"):
