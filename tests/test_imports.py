@@ -18,3 +18,13 @@ def test_public_names_resolve_lazily():
 
     assert spava.Pipeline.__name__ == "Pipeline" and spava.RunResult.__name__ == "RunResult"
     assert callable(spava.load_config)
+
+
+def test_the_kernels_package_is_the_bottom_layer():
+    """spava_kernels owns its torch references and imports nothing from spava (spava imports it)."""
+    code = ("import sys, pkgutil, importlib, spava_kernels\n"
+            "for info in pkgutil.iter_modules(spava_kernels.__path__):\n"
+            "    importlib.import_module('spava_kernels.' + info.name)\n"
+            "print(','.join(sorted(m for m in sys.modules if m == 'spava' or m.startswith('spava.'))))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert output == ""

@@ -1,12 +1,20 @@
 """Torch references of the spava_kernels kernels: same signatures, same semantics, any device.
 
-They are built from spava's own functions (`spava.attention.merge`, `spava.attention.scoring`), so a
-kernel that matches its reference matches what spava computes without kernels. Two additions:
+These are the arithmetic spava runs where no kernel does (the CPU, float64 tests): `spava.attention`
+imports its LSE merge and its passing-token scoring from here, so a kernel that matches its
+reference matches spava without kernels. This package is the bottom layer: nothing here imports
+spava. Every function writes into caller-given buffers where the kernel does, so callers can swap.
 
-* `merge_two` defines empty pieces (lse = -inf, a piece that saw no key for a row): the merged row is
-  the other piece, output and lse, whatever the empty piece's output holds (even NaN); two empty
-  pieces give piece a. spava's own merge requires finite lse and would give NaN there.
-* every function writes into caller-given buffers where the kernel does, so callers can swap them.
+The one LSE-merge rule set. A partial result over a key set K_i is (o_i, l_i), l_i = log sum_{j in K_i}
+exp(s_j), o_i the softmax-weighted values. Over the union of two disjoint key sets, in the stable
+log-sigmoid form (no exp of large numbers):
+
+    o = o_a - sigmoid(l_b - l_a) * (o_a - o_b)
+    l = l_a - logsigmoid(l_a - l_b)
+
+An empty piece (lse = -inf: it saw no key for that row) leaves the other piece as it is, output and
+lse, whatever the empty piece's output holds (even NaN); two empty pieces give piece a. Accumulators
+are float32 (float64 for float64 inputs).
 """
 
 from __future__ import annotations
@@ -14,10 +22,46 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
-from spava.attention.merge import merge_partials_torch_ as merge_partials_, start_accumulator
-from spava.attention import scoring
-from spava.attention.scoring import pool_scores, query_aware_scores
+NEG_INF = float("-inf")
+
+
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64 (reference runs); everything else accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def start_accumulator(out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fresh accumulator (out, lse) copied from a partial, in the accumulator dtype."""
+    acc_dtype = accumulator_dtype(out.dtype)
+    return out.to(acc_dtype, copy=True), lse.to(acc_dtype, copy=True)
+
+
+def merge_partials_(out: torch.Tensor, lse: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor) -> None:
+    """Fold partial (out_b `[S, H, D]`, lse_b `[S, H]`) into the accumulator (out, lse), in place,
+    with the rule of the module docstring (empty pieces included)."""
+    out_a, lse_a = out.clone(), lse.clone()
+    lse_b = lse_b.to(lse.dtype)
+    weight_b = torch.sigmoid(lse_b - lse).unsqueeze(-1)
+    out.sub_(weight_b * (out - out_b.to(out.dtype)))
+    lse.sub_(F.logsigmoid(lse - lse_b))
+    _apply_empty_rule(out, lse, out_a, lse_a, out_b, lse_b)
+
+
+def query_aware_scores(q_query: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Summary-query dot products: q `[Lq, Hq, D]`, k `[S, Hkv, D]` -> `[S, Hkv]` float32 (the query
+    block's queries averaged over its tokens and each GQA group, dotted with every key)."""
+    return torch.einsum("shd,hd->sh", k.float(), summary_query(q_query, k.shape[1]))
+
+
+def pool_scores(scores: torch.Tensor, window: int) -> torch.Tensor:
+    """Max-pool `[S, Hkv]` along S (stride 1, same length for odd windows). Call it per chunk so it
+    never bleeds across chunks; window <= 1 and empty chunks are left as they are."""
+    if window <= 1 or scores.shape[0] == 0:
+        return scores
+    pooled = F.max_pool1d(scores.t().unsqueeze(0), window, stride=1, padding=window // 2)
+    return pooled[0].t()
 
 
 def merge_two(
@@ -43,7 +87,6 @@ def merge_two(
     """
     acc_out, acc_lse = start_accumulator(out_a, lse_a)  # copies, so out/lse_out may alias a
     merge_partials_(acc_out, acc_lse, out_b, lse_b)
-    _apply_empty_rule(acc_out, acc_lse, out_a, lse_a, out_b, lse_b)
     if out is None:
         out = acc_out.to(out_a.dtype)
     else:
@@ -57,8 +100,8 @@ def merge_two(
 
 def _apply_empty_rule(acc_out, acc_lse, out_a, lse_a, out_b, lse_b) -> None:
     """Rows where a piece is empty (lse -inf) take the other piece (piece a when both are)."""
-    a_empty = lse_a == float("-inf")
-    b_empty = lse_b == float("-inf")
+    a_empty = lse_a == NEG_INF
+    b_empty = lse_b == NEG_INF
     if not bool((a_empty | b_empty).any()):
         return
     take_a = b_empty
@@ -147,8 +190,13 @@ def _gather_rows(src: torch.Tensor, expanded: torch.Tensor, dst: torch.Tensor) -
 def select_into(
     scores: torch.Tensor, num_select: int, k: torch.Tensor, v: torch.Tensor, out_k: torch.Tensor, out_v: torch.Tensor
 ) -> None:
-    """spava's `select_into` itself: top-`num_select` rows per KV head of `scores` `[S, Hkv]`, packed."""
-    scoring.select_into(scores, num_select, k, v, out_k, out_v)
+    """Top-`num_select` tokens per KV head of one chunk, written into out_k/out_v rows [:num_select].
+
+    Args:
+        scores: `[B, Hkv]` pooled scores of the chunk; k, v: `[B, Hkv, D]` the chunk's keys/values.
+        out_k, out_v: `[slot_len, Hkv, D]` send buffers (slot_len >= num_select).
+    """
+    pack_selected(k, v, select_topk(scores, num_select), out_k, out_v)
 
 
 def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

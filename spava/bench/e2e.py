@@ -75,8 +75,8 @@ def load_bench_config(args):
     config = load_config(args.config, overrides)
     if args.device == "cpu":  # the same ranks, on the CPU
         cpus = lambda devices: "[" + ",".join("cpu" for _ in devices) + "]"  # noqa: E731
-        overrides += [f"prefill.devices={cpus(config.prefill.devices)}", f"encode.devices={cpus(config.encode.devices)}",
-                      "model.dtype=float32"]
+        overrides += [f"prefill.devices={cpus(config.prefill.devices)}",
+                      f"encode.devices={cpus(config.encode.devices)}", "model.dtype=float32"]
         config = load_config(args.config, overrides)
     return config
 
@@ -124,8 +124,8 @@ def run_pipeline(config, args) -> dict:
             rows = []
             for index in range(args.repeats):
                 rows.append(_timed_request(pipeline, video, args))
-                print(f"  {os.path.basename(video)}: repeat {index + 1}/{args.repeats}: ttft {rows[-1]['ttft_s']:.3f} s, "
-                      f"total {rows[-1]['total_s']:.3f} s", file=sys.stderr, flush=True)
+                print(f"  {os.path.basename(video)}: repeat {index + 1}/{args.repeats}: ttft "
+                      f"{rows[-1]['ttft_s']:.3f} s, total {rows[-1]['total_s']:.3f} s", file=sys.stderr, flush=True)
             results[video] = _median_row(rows)
     return results
 

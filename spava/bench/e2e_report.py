@@ -16,8 +16,8 @@ def _ratio(numerator, denominator) -> str:
 
 def format_table(results: dict) -> str:
     config = results["config"]
-    lines = [f"device: {config['device']} ({config['cpu_count']} CPU cores) | model {config['model']} {config['dtype']} | "
-             f"{config['method']} on {len(config['prefill_devices'])} prefill rank(s) | "
+    lines = [f"device: {config['device']} ({config['cpu_count']} CPU cores) | model {config['model']} "
+             f"{config['dtype']} | {config['method']} on {len(config['prefill_devices'])} prefill rank(s) | "
              f"{config['max_new_tokens']} new tokens | median of {config['repeats']} (+{config['warmup']} warm-up) | "
              f"{config['date']}"]
     for video, entry in results["videos"].items():

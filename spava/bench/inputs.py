@@ -62,7 +62,8 @@ class GridCase:
         return self.name
 
 
-def make_inputs(case: VideoCase | GridCase, token_ids, *, seed: int = 0, device="cpu", pixel_dtype=torch.float32) -> PromptInputs:
+def make_inputs(case: VideoCase | GridCase, token_ids, *, seed: int = 0, device="cpu",
+                pixel_dtype=torch.float32) -> PromptInputs:
     """PromptInputs of one synthetic request; pixel rows are created directly on `device`."""
     generator = torch.Generator().manual_seed(seed)
     grid = case.grid_thw()

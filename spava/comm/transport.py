@@ -189,7 +189,9 @@ def create_shared_frames(directory: str, request_id: str, num_frames: int, heigh
     shape = (num_frames, height, width, 3)
     with open(path, "wb") as handle:
         handle.truncate(num_frames * height * width * 3)
-    array = np.memmap(path, dtype=np.uint8, mode="r+", shape=shape) if num_frames * height * width else np.empty(shape, np.uint8)
+    if num_frames * height * width == 0:
+        return TensorRef(path=path, shape=list(shape), dtype="uint8", node=node_name()), np.empty(shape, np.uint8)
+    array = np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
     return TensorRef(path=path, shape=list(shape), dtype="uint8", node=node_name()), array
 
 

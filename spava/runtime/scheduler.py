@@ -7,8 +7,8 @@ model ranks, which take one request at a time, in `seq` order; disaggregated enc
 a batch of them, see `model_groups`). A video worker announces the planned frames
 (`VideoPlanOutput`) before it decodes them, so the layout and the model ranks start while frames
 stream in (on one host; model ranks on other nodes wait for the whole video). Different requests
-overlap: while the model ranks run request i, layout runs i+1 and video decoding i+2. The number of admitted but not yet running requests whose
-frames/pixels are held in memory is bounded (`runtime.max_prepared_requests`, at least
+overlap: while the model ranks run request i, layout runs i+1 and video decoding i+2. The number of
+admitted but not yet running requests whose frames are held in memory is bounded (`runtime.max_prepared_requests`, at least
 `encode.max_batch_requests` when disaggregated): that is the back-pressure.
 
 Failures stay per request: bad input, a timeout, a cancellation or a dead worker fail that request

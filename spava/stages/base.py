@@ -36,6 +36,20 @@ class StageContext:
     is_quiet: bool = False  # no progress bars
 
 
+@dataclass
+class PrefillResult:
+    """What the prefill stage hands the decode stage of the same model-rank process.
+
+    task: the `ModelTaskReq`; inputs: its `PromptInputs`; state: the runner's `PrefillState` (KV
+    cache, plan, last-token logits, timings); seconds: the prefill stage's wall time.
+    """
+
+    task: Any
+    inputs: Any
+    state: Any
+    seconds: float
+
+
 class Stage(ABC):
     """Base class of all stages."""
 

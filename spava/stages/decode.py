@@ -8,14 +8,13 @@ all prefill ranks step together. Returns the `ModelTaskOutput` of the request.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import torch
 
 from spava.comm.messages import ModelTaskOutput, TokenOutput
 from spava.models.generation import SamplingParams
-from spava.stages.base import BadInputError, Stage, StageContext
-from spava.stages.prefill import PrefillResult
+from spava.progress import ProgressBar
+from spava.stages.base import BadInputError, PrefillResult, Stage, StageContext
 
 
 def sampling_params(defaults, overrides: dict) -> SamplingParams:
@@ -33,17 +32,6 @@ def sampling_params(defaults, overrides: dict) -> SamplingParams:
         return SamplingParams(**values)
     except (TypeError, ValueError) as error:
         raise BadInputError(f"sampling: {error}") from None
-
-
-def _progress_bar(total: int, is_quiet: bool, min_total: int = 64):
-    """A tqdm bar on stderr for long generations (None when quiet or short)."""
-    if is_quiet or total < min_total:
-        return None
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="decode tokens", file=sys.stderr, leave=False)
 
 
 class TextStream:
@@ -99,14 +87,17 @@ class DecodeWorker(Stage):
         params = sampling_params(self.defaults, task.sampling)
         is_decode_rank = result.state.plan.rank == result.state.plan.decode_rank
 
-        bar = _progress_bar(params.max_new_tokens, context.is_quiet or not is_decode_rank)
+        bar = None if context.is_quiet or not is_decode_rank else ProgressBar("decode tokens", min_total=64)
+        num_streamed = 0
 
         text_stream = TextStream(self.processor.decode)
 
         def on_token(token_ids: list[int]) -> None:
+            nonlocal num_streamed
             context.send(TokenOutput(task.request_id, token_ids, text_stream.push(token_ids)))
+            num_streamed += len(token_ids)
             if bar is not None:
-                bar.update(len(token_ids))
+                bar(num_streamed, params.max_new_tokens)
 
         output = self.runner.decode_loop(
             result.inputs, result.state, params, decode_text=self.processor.decode,

@@ -74,9 +74,9 @@ class VisionEncoder(Stage):
     def _progress(self):
         if self.context.is_quiet or self.context.rank != 0:
             return None
-        from spava.runtime.progress import LayerProgress
+        from spava.progress import ProgressBar
 
-        return LayerProgress("encode grids")
+        return ProgressBar("encode grids")
 
     def process(self, task: ModelTaskReq) -> ModelTaskOutput | TaskError:
         """One request: its `ModelTaskOutput`, or its `TaskError`."""

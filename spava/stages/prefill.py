@@ -9,7 +9,6 @@ decode rank) stays in this process for the `decode` stage.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -18,17 +17,9 @@ from spava.comm.collectives import Pending, SPComm, recv_async
 from spava.comm.messages import ModelTaskReq
 from spava.models.inputs import PromptInputs, read_prompt_inputs
 from spava.models.loading import build_adapter
-from spava.models.runner import ModelRunner, PrefillState
+from spava.models.runner import ModelRunner
 from spava.models.vision_parallel import route_for, transfer_tag
-from spava.stages.base import Stage, StageContext
-
-
-@dataclass
-class PrefillResult:
-    task: ModelTaskReq
-    inputs: PromptInputs
-    state: PrefillState
-    seconds: float
+from spava.stages.base import PrefillResult, Stage, StageContext
 
 
 class PrefillWorker(Stage):
@@ -63,9 +54,9 @@ class PrefillWorker(Stage):
         """A progress bar on the first prefill rank only (one bar per request, not W)."""
         if self.context.is_quiet or self.context.rank != self.context.placement.num_encoders:
             return None
-        from spava.runtime.progress import LayerProgress
+        from spava.progress import ProgressBar
 
-        return LayerProgress(description)
+        return ProgressBar(description)
 
     def _remote_vision_feed(self, inputs: PromptInputs, ctx, hidden: torch.Tensor, timer) -> None:
         """Receive this rank's visual feature rows from every encoder rank."""

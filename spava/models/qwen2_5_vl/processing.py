@@ -52,7 +52,6 @@ float32, which gives different results again; this module always works on CPU.)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 

@@ -1,12 +1,13 @@
-"""Progress bars for long requests (tqdm on stderr), created lazily so short requests stay quiet."""
+"""The one progress bar of spava: tqdm on stderr, created lazily so short work stays quiet."""
 
 from __future__ import annotations
 
 import sys
 
 
-class LayerProgress:
-    """`callback(done, total)` after each step; a bar appears when there are at least `min_total` steps."""
+class ProgressBar:
+    """`bar(done, total)` after each step; a bar appears when there are at least `min_total` steps and
+    closes when `done` reaches `total` (or on `close()`)."""
 
     def __init__(self, description: str, min_total: int = 8):
         self.description = description
@@ -22,5 +23,10 @@ class LayerProgress:
             self._bar = tqdm(total=total, desc=self.description, file=sys.stderr, leave=False)
         self._bar.update(done - self._bar.n)
         if done >= total:
+            self._bar.close()
+            self._bar = None
+
+    def close(self) -> None:
+        if self._bar is not None:
             self._bar.close()
             self._bar = None
