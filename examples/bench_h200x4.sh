@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The recorded GPU run of BENCHMARKS.md (nvidia-h200-x4), into $OUT: GPU tests (attention backends,
-# every method over NCCL, the Triton kernels), the kernel micro-benchmark, then the side-by-side TTFT
-# benchmark of Qwen2.5-VL-7B: 360p / 720p / 1440p at 64 frames on W = 2 and 4 (all methods), and
-# 1440p at 256 frames (spava).
+# The 4x H200 sweep of docs/benchmarks.md, into $OUT (default bench_out): GPU tests (attention
+# backends, every method over NCCL, the Triton kernels), the kernel micro-benchmark, then the
+# side-by-side TTFT benchmark of Qwen2.5-VL-7B: 360p / 720p / 1440p at 64 frames on W = 2 and 4 (all
+# methods), and 1440p at 256 frames (spava). Recorded as benchmarks/h200_attention_kernels_<date>.json
+# ($OUT/kernels.json), benchmarks/h200x4_7b_64f_w2w4_<date>.json ($OUT/b64/results.json) and
+# benchmarks/h200x4_7b_1440p256f_spava_<date>.json ($OUT/b256/results.json).
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/kernels${PYTHONPATH:+:$PYTHONPATH}"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The headline point of BENCHMARKS.md on nvidia-h200-x4, into $OUT: every method side by side
-# (HF transformers included) for Qwen2.5-VL-7B at 1440p / 64 frames on 4 GPUs, then the 3B model.
+# The headline point of docs/benchmarks.md on 4x H200, into $OUT (default bench_out): every method
+# side by side (HF transformers included) for Qwen2.5-VL-7B at 1440p / 64 frames on 4 GPUs, then the
+# 3B model. Recorded as benchmarks/h200x4_7b_1440p64f_<date>.json ($OUT/b7/results.json) and
+# benchmarks/h200x4_3b_1440p64f_<date>.json ($OUT/b3/results.json).
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/kernels${PYTHONPATH:+:$PYTHONPATH}"

@@ -135,7 +135,7 @@ class PrefillConfig:
     mlp_chunk_size: int = 8192
     # Below this many prompt tokens per rank an approximate method (spava, apb, star) runs
     # `short_input_method` instead (exact); 0 = never (the CPU demo shows spava on short prompts).
-    # The multi-GPU configs set 4096, from the 4xH200 sweep in BENCHMARKS.md: at 360p (9,595 tokens)
+    # The multi-GPU configs set 4096, from the 4xH200 sweep in docs/benchmarks.md: at 360p (9,595 tokens)
     # on 4 GPUs (2,400 per rank) spava was 16% slower than zigzag_ring; on 2 GPUs (4,800 per rank)
     # and at 720p it was the fastest. The result's `method` names what ran.
     min_tokens_per_rank: int = 0

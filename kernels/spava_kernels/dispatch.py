@@ -24,7 +24,7 @@ from spava_kernels.decode_attention import DecodeAttention, DecodeWorkspace, dec
 
 IMPLS = ("auto", "triton", "torch")
 # Whether flash_attention(config=None) takes the Gluon sm_90 kernel on H100 / H200 (else the Triton kernel):
-# 504 vs 419 TFLOP/s on an H200 at the 7B ViT's shapes (VISION_NOTES.md, session 16).
+# 504 vs 419 TFLOP/s on an H200 at the 7B ViT's shapes (docs/benchmarks.md, "Kernels").
 SM90_FLASH_IS_DEFAULT = True
 # Whether swiglu_gemm(config=None) takes the Gluon sm_90 GEMM (else the Triton one): 649 vs 582 TFLOP/s there.
 SM90_SWIGLU_IS_DEFAULT = True

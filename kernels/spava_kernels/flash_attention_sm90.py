@@ -21,7 +21,7 @@ reads the next sequence's rows or TMA's zero fill) get a score of -inf.
 
 The default on sm_90 (`dispatch.SM90_FLASH_IS_DEFAULT`). On an H200, 16 sequences x 18,564 tokens, H 16, D 80
 (the 7B ViT's full-attention blocks at 1440p): 504 TFLOP/s with `DEFAULT_CONFIG`, against 419 for the Triton kernel
-and 374 for cuDNN (VISION_NOTES.md, session 16). Import cost: Triton's Gluon; `spava_kernels.dispatch` imports it
+and 374 for cuDNN (docs/benchmarks.md, "Kernels"). Import cost: Triton's Gluon; `spava_kernels.dispatch` imports it
 only on CUDA sm_90. `python -m spava_kernels.flash_attention_sm90` times its configs against the Triton kernel and
 cuDNN.
 """

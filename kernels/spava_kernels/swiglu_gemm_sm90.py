@@ -11,7 +11,7 @@ clipped by TMA).
 
 The default on sm_90 (`dispatch.SM90_SWIGLU_IS_DEFAULT`). On an H200, 297,024 x 1280 rows into 2 x 3456 columns:
 8.10 ms, 649 TFLOP/s, against 9.03 ms for the Triton kernel, 9.34 ms for cuBLAS + a compiled SwiGLU and 7.97 ms
-for the cuBLAS GEMM alone (VISION_NOTES.md, session 16).
+for the cuBLAS GEMM alone (docs/benchmarks.md, "Kernels").
 `python -m spava_kernels.swiglu_gemm_sm90` times configs against the Triton kernel and cuBLAS + SwiGLU.
 """
 

@@ -24,7 +24,7 @@ def launch_query_rows(q, k, v, ctx: AttnContext) -> DistributedPartial | None:
     """Start the exact attention of the query rows (None when the prompt has no query block).
 
     Only the decode rank holds the query keys, and only there are they masked causally: the other
-    ranks' keys all precede the query, so they attend non-causally (the reference's bug §11.1 used a
+    ranks' keys all precede the query, so they attend non-causally (the reference code used a
     causal mask on every rank, hiding trailing chunk keys from early query rows).
     """
     plan = ctx.plan

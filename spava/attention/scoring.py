@@ -3,7 +3,7 @@
 Scorers map (q_query `[Lq, Hq, D]`, k `[S, Hkv, D]`) -> scores `[S, Hkv]` float32:
   query_aware  Spava's training-free score: the query rows' queries averaged over each GQA group
                and over the query tokens (one summary query per KV head), dotted with every key in
-               float32. Equal to averaging the per-token dot products (spec §4.2), as one GEMV.
+               float32. Equal to averaging the per-token dot products (the reference recipe), as one GEMV.
   key_norm     query-agnostic: the L2 norm of each key (a cheap ablation / APB stand-in).
 Users may pass "pkg.module:function" with the same signature.
 """

@@ -13,7 +13,7 @@ what the user waits for and where it goes:
   frames_wait_s, transfer_s, preprocess_s, encode_s
                                      the model ranks: waiting for decoded frames, reading them to the
                                      device, resize/patchify/normalise there, the vision tower
-  prefill_s                          the LLM layers over the prompt (device time, slowest rank)
+  prefill_s                          the LLM layers over the prompt (GPU time, slowest rank)
   num_frames, num_prompt_tokens, peak_gpu_gb
 
 Stages overlap (the vision tower starts while frames still decode), so they do not add up to ttft_s.

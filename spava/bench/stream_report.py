@@ -1,5 +1,5 @@
 """`spava bench-stream` bookkeeping: the run's header (environment, shared memory), speed-ups vs
-sequential, the issue's target, the table and the JSON file."""
+sequential, the disaggregation target, the table and the JSON file."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import time
 
-TARGET_SPEEDUP = 1.3  # issue 6: best disaggregated layout vs serving the stream one request at a time
+TARGET_SPEEDUP = 1.3  # best disaggregated layout vs serving the stream one request at a time
 
 
 def _sequential(runs: list[dict]) -> dict | None:
@@ -28,7 +28,7 @@ def add_speedups(runs: list[dict]) -> None:
 
 
 def target_summary(runs: list[dict]) -> dict | None:
-    """The issue's target: best disaggregated stream >= 1.3x the sequential requests/s."""
+    """The disaggregation target: best disaggregated stream >= 1.3x the sequential requests/s."""
     base = _sequential(runs)
     disagg = [r for r in runs if r["num_encoders"] and r["mode"] == "stream" and r["num_ok"] == r.get("num_requests")]
     if base is None or not disagg:

@@ -98,7 +98,7 @@ class ModelRunner:
         """Vision (colocated or received) + every decoder layer over this rank's tokens.
 
         The state's timings hold this rank's `frames_wait_s`, `transfer_s`, `preprocess_s`,
-        `encode_s` (see `spava.models.vision_inputs`) and `prefill_s` (device time of the LLM layers).
+        `encode_s` (see `spava.models.vision_inputs`) and `prefill_s` (GPU time of the LLM layers).
         """
         timer = StageTimer(self.device)
         method = self.method_for(inputs.num_tokens)

@@ -1,7 +1,7 @@
 """Seconds per named stage of one request on one rank, without stalling the device while it runs.
 
 On CUDA a span records two events on the current stream and is read once, at the end
-(`totals()` synchronises once): device time of the work queued inside the span. `host_span` times
+(`totals()` synchronises once): the GPU time of the work queued inside the span. `host_span` times
 host work (reading files, waiting for frames) with the wall clock. On the CPU both are wall time.
 """
 
@@ -25,7 +25,7 @@ class StageTimer:
 
     @contextmanager
     def span(self, name: str) -> Iterator[None]:
-        """Device time of the work queued inside (wall time on the CPU)."""
+        """GPU time of the work queued inside (wall time on the CPU)."""
         if not self.is_cuda:
             with self.host_span(name):
                 yield

@@ -93,7 +93,7 @@ class VisionEncoder(Stage):
 
         Yields one answer per task: the `TaskError`s first, then each `ModelTaskOutput` as soon as
         that request's sends completed (timings: the batch's `frames_wait_s`, `transfer_s`,
-        `preprocess_s`, `encode_s` (tower device time), `encode_stage_s` (wall time from the batch's
+        `preprocess_s`, `encode_s` (tower GPU time), `encode_stage_s` (wall time from the batch's
         start), `encode_batch_size`).
         """
         start = time.perf_counter()
