@@ -11,12 +11,15 @@ demo's pixel bounds (video.min_pixels / max_pixels defaults):
 * uint8 frames: what runs now: the frames written once to shared memory as uint8, read by the model
   rank, resized with torch's uint8 bicubic-antialias kernel, patchified and normalised there.
 
-Prints the median of `--repeats` runs (after one warm-up) of each, with torch's thread count.
+Prints the median of `--repeats` runs (after one warm-up) of each: wall seconds, and CPU seconds of
+this process (all its threads; steadier than wall time on a busy machine), with torch's thread count
+and the load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -24,14 +27,16 @@ import time
 import torch
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def _median_seconds(fn, repeats: int) -> tuple[float, float]:
+    """(median wall seconds, median CPU seconds of this process) over `repeats` runs after a warm-up."""
     fn()
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def main() -> None:
@@ -71,10 +76,11 @@ def main() -> None:
 
     print(f"{frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]} -> {plan.resized_hw[1]}x"
           f"{plan.resized_hw[0]}, grid {plan.grid_thw}, {plan.num_tokens} tokens; torch threads "
-          f"{torch.get_num_threads()}")
+          f"{torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}")
     for name, fn in (("float32 rows (Pillow, layout stage)", float_rows), ("uint8 frames (torch, model rank)",
                                                                           uint8_frames)):
-        print(f"  {name:<38} {_median_seconds(fn, args.repeats):.3f} s")
+        wall, cpu = _median_seconds(fn, args.repeats)
+        print(f"  {name:<38} {wall:.3f} s wall, {cpu:.3f} s CPU")
 
 
 if __name__ == "__main__":
