@@ -54,5 +54,5 @@ def test_real_text_model_answers_a_passkey_through_the_pipeline(tmp_path):
     with Pipeline.from_config(config, is_quiet=True) as pipeline:
         result = pipeline.run(None, "What is the pass key? Answer with the number only.", document=document)
         assert "48213" in result.text and result.method == "spava" and result.num_visual_tokens == 0
-        with pytest.raises(Exception, match="documents, not videos"):
+        with pytest.raises(Exception, match="no vision encoder"):
             pipeline.run(write_synthetic_video(tmp_path / "v.mp4", num_frames=8), "What is this?")
