@@ -114,7 +114,7 @@ class VisionSpec:
 
     def image_frames(self, image, visual: VisualPlan):
         """uint8 image `[H, W, 3]` (numpy) -> the uint8 frames `[T, h, w, 3]` the video worker stores for
-        it (`visual.grid_thw[0]` temporal grids of them): here the image resized to `visual.resized_hw`."""
+        it: here one frame, the image resized to `visual.resized_hw` (a tiling tower stores its tiles)."""
         from spava.media.images import resize_image
 
         return resize_image(image, *visual.resized_hw)[None]

@@ -39,10 +39,19 @@ def _text_value(config: dict, key: str, default):
 
 class InternVLFamily(ModelFamily):
     """InternVL3 of any size: a local HF checkpoint (`model.path`, e.g. OpenGVLab/InternVL3-2B-hf)
-    or random weights of a preset (`model.size`: tiny, 1b, 2b, 8b)."""
+    or random weights of a preset (`model.size`: tiny, 1b, 2b, 8b). The vision tower is always HF's
+    own InternViT (`model.vision_impl` has no other choice here)."""
 
     name = "internvl"
     presets = tuple(PRESETS)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.model_config.path is not None:
+            text_type = _text_value(checkpoint_config(self.model_config), "model_type", "qwen2")
+            if text_type not in ("qwen2", "llama"):
+                raise ValueError(f"model.path {self.model_config.path!r} is an InternVL with a {text_type!r} language "
+                                 "model; spava runs the Qwen2 / Llama-style InternVL3 checkpoints")
 
     def vision_spec(self):
         from spava.models.internvl.vision import make_vision_spec

@@ -67,9 +67,10 @@ def vision_preset(size: str) -> dict[str, Any]:
 def config_dict(size: str) -> dict[str, Any]:
     """A preset as the dict of a config.json (what `InternVLConfig(**...)` takes)."""
     _check_size(size)
-    return dict(model_type="internvl", vision_config=vision_preset(size), text_config={**_TEXT, **PRESETS[size]["text"]},
-                downsample_ratio=0.5, image_seq_length=256, image_token_id=IMAGE_TOKEN_ID, projector_hidden_act="gelu",
-                vision_feature_layer=-1, vision_feature_select_strategy="default", tie_word_embeddings=False)
+    return dict(model_type="internvl", vision_config=vision_preset(size),
+                text_config={**_TEXT, **PRESETS[size]["text"]}, downsample_ratio=0.5, image_seq_length=256,
+                image_token_id=IMAGE_TOKEN_ID, projector_hidden_act="gelu", vision_feature_layer=-1,
+                vision_feature_select_strategy="default", tie_word_embeddings=False)
 
 
 def internvl_config(size: str = "2b"):
