@@ -23,7 +23,10 @@ METHODS = ["full", "hf", "zigzag_ring", "ring", "ulysses", "star", "apb", "spava
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="spava bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="7b", help="Qwen2.5-VL size preset: tiny, 3b, 7b, 32b, 72b")
+    parser.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_5_vl", "internvl"],
+                        help="model family of the random-weight preset")
+    parser.add_argument("--size", default="7b", help="size preset: Qwen2.5-VL tiny, 3b, 7b, 32b, 72b; "
+                        "InternVL3 tiny, 1b, 2b, 8b (one 448x448 tile per frame, any resolution)")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[1440], help="360 720 1080 1440")
     parser.add_argument("--frames", type=int, nargs="+", default=[64])
     parser.add_argument("--methods", nargs="+", default=["full", "hf", "zigzag_ring", "ulysses", "star", "apb", "spava"],
@@ -43,7 +46,7 @@ def parse_args(argv):
 
 def _spec(args) -> BenchSpec:
     cases = [VideoCase(r, f) for r in args.resolutions for f in args.frames]
-    return BenchSpec(size=args.size, cases=cases, methods=args.methods, world_sizes=args.world_sizes,
+    return BenchSpec(size=args.size, family=args.family, cases=cases, methods=args.methods, world_sizes=args.world_sizes,
                      repeats=args.repeats, warmup=args.warmup, device=args.device, dtype=args.dtype,
                      backend=args.backend, hf_max_tokens=args.hf_max_tokens, encoder=args.encoder,
                      profile_dir=args.out if args.profile else "")

@@ -26,6 +26,7 @@ from spava.models.runner import ModelRunner
 @dataclass
 class BenchSpec:
     size: str = "7b"
+    family: str = "qwen2_5_vl"  # model family of the random-weight preset: qwen2_5_vl | internvl
     cases: list = field(default_factory=lambda: [VideoCase(1440, 64)])
     methods: list = field(default_factory=lambda: ["full", "zigzag_ring", "ulysses", "star", "apb", "spava", "hf"])
     world_sizes: list = field(default_factory=lambda: [4])

@@ -27,6 +27,10 @@ def _build_adapter(spec: BenchSpec, device: str):
 
         return build_adapter(ModelConfig(path=spec.model_path, dtype=spec.dtype, vision_impl=spec.encoder),
                              ("vision", "text"), device)
+    if spec.family == "internvl":
+        from spava.models.internvl.bench import build_random
+
+        return build_random(spec.size, torch_dtype(spec.dtype), device)
     from spava.models.qwen2_5_vl.model import Qwen25VL
     from spava.models.qwen2_5_vl.presets import qwen2_5_vl_config
 
@@ -36,11 +40,38 @@ def _build_adapter(spec: BenchSpec, device: str):
 
 def _rank_flops(runner, inputs, case, adapter, world_size: int, rank: int) -> float:
     plan = runner.method.plan(inputs.num_tokens, inputs.num_query_tokens, world_size, rank)
-    units = plan_vision_units(inputs.grid_thw, 2)
+    units = plan_vision_units(inputs.grid_thw, adapter.vision_spec.merge_size)
     start, stop = assign_units(units, world_size)[rank]
     cfg = adapter.config
-    return llm_prefill_flops(runner.method, plan, cfg.text_config) + vision_flops(
-        cfg.vision_config, case.grid_thw(), stop - start)
+    if _is_internvl(adapter):
+        from spava.models.internvl.bench import vision_flops as internvl_vision_flops
+
+        vision = internvl_vision_flops(cfg.vision_config, cfg.text_config, stop - start, cfg.downsample_ratio)
+    else:
+        vision = vision_flops(cfg.vision_config, case.grid_thw(), stop - start)
+    return llm_prefill_flops(runner.method, plan, cfg.text_config) + vision
+
+
+def _is_internvl(adapter) -> bool:
+    return getattr(adapter.config, "model_type", "") == "internvl"
+
+
+def _make_inputs(case, adapter, device):
+    """The synthetic request of `case` in the adapter's family."""
+    if _is_internvl(adapter):
+        from spava.models.internvl.bench import make_inputs as make_internvl_inputs
+
+        return make_internvl_inputs(case, adapter, device=device)
+    return make_inputs(case, adapter.token_ids(), device=device)
+
+
+def _hf_first(adapter, inputs, case) -> None:
+    if _is_internvl(adapter):
+        from spava.models.internvl.bench import hf_first_token
+
+        hf_first_token(adapter, inputs)
+    else:
+        _hf_first_token(adapter, inputs, case)
 
 
 def _record(handle, entry: dict) -> None:
@@ -54,7 +85,7 @@ def _run_single(spec, name, adapter, inputs, case, device, timer, rate, group):
     if name == "hf":
         if inputs.num_tokens > spec.hf_max_tokens:
             return {"skipped": f"over --hf-max-tokens={spec.hf_max_tokens}"}
-        result = measure(lambda: _hf_first_token(adapter, inputs, case), spec, device, group, timer)
+        result = measure(lambda: _hf_first(adapter, inputs, case), spec, device, group, timer)
     else:
         result = measure(lambda: _first_token(runner, inputs), spec, device, group, timer)
     flops = _rank_flops(runner, inputs, case, adapter, 1, 0)
@@ -79,7 +110,7 @@ def _run_parallel(spec, name, adapter, inputs, case, device, timer, rate, group,
 
 def _case_entries(spec, adapter, case, device, timer, rate, groups, rank):
     """Every method of one case on the ranks it needs; yields result entries (rank 0 records them)."""
-    inputs = make_inputs(case, adapter.token_ids(), device=device)
+    inputs = _make_inputs(case, adapter, device)
     base = {"case": case.label, "resolution": case.resolution, "frames": case.num_frames,
             "num_tokens": inputs.num_tokens, "size": spec.size}
     for name in spec.methods:

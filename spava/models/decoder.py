@@ -37,6 +37,9 @@ class DecoderModules:
     num_kv_heads: int
     head_dim: int
     is_mrope: bool  # rotary_emb takes [3, 1, S] position ids (Qwen2-VL family) instead of [1, S]
+    # rotary_emb's frequencies depend on the forward's length (dynamic NTK, `spava.models.dynamic_rope`):
+    # it also takes `seq_len=`, and the prefill passes the whole prompt's length on every rank
+    is_rope_length_dependent: bool = False
 
 
 class ShardedDecoder:
@@ -57,10 +60,18 @@ class ShardedDecoder:
         """`[S]` ids -> `[S, hidden]`."""
         return self.m.embed_tokens(token_ids)
 
-    def rope(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """position_ids `[3, S]` (M-RoPE) or `[S]` -> cos, sin `[S, D]`."""
+    def rope(self, hidden: torch.Tensor, position_ids: torch.Tensor,
+             seq_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """position_ids `[3, S]` (M-RoPE) or `[S]` -> cos, sin `[S, D]`.
+
+        seq_len: length of the whole forward these positions are a shard of (the prompt's, at
+        prefill); only length-dependent RoPE uses it, so every rank gets the same frequencies.
+        """
         ids = position_ids[:, None, :] if self.m.is_mrope else position_ids[None, :]
-        cos, sin = self.m.rotary_emb(hidden[None], ids)
+        if self.m.is_rope_length_dependent and seq_len is not None:
+            cos, sin = self.m.rotary_emb(hidden[None], ids, seq_len=seq_len)
+        else:
+            cos, sin = self.m.rotary_emb(hidden[None], ids)
         return cos[0], sin[0]
 
     def _qkv(self, layer, hidden, cos, sin):
@@ -90,7 +101,7 @@ class ShardedDecoder:
         Returns:
             (final hidden states `[S, hidden]` before the last norm, KV cache of the owned tokens)
         """
-        cos, sin = self.rope(hidden, position_ids)
+        cos, sin = self.rope(hidden, position_ids, seq_len=ctx.plan.num_tokens)
         owned = ctx.plan.owned_local_ranges()
         cache = DistributedKVCache(is_owner=ctx.plan.rank == ctx.plan.decode_rank, extra_capacity=extra_capacity)
         num_layers = len(self.m.layers)

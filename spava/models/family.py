@@ -44,6 +44,7 @@ class FamilyEntry:
 FAMILIES: dict[str, FamilyEntry] = {
     "qwen2_5_vl": FamilyEntry("spava.models.qwen2_5_vl.family:Qwen25VLFamily", ("qwen2_5_vl",)),
     "text": FamilyEntry("spava.models.text_family:TextFamily", ("llama", "qwen2", "qwen3", "mistral")),
+    "internvl": FamilyEntry("spava.models.internvl.family:InternVLFamily", ("internvl",)),
 }
 DEFAULT_FAMILY = "qwen2_5_vl"  # for random weights of a preset size when nothing says otherwise
 

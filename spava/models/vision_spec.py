@@ -5,8 +5,10 @@ normalisation, default pixel bounds. `plan(num_frames, height, width, ...)` give
 size, the patch grid `(t, h, w)` and the number of LLM tokens, so the video stage checks budgets
 before decoding and the layout stage builds the prompt without touching a pixel. `preprocess`
 (implemented in `spava.models.preprocess`, torch) turns uint8 frames into the tower's pixel rows on
-the model rank's own device. A tower that takes something else (e.g. InternViT's 448x448 tiles)
-subclasses `VisionSpec` and overrides `plan` / `preprocess`.
+the model rank's own device. Images go through `plan_image` and `image_frames` (the video worker
+turns a decoded image into the frames it stores, with Pillow, as HF's image processors do). A tower
+that takes something else (e.g. InternViT's 448x448 tiles, `spava.models.internvl.vision`)
+subclasses `VisionSpec` and overrides these.
 """
 
 from __future__ import annotations
@@ -105,6 +107,17 @@ class VisionSpec:
         grid = (-(-num_frames // self.temporal_patch_size), resized[0] // self.patch_size,
                 resized[1] // self.patch_size)
         return VisualPlan(resized, grid, grid[0] * grid[1] * grid[2] // self.merge_size ** 2)
+
+    def plan_image(self, height: int, width: int) -> VisualPlan:
+        """Plan of one `height x width` image (its stored frames, grid and tokens), from its size alone."""
+        return self.plan(1, height, width, self.image_min_pixels, self.image_max_pixels)
+
+    def image_frames(self, image, visual: VisualPlan):
+        """uint8 image `[H, W, 3]` (numpy) -> the uint8 frames `[T, h, w, 3]` the video worker stores for
+        it: here one frame, the image resized to `visual.resized_hw` (a tiling tower stores its tiles)."""
+        from spava.media.images import resize_image
+
+        return resize_image(image, *visual.resized_hw)[None]
 
     def preprocess(self, frames, resized_hw: tuple[int, int], kind: str = "video", dtype=None):
         """uint8 frames `[T, H, W, 3]` (torch, any device) -> pixel rows `[ceil(T/tp)*h*w, patch_dim]`.

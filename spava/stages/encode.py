@@ -177,7 +177,7 @@ class VisionEncoder(Stage):
         """`[len(rows), hidden]` rows for one receiver: the embeddings, or zeros when encoding failed
         (so the receiver's matching receive completes; the request has failed already)."""
         if request.embeds is None:
-            width = self.adapter.config.vision_config.out_hidden_size
+            width = self.adapter.visual_width
             return torch.zeros(rows.numel(), width, dtype=self.adapter.dtype, device=self.adapter.device)
         return request.embeds.index_select(0, rows.to(request.embeds.device))
 

@@ -11,7 +11,8 @@ options and whether the item is a video or an image). The stage:
 3. decodes the frames into the file, marking each one written (`FrameProgress`), and returns
    `VideoTaskOutput` with the decode time and any warnings.
 
-Images are decoded and resized here with Pillow (HF's image-processor path) and sent complete.
+Images are decoded and resized here with Pillow (HF's image-processor path; the family's
+`VisionSpec.image_frames`, e.g. one frame per tile) and sent complete.
 Files created before the plan is sent are removed on failure; after it, the scheduler owns them.
 """
 
@@ -152,7 +153,7 @@ class VideoDecoder(Stage):
     # ----- images ------------------------------------------------------------------------------
 
     def _image(self, task: VideoTaskReq) -> VideoTaskOutput:
-        from spava.media.images import ImageDecodeError, load_image, resize_image
+        from spava.media.images import ImageDecodeError, load_image
 
         start = time.perf_counter()
         try:
@@ -162,16 +163,16 @@ class VideoDecoder(Stage):
         height, width = image.shape[:2]
         spec = self.vision_spec
         try:
-            visual = spec.plan(1, height, width, spec.image_min_pixels, spec.image_max_pixels)
+            visual = spec.plan_image(height, width)
         except ValueError as error:
             raise BadInputError(f"image: {error}") from None
         check_budget(visual.num_tokens, visual.grid_thw, f"image ({width}x{height})", task.options["max_visual_tokens"])
-        resized = resize_image(image, *visual.resized_hw)
-        frames_ref, array = create_shared_frames(self.context.shm_dir, task.request_id, 1, *visual.resized_hw)
-        array[0] = resized
+        frames = spec.image_frames(image, visual)  # [T, h, w, 3]: the resized image, or its tiles
+        frames_ref, array = create_shared_frames(self.context.shm_dir, task.request_id, *frames.shape[:3])
+        array[:] = frames
         del array
         item = VisualItem("image", frames_ref, None, list(visual.grid_thw),
-                          list(visual.resized_hw), [0.0], 0.0)
+                          list(visual.resized_hw), [0.0] * len(frames), 0.0)
         seconds = time.perf_counter() - start
         self.context.send(VideoPlanOutput(task.request_id, [item], seconds))
         return VideoTaskOutput(task.request_id, 1, 0.0)
