@@ -144,3 +144,24 @@ def test_smollm2_answers_a_short_passkey_prompt():
     inputs, _ = build_text_inputs(model.tokenizer, passkey_document(40, 0.5, "71432"), QUESTION)
     out = full_runner(model).generate(inputs, SamplingParams(max_new_tokens=12), eos_token_ids=model.eos_token_ids())
     assert "71432" in model.tokenizer.decode(out.token_ids)
+
+
+def _dynamic_rope_case(rank, world_size):
+    from transformers import Qwen2Config
+
+    config = Qwen2Config(vocab_size=97, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=32,
+                         tie_word_embeddings=False, use_sliding_window=False,
+                         rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})
+    model = TextLM.from_config(config, dtype=torch.float64, seed=0)
+    inputs = prompt(3)  # 61 tokens: past max_position_embeddings, so the frequencies are rescaled
+    ref_logits, ref_tokens = hf_reference(TextLM.from_config(config, dtype=torch.float64, seed=0), inputs)
+    out = generate(model, "zigzag_ring", inputs, SPComm())
+    assert out.token_ids == ref_tokens
+    if out.first_token_logits is not None:
+        assert torch.allclose(out.first_token_logits, ref_logits, atol=1e-8)
+
+
+def test_dynamic_ntk_rope_text_model_matches_hf_on_two_ranks():
+    """Every rank rescales RoPE from the whole prompt's length, as HF does for the request."""
+    run_distributed(_dynamic_rope_case, 2, timeout=120)

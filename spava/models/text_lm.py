@@ -20,6 +20,7 @@ import torch
 
 from spava.models.adapter import HFAdapter, common_prefix_length
 from spava.models.decoder import DecoderModules
+from spava.models.dynamic_rope import dynamic_rotary
 from spava.models.inputs import PromptInputs
 
 # Marks a finished GGUF cache; written last so that a crash never leaves a half cache that looks done.
@@ -100,11 +101,13 @@ class TextLM(HFAdapter):
         cfg = self.config
         body = self.hf.model
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        # dynamic NTK RoPE must see the whole prompt's length on every rank (spava.models.dynamic_rope)
+        rotary, is_length_dependent = dynamic_rotary(body.rotary_emb)
         return DecoderModules(
-            embed_tokens=body.embed_tokens, layers=body.layers, norm=body.norm, rotary_emb=body.rotary_emb,
+            embed_tokens=body.embed_tokens, layers=body.layers, norm=body.norm, rotary_emb=rotary,
             lm_head=self.hf.lm_head, num_heads=cfg.num_attention_heads,
             num_kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
-            head_dim=head_dim, is_mrope=False,
+            head_dim=head_dim, is_mrope=False, is_rope_length_dependent=is_length_dependent,
         )
 
 
