@@ -43,6 +43,7 @@ class FamilyEntry:
 
 FAMILIES: dict[str, FamilyEntry] = {
     "qwen2_5_vl": FamilyEntry("spava.models.qwen2_5_vl.family:Qwen25VLFamily", ("qwen2_5_vl",)),
+    "qwen3_vl": FamilyEntry("spava.models.qwen3_vl.family:Qwen3VLFamily", ("qwen3_vl",)),
     "text": FamilyEntry("spava.models.text_family:TextFamily", ("llama", "qwen2", "qwen3", "mistral")),
 }
 DEFAULT_FAMILY = "qwen2_5_vl"  # for random weights of a preset size when nothing says otherwise
