@@ -2,10 +2,11 @@
 
 Per request: decode the sampled frames (PyAV, the same plan as the pipeline), preprocess them on the
 CPU as qwen-vl-utils and HF's video processor do (bicubic antialias resize of uint8 tensors, then
-normalise and patchify, float32), copy the pixel rows to the device, and run
-`Qwen2_5_VLForConditionalGeneration.generate` (SDPA attention, greedy, exactly `max_new_tokens`
-tokens). The model is built once before timing (random weights of the same size, or the same
-checkpoint); warm-up requests are not measured. Times come from the host clock after a device
+normalise and patchify, float32, with the family's patch size and normalisation), copy the pixel rows
+to the device, and run the HF model's `generate` (`Qwen2_5_VLForConditionalGeneration`,
+`Qwen3VLForConditionalGeneration`; SDPA attention, greedy, exactly `max_new_tokens` tokens). The
+model is built once before timing (random weights of the same size, or the same checkpoint);
+warm-up requests are not measured. Times come from the host clock after a device
 synchronisation; the first and last token times from a streamer.
 """
 
@@ -56,18 +57,19 @@ def _one_request(adapter, processor, config, plan, video: str, args, device: str
     start = time.perf_counter()
     decoded = decode_video(video, frame_sampling_of(config))
     decoded_at = time.perf_counter()
-    pixel_config = QwenProcessorConfig(min_pixels=config.video.min_pixels, max_pixels=plan.max_pixels,
+    spec = adapter.vision_spec
+    pixel_config = QwenProcessorConfig(patch_size=spec.patch_size, temporal_patch_size=spec.temporal_patch_size,
+                                       merge_size=spec.merge_size, image_mean=spec.image_mean, image_std=spec.image_std,
+                                       min_pixels=config.video.min_pixels, max_pixels=plan.max_pixels,
                                        resize_backend="torch")
     pixels, grid = preprocess_video(torch.from_numpy(decoded.frames), pixel_config)
     item = VisualItem("video", TensorRef("", list(decoded.frames.shape), "uint8"), None, grid.tolist(), [0, 0],
                       list(decoded.timestamps), float(decoded.plan.second_per_grid))
     inputs = processor.build_inputs(args.prompt, document=None, items=[item], system_prompt=config.layout.system_prompt)
     preprocessed_at = time.perf_counter()
-    ids = inputs.input_ids.to(device)[None]
-    kwargs = dict(pixel_values_videos=pixels.to(device), video_grid_thw=grid[None].to(device),
-                  second_per_grid_ts=torch.tensor([decoded.plan.second_per_grid]),
-                  mm_token_type_ids=(ids == adapter.config.video_token_id).to(torch.int32) * 2,
-                  attention_mask=torch.ones_like(ids))
+    kwargs = adapter.hf_inputs(inputs.input_ids, pixels, [grid.tolist()], "video", decoded.plan.second_per_grid)
+    ids = kwargs.pop("input_ids")
+    kwargs["attention_mask"] = torch.ones_like(ids)
     _sync(device)
     transferred_at = time.perf_counter()
     clock = _TokenClock()

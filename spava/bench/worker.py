@@ -18,29 +18,26 @@ from spava.comm.collectives import SPComm, end_spawned_rank
 from spava.models.vision_parallel import assign_units, plan_vision_units
 
 
-def _build_adapter(spec: BenchSpec, device: str):
-    from spava.models.loading import torch_dtype
+def _build_model(spec: BenchSpec, device: str):
+    """(family, adapter on `device`): random weights of `spec.size`, or the checkpoint `spec.model_path`."""
+    from spava.config import ModelConfig
+    from spava.models.family import get_family
 
-    if spec.model_path is not None:
-        from spava.config import ModelConfig
-        from spava.models.loading import build_adapter
-
-        return build_adapter(ModelConfig(path=spec.model_path, dtype=spec.dtype, vision_impl=spec.encoder),
-                             ("vision", "text"), device)
-    from spava.models.qwen2_5_vl.model import Qwen25VL
-    from spava.models.qwen2_5_vl.presets import qwen2_5_vl_config
-
-    return Qwen25VL.from_config(qwen2_5_vl_config(spec.size), dtype=torch_dtype(spec.dtype), device=device,
-                                vision_impl=spec.encoder)
+    config = ModelConfig(family=spec.model, path=spec.model_path, size=spec.size, dtype=spec.dtype,
+                         vision_impl=spec.encoder)
+    family = get_family(config)
+    if family.vision_spec() is None:
+        raise ValueError(f"spava bench measures video requests; the {family.name} family has no vision tower")
+    return family, family.build(("vision", "text"), device)
 
 
 def _rank_flops(runner, inputs, case, adapter, world_size: int, rank: int) -> float:
     plan = runner.method.plan(inputs.num_tokens, inputs.num_query_tokens, world_size, rank)
-    units = plan_vision_units(inputs.grid_thw, 2)
+    units = plan_vision_units(inputs.grid_thw, adapter.vision_spec.merge_size)
     start, stop = assign_units(units, world_size)[rank]
     cfg = adapter.config
     return llm_prefill_flops(runner.method, plan, cfg.text_config) + vision_flops(
-        cfg.vision_config, case.grid_thw(), stop - start)
+        cfg.vision_config, case.grid_thw(adapter.vision_spec), stop - start)
 
 
 def _record(handle, entry: dict) -> None:
@@ -54,7 +51,7 @@ def _run_single(spec, name, adapter, inputs, case, device, timer, rate, group):
     if name == "hf":
         if inputs.num_tokens > spec.hf_max_tokens:
             return {"skipped": f"over --hf-max-tokens={spec.hf_max_tokens}"}
-        result = measure(lambda: _hf_first_token(adapter, inputs, case), spec, device, group, timer)
+        result = measure(lambda: _hf_first_token(adapter, inputs), spec, device, group, timer)
     else:
         result = measure(lambda: _first_token(runner, inputs), spec, device, group, timer)
     flops = _rank_flops(runner, inputs, case, adapter, 1, 0)
@@ -77,11 +74,11 @@ def _run_parallel(spec, name, adapter, inputs, case, device, timer, rate, group,
             "roofline": flops / (world_size * rate * 1e12) / result["seconds"]}
 
 
-def _case_entries(spec, adapter, case, device, timer, rate, groups, rank):
+def _case_entries(spec, adapter, processor, case, device, timer, rate, groups, rank):
     """Every method of one case on the ranks it needs; yields result entries (rank 0 records them)."""
-    inputs = make_inputs(case, adapter.token_ids(), device=device)
+    inputs = make_inputs(case, processor, adapter.vision_spec, device=device)
     base = {"case": case.label, "resolution": case.resolution, "frames": case.num_frames,
-            "num_tokens": inputs.num_tokens, "size": spec.size}
+            "num_tokens": inputs.num_tokens, "size": spec.size, "model": spec.model}
     for name in spec.methods:
         sizes = [1] if name in ("full", "hf") else spec.world_sizes
         for world_size in sizes:
@@ -113,7 +110,8 @@ def bench_rank(rank: int, world_size: int, spec: BenchSpec, init_method: str, ou
     from spava.comm.collectives import new_group
 
     groups = {size: new_group(list(range(size))) for size in sorted({1, *spec.world_sizes})}
-    adapter = _build_adapter(spec, device)
+    family, adapter = _build_model(spec, device)
+    processor = family.processor()
     timer = TimedEncoder(adapter.encode, device)
     adapter.encode = timer
     rate = matmul_tflops(device)
@@ -122,7 +120,7 @@ def bench_rank(rank: int, world_size: int, spec: BenchSpec, init_method: str, ou
         _record(handle, {"matmul_tflops": rate, "device": torch.cuda.get_device_name() if spec.device == "cuda"
                          else "cpu", "torch": torch.__version__, "spec": {k: str(v) for k, v in vars(spec).items()}})
     for case in spec.cases:
-        for entry in _case_entries(spec, adapter, case, device, timer, rate, groups, rank):
+        for entry in _case_entries(spec, adapter, processor, case, device, timer, rate, groups, rank):
             if handle:
                 _record(handle, entry)
     if handle:
