@@ -99,3 +99,25 @@ def _distributed_cases(rank, world_size):
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_sequence_parallel_methods_match_hf(world_size):
     run_distributed(_distributed_cases, world_size, timeout=500)
+
+
+def test_rows_placed_in_blocks_give_the_same_additions_as_at_once():
+    """A disaggregated prefill rank places one block of rows per encoder; the additions must not care."""
+    model = tiny_model()
+    width, generator = 64, torch.Generator().manual_seed(2)
+    rows = torch.randperm(10, generator=generator)[:7]
+    features = torch.randn(7, model.visual_width, generator=generator, dtype=torch.float64)
+    at_once, in_blocks = torch.zeros(10, width, dtype=torch.float64), torch.zeros(10, width, dtype=torch.float64)
+    model.place_visual(at_once, rows, features)
+    whole = model.take_layer_additions()
+    model.place_visual(in_blocks, rows[:3], features[:3])
+    model.place_visual(in_blocks, rows[3:], features[3:])
+    blocks = model.take_layer_additions()
+    assert torch.equal(at_once, in_blocks) and torch.equal(at_once[rows], features[:, :width])
+    assert sorted(whole) == sorted(blocks) == [0, 1]
+    for layer in (0, 1):
+        assert torch.equal(whole[layer][0], blocks[layer][0]) and torch.equal(whole[layer][1], blocks[layer][1])
+        assert torch.equal(whole[layer][1], features[:, width * (layer + 1): width * (layer + 2)])
+    assert model.take_layer_additions() is None  # taken once
+    with pytest.raises(ValueError, match="expected 192 = 64"):
+        model.place_visual(at_once, rows, features[:, :width])
