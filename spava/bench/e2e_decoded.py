@@ -29,9 +29,9 @@ def decoded_ttft(config, video: str, args) -> dict:
     attention = config.prefill.attention
     method = attention.method if world_size > 1 else "full"
     device = "cuda" if any(d.startswith("cuda") for d in config.prefill.devices) else "cpu"
-    spec = BenchSpec(size=config.model.size, family=family_name(config.model), model_path=config.model.path,
-                     cases=[GridCase(plan.grid_thw, "file")], methods=[method], world_sizes=[world_size],
-                     repeats=args.repeats, warmup=max(1, args.warmup),
+    spec = BenchSpec(model=family_name(config.model), size=config.model.size, model_path=config.model.path,
+                     cases=[GridCase(plan.grid_thw, "file")],
+                     methods=[method], world_sizes=[world_size], repeats=args.repeats, warmup=max(1, args.warmup),
                      device=device, dtype=config.model.dtype, backend=attention.backend,
                      encoder=config.model.vision_impl, attention=attention if world_size > 1 else None)
     with tempfile.TemporaryDirectory(prefix="spava-bench-") as directory:

@@ -1,11 +1,13 @@
 """What users do today, timed from the same file: HF transformers `generate` on one device.
 
 Per request: decode the sampled frames (PyAV, the same plan as the pipeline), preprocess them on the
-CPU as qwen-vl-utils and HF's video processor do (bicubic antialias resize of uint8 tensors, then
-normalise and patchify, float32; InternVL3: one 448x448 tile per frame, as its video processor),
-copy the pixels to the device, and run the HF model's `generate` (SDPA attention, greedy, exactly
-`max_new_tokens` tokens). The model is built once before timing (random weights of the same size, or the same
-checkpoint); warm-up requests are not measured. Times come from the host clock after a device
+CPU as qwen-vl-utils and HF's video processors do (the family's `VisionSpec.preprocess` on CPU
+tensors, which is that reference path: e.g. bicubic antialias resize of uint8 tensors, then
+normalise and patchify, float32, with the family's patch size and normalisation), copy the pixel rows
+to the device, and run the HF model's `generate` (`Qwen2_5_VLForConditionalGeneration`,
+`Qwen3VLForConditionalGeneration`; SDPA attention, greedy, exactly `max_new_tokens` tokens). The
+model is built once before timing (random weights of the same size, or the same checkpoint);
+warm-up requests are not measured. Times come from the host clock after a device
 synchronisation; the first and last token times from a streamer.
 """
 
@@ -51,32 +53,20 @@ def _sync(device: str) -> None:
 def _one_request(adapter, processor, config, plan, video: str, args, device: str) -> dict:
     from spava.comm.messages import TensorRef, VisualItem
     from spava.media.video import decode_video
-    from spava.models.qwen2_5_vl.processing import QwenProcessorConfig, preprocess_video
 
     start = time.perf_counter()
     decoded = decode_video(video, frame_sampling_of(config))
     decoded_at = time.perf_counter()
-    if getattr(adapter.config, "model_type", "") == "internvl":  # one 448x448 tile per frame, HF's processing
-        from spava.models.internvl.bench import hf_generate_kwargs
-
-        ids, kwargs = hf_generate_kwargs(adapter, processor, torch.from_numpy(decoded.frames), args.prompt,
-                                         config.layout.system_prompt)
-        preprocessed_at = time.perf_counter()
-        ids, kwargs = ids.to(device), {key: value.to(device) for key, value in kwargs.items()}
-    else:
-        pixel_config = QwenProcessorConfig(min_pixels=config.video.min_pixels, max_pixels=plan.max_pixels,
-                                           resize_backend="torch")
-        pixels, grid = preprocess_video(torch.from_numpy(decoded.frames), pixel_config)
-        item = VisualItem("video", TensorRef("", list(decoded.frames.shape), "uint8"), None, grid.tolist(), [0, 0],
-                          list(decoded.timestamps), float(decoded.plan.second_per_grid))
-        inputs = processor.build_inputs(args.prompt, document=None, items=[item],
-                                        system_prompt=config.layout.system_prompt)
-        preprocessed_at = time.perf_counter()
-        ids = inputs.input_ids.to(device)[None]
-        kwargs = dict(pixel_values_videos=pixels.to(device), video_grid_thw=grid[None].to(device),
-                      second_per_grid_ts=torch.tensor([decoded.plan.second_per_grid]),
-                      mm_token_type_ids=(ids == adapter.config.video_token_id).to(torch.int32) * 2,
-                      attention_mask=torch.ones_like(ids))
+    # the family's CPU preprocessing is the reference path (qwen-vl-utils / HF's processors on the CPU)
+    pixels = adapter.vision_spec.preprocess(torch.from_numpy(decoded.frames), plan.resized_hw, "video")
+    grid = list(plan.grid_thw)
+    item = VisualItem("video", TensorRef("", list(decoded.frames.shape), "uint8"), None, grid, list(plan.resized_hw),
+                      list(decoded.timestamps), float(decoded.plan.second_per_grid))
+    inputs = processor.build_inputs(args.prompt, document=None, items=[item], system_prompt=config.layout.system_prompt)
+    preprocessed_at = time.perf_counter()
+    kwargs = adapter.hf_inputs(inputs.input_ids, pixels, [grid], "video", decoded.plan.second_per_grid)
+    ids = kwargs.pop("input_ids")
+    kwargs["attention_mask"] = torch.ones_like(ids)
     _sync(device)
     transferred_at = time.perf_counter()
     clock = _TokenClock()

@@ -15,9 +15,14 @@ def _tri(n: int) -> int:
     return n * (n + 1) // 2
 
 
+def _head_dim(text_config) -> int:
+    """The config's head_dim (Qwen3: 128 also where hidden / heads is 80), else hidden / heads."""
+    return getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+
+
 def linear_flops_per_token(text_config) -> int:
     hidden, inter = text_config.hidden_size, text_config.intermediate_size
-    head_dim = hidden // text_config.num_attention_heads
+    head_dim = _head_dim(text_config)
     q_out, kv_out = text_config.num_attention_heads * head_dim, text_config.num_key_value_heads * head_dim
     per_layer = hidden * q_out + 2 * hidden * kv_out + q_out * hidden + 3 * hidden * inter
     return 2 * per_layer * text_config.num_hidden_layers
@@ -59,7 +64,7 @@ def attention_pair_heads(method, plan, num_heads: int, layer_idx: int = 0) -> in
 
 
 def llm_prefill_flops(method, plan, text_config) -> int:
-    head_dim = text_config.hidden_size // text_config.num_attention_heads
+    head_dim = _head_dim(text_config)
     layers = text_config.num_hidden_layers
     attention = sum(attention_pair_heads(method, plan, text_config.num_attention_heads, i) for i in range(layers))
     return plan.num_local_tokens * linear_flops_per_token(text_config) + 4 * head_dim * attention
@@ -79,21 +84,60 @@ def window_pairs(grid_h: int, grid_w: int, window: int, merge: int) -> int:
 def vision_flops(vision_config, grid_thw: tuple[int, int, int], num_grids: int | None = None) -> int:
     """FLOPs of the ViT over `num_grids` temporal grids (default all) of one video.
 
-    The patch embedding runs once per patch (not once per block); window blocks count the pairs of
-    the windows they really attend (edge windows are smaller), full blocks every pair of a grid.
+    The patch embedding runs once per patch (not once per block). Qwen2.5-VL's tower (a config with
+    `window_size`) has window blocks, counted by the pairs of the windows they really attend (edge
+    windows are smaller), full blocks and a SwiGLU MLP; Qwen3-VL's has full blocks only, a two-matrix
+    MLP and one merger per DeepStack layer besides the final one.
     """
     grid_t, grid_h, grid_w = grid_thw
     grids = grid_t if num_grids is None else num_grids
     patches = grids * grid_h * grid_w
     hidden, inter = vision_config.hidden_size, vision_config.intermediate_size
+    is_windowed = hasattr(vision_config, "window_size")
     patch_dim = 3 * vision_config.temporal_patch_size * vision_config.patch_size ** 2
-    per_block = hidden * 3 * hidden + hidden * hidden + 3 * hidden * inter
+    per_block = hidden * 3 * hidden + hidden * hidden + (3 if is_windowed else 2) * hidden * inter
     linear = 2 * patches * (patch_dim * hidden + per_block * vision_config.depth)
-    window = vision_config.window_size // vision_config.patch_size  # patches per window side
-    windows = grids * window_pairs(grid_h, grid_w, window, vision_config.spatial_merge_size)
     full_pairs = grids * (grid_h * grid_w) ** 2
-    num_full = len(vision_config.fullatt_block_indexes)
-    attention = 4 * hidden * (full_pairs * num_full + windows * (vision_config.depth - num_full))
-    merged = patches // 4
-    merger = 2 * merged * (4 * hidden) * (4 * hidden) + 2 * merged * (4 * hidden) * vision_config.out_hidden_size
+    if is_windowed:
+        window = vision_config.window_size // vision_config.patch_size  # patches per window side
+        windows = grids * window_pairs(grid_h, grid_w, window, vision_config.spatial_merge_size)
+        num_full = len(vision_config.fullatt_block_indexes)
+        attention = 4 * hidden * (full_pairs * num_full + windows * (vision_config.depth - num_full))
+    else:
+        attention = 4 * hidden * full_pairs * vision_config.depth
+    merge_area = vision_config.spatial_merge_size ** 2
+    merged, width = patches // merge_area, merge_area * hidden
+    num_mergers = 1 + len(getattr(vision_config, "deepstack_visual_indexes", ()))
+    merger = num_mergers * (2 * merged * width * width + 2 * merged * width * vision_config.out_hidden_size)
     return linear + attention + merger
+
+
+def internvl_vision_flops(vision_config, text_config, num_tiles: int, downsample_ratio: float = 0.5) -> int:
+    """FLOPs of InternViT + pixel shuffle + projector over `num_tiles` tiles.
+
+    Per tile: the patch embedding once per patch, every layer's linear maps and full attention over
+    the patches and the class token, then the projector MLP on the merged tokens.
+    """
+    image_size = vision_config.image_size[0] if isinstance(vision_config.image_size, (list, tuple)) \
+        else vision_config.image_size
+    patch = vision_config.patch_size[0] if isinstance(vision_config.patch_size, (list, tuple)) \
+        else vision_config.patch_size
+    num_patches = (image_size // patch) ** 2
+    num_tokens = num_patches + 1  # the class token
+    hidden, inter = vision_config.hidden_size, vision_config.intermediate_size
+    per_layer = 2 * num_tokens * (4 * hidden * hidden + 2 * hidden * inter) + 4 * hidden * num_tokens ** 2
+    embedding = 2 * num_patches * 3 * patch * patch * hidden
+    merged = round(num_patches * downsample_ratio ** 2)
+    merged_width = round(hidden / downsample_ratio ** 2)
+    text_hidden = text_config.hidden_size
+    projector = 2 * merged * (merged_width * text_hidden + text_hidden * text_hidden)
+    return num_tiles * (embedding + per_layer * vision_config.num_hidden_layers + projector)
+
+
+def model_vision_flops(config, grid_thw: tuple[int, int, int], num_grids: int | None = None) -> int:
+    """FLOPs of a model's vision tower (its HF config) over `num_grids` temporal grids of one video:
+    InternVL3's InternViT per 448x448 tile (a tile per grid row t), else the Qwen towers."""
+    if getattr(config, "model_type", "") == "internvl":
+        num_tiles = grid_thw[0] if num_grids is None else num_grids
+        return internvl_vision_flops(config.vision_config, config.text_config, num_tiles, config.downsample_ratio)
+    return vision_flops(config.vision_config, grid_thw, num_grids)

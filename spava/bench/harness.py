@@ -18,15 +18,15 @@ import torch.distributed as dist
 
 from spava.attention.config import AttentionConfig
 from spava.attention.registry import get_method
-from spava.bench.inputs import VideoCase
+from spava.bench.inputs import FRAMES_PER_SECOND, VideoCase
 from spava.comm.collectives import SPComm
 from spava.models.runner import ModelRunner
 
 
 @dataclass
 class BenchSpec:
+    model: str = "auto"  # model family (spava.models.family.FAMILIES); auto: the checkpoint's, else Qwen2.5-VL
     size: str = "7b"
-    family: str = "qwen2_5_vl"  # model family of the random-weight preset: qwen2_5_vl | internvl
     cases: list = field(default_factory=lambda: [VideoCase(1440, 64)])
     methods: list = field(default_factory=lambda: ["full", "zigzag_ring", "ulysses", "star", "apb", "spava", "hf"])
     world_sizes: list = field(default_factory=lambda: [4])
@@ -137,15 +137,12 @@ def _first_token(runner: ModelRunner, inputs) -> None:
     runner.comm.broadcast(token, state.plan.decode_rank)
 
 
-def _hf_first_token(adapter, inputs, case: VideoCase) -> None:
-    ids = inputs.input_ids.to(adapter.device)[None]
-    mm_types = torch.zeros_like(ids)
-    mm_types[ids == adapter.config.video_token_id] = 2
+def _hf_first_token(adapter, inputs) -> None:
+    """HF transformers' own forward on the same prompt and pixel rows: the first token."""
+    seconds = adapter.vision_spec.temporal_patch_size / FRAMES_PER_SECOND  # as make_inputs' frames
+    kwargs = adapter.hf_inputs(inputs.input_ids, inputs.pixel_values, inputs.grid_thw, "video", seconds)
     with torch.inference_mode():
-        logits = adapter.hf(input_ids=ids, pixel_values_videos=inputs.pixel_values,
-                            video_grid_thw=torch.tensor([case.grid_thw()], device=adapter.device),
-                            second_per_grid_ts=torch.tensor([1.0]), mm_token_type_ids=mm_types,
-                            logits_to_keep=1, use_cache=True).logits
+        logits = adapter.hf(**kwargs, logits_to_keep=1, use_cache=True).logits
         int(torch.argmax(logits[0, -1]))
 
 

@@ -8,7 +8,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from spava.bench.flops import llm_prefill_flops, vision_flops
+from spava.bench.flops import llm_prefill_flops, model_vision_flops
 from spava.bench.harness import (
     BenchSpec, PhaseTimer, TimedEncoder, _first_token, _hf_first_token, _runner, _sum_over, instrument,
     matmul_tflops, measure, profile_once,
@@ -18,24 +18,17 @@ from spava.comm.collectives import SPComm, end_spawned_rank
 from spava.models.vision_parallel import assign_units, plan_vision_units
 
 
-def _build_adapter(spec: BenchSpec, device: str):
-    from spava.models.loading import torch_dtype
+def _build_model(spec: BenchSpec, device: str):
+    """(family, adapter on `device`): random weights of `spec.size`, or the checkpoint `spec.model_path`."""
+    from spava.config import ModelConfig
+    from spava.models.family import get_family
 
-    if spec.model_path is not None:
-        from spava.config import ModelConfig
-        from spava.models.loading import build_adapter
-
-        return build_adapter(ModelConfig(path=spec.model_path, dtype=spec.dtype, vision_impl=spec.encoder),
-                             ("vision", "text"), device)
-    if spec.family == "internvl":
-        from spava.models.internvl.bench import build_random
-
-        return build_random(spec.size, torch_dtype(spec.dtype), device)
-    from spava.models.qwen2_5_vl.model import Qwen25VL
-    from spava.models.qwen2_5_vl.presets import qwen2_5_vl_config
-
-    return Qwen25VL.from_config(qwen2_5_vl_config(spec.size), dtype=torch_dtype(spec.dtype), device=device,
-                                vision_impl=spec.encoder)
+    config = ModelConfig(family=spec.model, path=spec.model_path, size=spec.size, dtype=spec.dtype,
+                         vision_impl=spec.encoder)
+    family = get_family(config)
+    if family.vision_spec() is None:
+        raise ValueError(f"spava bench measures video requests; the {family.name} family has no vision tower")
+    return family, family.build(("vision", "text"), device)
 
 
 def _rank_flops(runner, inputs, case, adapter, world_size: int, rank: int) -> float:
@@ -43,35 +36,8 @@ def _rank_flops(runner, inputs, case, adapter, world_size: int, rank: int) -> fl
     units = plan_vision_units(inputs.grid_thw, adapter.vision_spec.merge_size)
     start, stop = assign_units(units, world_size)[rank]
     cfg = adapter.config
-    if _is_internvl(adapter):
-        from spava.models.internvl.bench import vision_flops as internvl_vision_flops
-
-        vision = internvl_vision_flops(cfg.vision_config, cfg.text_config, stop - start, cfg.downsample_ratio)
-    else:
-        vision = vision_flops(cfg.vision_config, case.grid_thw(), stop - start)
-    return llm_prefill_flops(runner.method, plan, cfg.text_config) + vision
-
-
-def _is_internvl(adapter) -> bool:
-    return getattr(adapter.config, "model_type", "") == "internvl"
-
-
-def _make_inputs(case, adapter, device):
-    """The synthetic request of `case` in the adapter's family."""
-    if _is_internvl(adapter):
-        from spava.models.internvl.bench import make_inputs as make_internvl_inputs
-
-        return make_internvl_inputs(case, adapter, device=device)
-    return make_inputs(case, adapter.token_ids(), device=device)
-
-
-def _hf_first(adapter, inputs, case) -> None:
-    if _is_internvl(adapter):
-        from spava.models.internvl.bench import hf_first_token
-
-        hf_first_token(adapter, inputs)
-    else:
-        _hf_first_token(adapter, inputs, case)
+    return llm_prefill_flops(runner.method, plan, cfg.text_config) + model_vision_flops(
+        cfg, case.grid_thw(adapter.vision_spec), stop - start)
 
 
 def _record(handle, entry: dict) -> None:
@@ -85,7 +51,7 @@ def _run_single(spec, name, adapter, inputs, case, device, timer, rate, group):
     if name == "hf":
         if inputs.num_tokens > spec.hf_max_tokens:
             return {"skipped": f"over --hf-max-tokens={spec.hf_max_tokens}"}
-        result = measure(lambda: _hf_first(adapter, inputs, case), spec, device, group, timer)
+        result = measure(lambda: _hf_first_token(adapter, inputs), spec, device, group, timer)
     else:
         result = measure(lambda: _first_token(runner, inputs), spec, device, group, timer)
     flops = _rank_flops(runner, inputs, case, adapter, 1, 0)
@@ -108,11 +74,11 @@ def _run_parallel(spec, name, adapter, inputs, case, device, timer, rate, group,
             "roofline": flops / (world_size * rate * 1e12) / result["seconds"]}
 
 
-def _case_entries(spec, adapter, case, device, timer, rate, groups, rank):
+def _case_entries(spec, adapter, processor, case, device, timer, rate, groups, rank):
     """Every method of one case on the ranks it needs; yields result entries (rank 0 records them)."""
-    inputs = _make_inputs(case, adapter, device)
+    inputs = make_inputs(case, processor, adapter.vision_spec, device=device)
     base = {"case": case.label, "resolution": case.resolution, "frames": case.num_frames,
-            "num_tokens": inputs.num_tokens, "size": spec.size}
+            "num_tokens": inputs.num_tokens, "size": spec.size, "model": spec.model}
     for name in spec.methods:
         sizes = [1] if name in ("full", "hf") else spec.world_sizes
         for world_size in sizes:
@@ -144,7 +110,8 @@ def bench_rank(rank: int, world_size: int, spec: BenchSpec, init_method: str, ou
     from spava.comm.collectives import new_group
 
     groups = {size: new_group(list(range(size))) for size in sorted({1, *spec.world_sizes})}
-    adapter = _build_adapter(spec, device)
+    family, adapter = _build_model(spec, device)
+    processor = family.processor()
     timer = TimedEncoder(adapter.encode, device)
     adapter.encode = timer
     rate = matmul_tflops(device)
@@ -153,7 +120,7 @@ def bench_rank(rank: int, world_size: int, spec: BenchSpec, init_method: str, ou
         _record(handle, {"matmul_tflops": rate, "device": torch.cuda.get_device_name() if spec.device == "cuda"
                          else "cpu", "torch": torch.__version__, "spec": {k: str(v) for k, v in vars(spec).items()}})
     for case in spec.cases:
-        for entry in _case_entries(spec, adapter, case, device, timer, rate, groups, rank):
+        for entry in _case_entries(spec, adapter, processor, case, device, timer, rate, groups, rank):
             if handle:
                 _record(handle, entry)
     if handle:

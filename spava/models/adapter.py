@@ -23,6 +23,27 @@ class HFAdapter:
         `local_rows` `[n]` (a family whose tower returns more than the embeddings overrides this)."""
         hidden.index_copy_(0, local_rows, features)
 
+    def take_layer_additions(self) -> "dict[int, tuple[torch.Tensor, torch.Tensor]] | None":
+        """Per-layer additions kept by `place_visual` since the last call, then forgotten:
+        {layer i: (local rows `[n]`, values `[n, d]`)} added to layer i's output (DeepStack), or None."""
+        return None
+
+
+def hf_visual_inputs(config, device: torch.device, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+                     grid_thw, kind: str = "video") -> dict:
+    """Keyword arguments of an HF Qwen-VL-style forward / generate (batch 1) for the prompt `[N]` with one
+    kind of visual item: ids, `mm_token_type_ids` (1 image, 2 video pad), pixel rows and `[K, 3]` grids."""
+    ids = input_ids.reshape(1, -1).to(device)
+    mm_types = torch.zeros_like(ids, dtype=torch.int32)
+    mm_types[ids == config.image_token_id] = 1
+    mm_types[ids == config.video_token_id] = 2
+    kwargs = dict(input_ids=ids, mm_token_type_ids=mm_types)
+    if pixel_values is not None:
+        grid = torch.as_tensor(grid_thw, dtype=torch.long).reshape(-1, 3).to(device)
+        names = ("pixel_values_videos", "video_grid_thw") if kind == "video" else ("pixel_values", "image_grid_thw")
+        kwargs.update(zip(names, (pixel_values.to(device), grid)))
+    return kwargs
+
 
 def common_prefix_length(first: list[int], second: list[int]) -> int:
     """Number of leading token ids the two sequences share (where a context ends inside a prompt)."""

@@ -91,13 +91,17 @@ class ShardedDecoder:
             rows += self.ops.mlp(layer.mlp, self.ops.norm(layer.post_attention_layernorm, rows))
 
     def prefill(self, hidden: torch.Tensor, position_ids: torch.Tensor, ctx: AttnContext,
-                extra_capacity: int = 256) -> tuple[torch.Tensor, DistributedKVCache]:
+                extra_capacity: int = 256,
+                layer_additions: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                ) -> tuple[torch.Tensor, DistributedKVCache]:
         """Run every layer over the local tokens.
 
         Args:
             hidden: `[S, hidden]` input embeddings in plan order (modified in place).
             position_ids: `[3, S]` or `[S]` global positions sliced by the plan.
             extra_capacity: cache rows reserved for generated tokens (on the rank that stores them).
+            layer_additions: {layer i: (local rows `[n]`, values `[n, hidden]`)}: values added to those
+                rows of layer i's output, before layer i+1 (Qwen3-VL's DeepStack visual features).
         Returns:
             (final hidden states `[S, hidden]` before the last norm, KV cache of the owned tokens)
         """
@@ -113,6 +117,8 @@ class ShardedDecoder:
             cache.add_layer(torch.cat([k[a:b] for a, b in owned]), torch.cat([v[a:b] for a, b in owned]))
             del k, v
             self._mlp_residual_(layer, hidden)
+            if layer_additions and index in layer_additions:
+                _add_rows_(hidden, *layer_additions[index])
             if self.progress is not None:
                 self.progress(index + 1, num_layers)
         return hidden, cache
@@ -120,3 +126,9 @@ class ShardedDecoder:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """`[T, hidden]` final hidden states -> `[T, vocab]` float32 logits (last norm + lm_head)."""
         return self.m.lm_head(self.ops.norm(self.m.norm, hidden)).float()
+
+
+def _add_rows_(hidden: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+    """hidden[rows] += values, rows unique: one addition per element in hidden's dtype, as HF does."""
+    if rows.numel():
+        hidden.index_copy_(0, rows, hidden.index_select(0, rows) + values.to(hidden.dtype))

@@ -43,6 +43,7 @@ class FamilyEntry:
 
 FAMILIES: dict[str, FamilyEntry] = {
     "qwen2_5_vl": FamilyEntry("spava.models.qwen2_5_vl.family:Qwen25VLFamily", ("qwen2_5_vl",)),
+    "qwen3_vl": FamilyEntry("spava.models.qwen3_vl.family:Qwen3VLFamily", ("qwen3_vl",)),
     "text": FamilyEntry("spava.models.text_family:TextFamily", ("llama", "qwen2", "qwen3", "mistral")),
     "internvl": FamilyEntry("spava.models.internvl.family:InternVLFamily", ("internvl",)),
 }
@@ -59,7 +60,14 @@ class ModelAdapter(Protocol):
         """The language model's modules, run by `spava.models.decoder.ShardedDecoder`."""
 
     def encode(self, pixel_rows: "torch.Tensor", grid_thw: "torch.Tensor") -> "torch.Tensor":
-        """Vision tower: pixel rows `[P, patch_dim]` of the grids `[G, 3]` -> features `[P/merge^2, d']`."""
+        """Vision tower: pixel rows `[P, patch_dim]` of the grids `[G, 3]` -> features `[P/merge^2, d']`
+        (d' = `visual_width`: the embedding, plus any per-token features for later layers)."""
+
+    def place_visual(self, hidden: "torch.Tensor", local_rows: "torch.Tensor", features: "torch.Tensor") -> None:
+        """Write routed features `[n, d']` into the local hidden states `[S, d]` at `local_rows` (HFAdapter)."""
+
+    def take_layer_additions(self) -> "dict[int, tuple[torch.Tensor, torch.Tensor]] | None":
+        """What `place_visual` kept for the decoder layers (Qwen3-VL's DeepStack), or None (HFAdapter)."""
 
 
 class Processor(ABC):

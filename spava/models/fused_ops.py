@@ -25,9 +25,10 @@ from torch import nn
 logger = logging.getLogger("spava.models")
 
 # RMSNorm classes whose forward is: float32, x * rsqrt(mean(x^2) + eps), cast back, times weight.
-RMS_NORM_TYPES = frozenset({"Qwen2_5_VLRMSNorm", "Qwen2RMSNorm", "LlamaRMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"})
+RMS_NORM_TYPES = frozenset({"Qwen2_5_VLRMSNorm", "Qwen2RMSNorm", "LlamaRMSNorm", "Qwen3RMSNorm", "MistralRMSNorm",
+                            "Qwen3VLTextRMSNorm"})
 # MLP classes whose forward is: down_proj(act_fn(gate_proj(x)) * up_proj(x)).
-SWIGLU_MLP_TYPES = frozenset({"Qwen2MLP", "Qwen2_5_VLMLP", "LlamaMLP", "Qwen3MLP", "MistralMLP"})
+SWIGLU_MLP_TYPES = frozenset({"Qwen2MLP", "Qwen2_5_VLMLP", "LlamaMLP", "Qwen3MLP", "MistralMLP", "Qwen3VLTextMLP"})
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -75,11 +75,19 @@ class ModelRunner:
         return self.adapter.device
 
     def _embed_local(self, inputs: PromptInputs, plan: SequencePlan, ctx: AttnContext,
-                     timer: StageTimer) -> torch.Tensor:
+                     timer: StageTimer) -> tuple[torch.Tensor, dict | None]:
+        """Local input embeddings `[S, d]` with the visual rows filled, and the adapter's per-layer
+        additions for those rows (DeepStack; None for most models)."""
         hidden = self.decoder.embed(plan.slice_local(inputs.input_ids).to(self.device))
-        if inputs.has_vision:
-            self.vision_feed(inputs, ctx, hidden, timer)
-        return hidden
+        if not inputs.has_vision:
+            return hidden, None
+        self._take_layer_additions()  # drop what a request that failed mid-feed may have left
+        self.vision_feed(inputs, ctx, hidden, timer)
+        return hidden, self._take_layer_additions()
+
+    def _take_layer_additions(self) -> dict | None:
+        take = getattr(self.adapter, "take_layer_additions", None)
+        return take() if take is not None else None
 
     def colocated_vision_feed(self, inputs: PromptInputs, ctx: AttnContext, hidden: torch.Tensor,
                               timer: StageTimer) -> None:
@@ -105,13 +113,14 @@ class ModelRunner:
         plan = method.plan(inputs.num_tokens, inputs.num_query_tokens, self.comm.world_size, self.comm.rank)
         ctx = method.context(plan, self.comm, self.device)
         try:
-            hidden = self._embed_local(inputs, plan, ctx, timer)
+            hidden, additions = self._embed_local(inputs, plan, ctx, timer)
         finally:
             if inputs.visual is not None:
                 inputs.visual.close()
         positions = plan.slice_local(inputs.position_ids, dim=-1).to(self.device)
         with timer.span("prefill_s"):
-            hidden, cache = self.decoder.prefill(hidden, positions, ctx, extra_capacity=max_new_tokens + 1)
+            hidden, cache = self.decoder.prefill(hidden, positions, ctx, extra_capacity=max_new_tokens + 1,
+                                                 layer_additions=additions)
         logits = None
         if plan.rank == plan.decode_rank:
             if int(plan.local_token_ids()[-1]) != inputs.num_tokens - 1:

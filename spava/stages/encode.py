@@ -50,7 +50,7 @@ class PlannedRequest:
     units: tuple = ()
     assignment: tuple = ()
     table: Optional[RouteTable] = None  # None: this rank has none of its grids, so encodes and sends nothing
-    embeds: Optional[torch.Tensor] = None  # `[n_rows, hidden]` of this rank's units, after encoding
+    embeds: Optional[torch.Tensor] = None  # `[n_rows, visual_width]` of this rank's units, after encoding
     error: Optional[TaskError] = None
 
 
@@ -174,11 +174,11 @@ class VisionEncoder(Stage):
         pending.wait()
 
     def _payload(self, request: PlannedRequest, rows: torch.Tensor) -> torch.Tensor:
-        """`[len(rows), hidden]` rows for one receiver: the embeddings, or zeros when encoding failed
+        """`[len(rows), visual_width]` rows for one receiver: the embeddings, or zeros when encoding failed
         (so the receiver's matching receive completes; the request has failed already)."""
         if request.embeds is None:
-            width = self.adapter.visual_width
-            return torch.zeros(rows.numel(), width, dtype=self.adapter.dtype, device=self.adapter.device)
+            return torch.zeros(rows.numel(), self.adapter.visual_width, dtype=self.adapter.dtype,
+                               device=self.adapter.device)
         return request.embeds.index_select(0, rows.to(request.embeds.device))
 
     def _abandon(self, requests: list[PlannedRequest], error: Exception) -> Iterator[TaskError]:

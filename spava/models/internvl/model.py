@@ -115,6 +115,19 @@ class InternVL(HFAdapter):
         """Width of the vision features (the LLM hidden size, after the projector)."""
         return self.config.text_config.hidden_size
 
+    def hf_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, grid_thw, kind: str = "video",
+                  second_per_grid: float | None = None) -> dict:
+        """Keyword arguments of HF's forward / generate for one prompt `[N]` with its tiles' pixel rows
+        `[T*1024, 588]` (baselines): `input_ids` `[1, N]` and `pixel_values` images `[T, 3, 448, 448]`,
+        on this model's device. `kind` and `second_per_grid` do not matter to InternVL."""
+        kwargs = {"input_ids": torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1).to(self.device)}
+        if pixel_values is not None:
+            spec = self.vision_spec
+            num_tiles = sum(int(grid[0]) for grid in grid_thw)
+            images = rows_to_images(pixel_values, num_tiles, spec.grid_side, spec.patch_size)
+            kwargs["pixel_values"] = images.to(self.device, self.dtype)
+        return kwargs
+
     def encode(self, pixel_rows: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Pixel rows `[T*1024, 588]` of grids `[G, 3]` (t tiles of 32x32 patches each) -> features
         `[T*256, hidden]`: HF's `get_image_features` on the tiles, in order, at most

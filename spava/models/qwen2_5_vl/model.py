@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spava.models.adapter import HFAdapter
+from spava.models.adapter import HFAdapter, hf_visual_inputs
 from spava.models.decoder import DecoderModules
 
 PARTS = ("vision", "text")
@@ -136,6 +136,15 @@ class Qwen25VL(HFAdapter):
 
             self._fast_vision = FastQwen25Vision(visual)
         return self._fast_vision.encode(pixel_rows, grid_thw)
+
+    def hf_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, grid_thw, kind: str = "video",
+                  second_per_grid: float | None = None) -> dict:
+        """Keyword arguments of HF's forward / generate for one prompt `[N]` with one visual item
+        (baselines): a video's `second_per_grid_ts` is `second_per_grid` (1.0 when None)."""
+        kwargs = hf_visual_inputs(self.config, self.device, input_ids, pixel_values, grid_thw, kind)
+        if pixel_values is not None and kind == "video":
+            kwargs["second_per_grid_ts"] = torch.tensor([1.0 if second_per_grid is None else second_per_grid])
+        return kwargs
 
     def decoder_modules(self) -> DecoderModules:
         text = self.hf.model.language_model
