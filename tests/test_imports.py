@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -11,6 +13,11 @@ def test_import_spava_is_light():
             "'transformers') if m in sys.modules]; print(','.join(heavy))")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert output == ""
+    # Imports inside functions (sweeps, benchmarks) count too.
+    kernels_dir = pathlib.Path(__file__).resolve().parents[1] / "kernels" / "spava_kernels"
+    pattern = re.compile(r"^\s*(from|import)\s+spava(\.|\s|$)", re.MULTILINE)
+    offenders = [path.name for path in kernels_dir.glob("*.py") if pattern.search(path.read_text())]
+    assert offenders == []
 
 
 def test_public_names_resolve_lazily():

@@ -304,21 +304,20 @@ def sweep(num_seqs: int, length: int, num_heads: int, dim: int, kernels) -> None
     """Time `kernels` (name, fn(q, k, v, cu_seqlens, max_seqlen) -> out) against cuDNN's SDPA on ViT
     full-attention shapes (CUDA, bf16): q, k contiguous `[T, H, D]` (as rotary writes them), v a view of a
     packed qkv `[T, 3, H, D]`. The diff column is against cuDNN."""
-    from spava.models.varlen_attention import plan_varlen_groups, varlen_attention
-    from spava_kernels.sweep import time_cases
+    from spava_kernels.sweep import batched_sdpa, time_cases
 
     device, dtype = torch.device("cuda"), torch.bfloat16
     qkv = torch.randn(num_seqs * length, 3, num_heads, dim, device=device, dtype=dtype)
     q, k, v = qkv[:, 0].contiguous(), qkv[:, 1].contiguous(), qkv[:, 2]
-    groups = plan_varlen_groups(torch.arange(num_seqs + 1) * length, device)
+    cu_seqlens = (torch.arange(num_seqs + 1, device=device) * length).to(torch.int32)
     flops = 4 * num_seqs * length * length * num_heads * dim
     print(f"{num_seqs} sequences x {length} tokens, H={num_heads}, D={dim}, bf16: {flops / 1e12:.2f} TFLOP; "
           f"{torch.cuda.get_device_name(device)}")
     def cudnn():
-        return varlen_attention(q, k, v, None, groups=groups, backends=["cudnn"], use_flash=False)
+        return batched_sdpa(q, k, v, num_seqs, "cudnn")
 
     cases = [("cudnn sdpa", cudnn)]
-    cases += [(name, lambda fn=fn: fn(q, k, v, groups.cu_seqlens, length)) for name, fn in kernels]
+    cases += [(name, lambda fn=fn: fn(q, k, v, cu_seqlens, length)) for name, fn in kernels]
     time_cases(cases, cudnn(), flops, "TFLOP/s", rep_ms=300)
 
 

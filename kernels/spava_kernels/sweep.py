@@ -27,6 +27,20 @@ def time_cases(cases: list[tuple[str, Callable[[], torch.Tensor]]], want: Option
         print(f"  {name:36} {ms * 1e3:9.1f} us  {work / ms / scale:7.0f} {unit}{error}")
 
 
+def batched_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_seqs: int, backend: str) -> torch.Tensor:
+    """Baseline of the sweeps: `num_seqs` equal-length sequences packed as q, k, v `[T, H, D]`
+    (T = num_seqs * length), attended one by one (no mask) by torch's SDPA restricted to `backend`
+    ("cudnn" or "math"). Returns `[T, H, D]`."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    chosen = {"cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[backend]
+    def batched(x):  # [T, H, D] -> [B, H, L, D]
+        return x.reshape(num_seqs, -1, *x.shape[1:]).transpose(1, 2)
+    with sdpa_kernel([chosen]):
+        out = torch.nn.functional.scaled_dot_product_attention(batched(q), batched(k), batched(v))
+    return out.transpose(1, 2).reshape(q.shape)
+
+
 def attention_sweep_args(description: str) -> tuple[int, int, int, int]:
     """Command line of the flash kernels' sweeps: (sequences, tokens per sequence, heads, head_dim), by
     default the 7B ViT's full-attention shapes at 1440p."""

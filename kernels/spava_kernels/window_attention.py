@@ -231,23 +231,21 @@ def _sweep(num_windows: int, num_heads: int, dim: int, length: int) -> None:
     """Time every `SWEEP_CONFIGS` entry and cuDNN's batched SDPA on ViT-like windows (CUDA, bf16):
     q, k contiguous `[T, H, D]` (as rotary writes them), v a view of a packed qkv `[T, 3, H, D]`; then
     the rotary fused into the kernel (q, k read from the packed qkv) against a separate rotary pass."""
-    from spava.models.varlen_attention import plan_varlen_groups, varlen_attention
-    from spava_kernels.sweep import time_cases
+    from spava_kernels.sweep import batched_sdpa, time_cases
 
     device, dtype = torch.device("cuda"), torch.bfloat16
     qkv = torch.randn(num_windows * length, 3, num_heads, dim, device=device, dtype=dtype)
     q, k, v = qkv[:, 0].contiguous(), qkv[:, 1].contiguous(), qkv[:, 2]
-    groups = plan_varlen_groups(torch.arange(num_windows + 1) * length, device)
+    cu_seqlens = (torch.arange(num_windows + 1, device=device) * length).to(torch.int32)
     moved = 4 * q.numel() * q.element_size()  # read q, k, v and write out once
     copy_src = torch.empty(moved // 2, dtype=torch.uint8, device=device)
     copy_dst = torch.empty_like(copy_src)
     print(f"{num_windows} windows x {length} tokens, H={num_heads}, D={dim}, bf16: {moved / 1e9:.2f} GB moved; "
           f"{torch.cuda.get_device_name(device)}")
-    want = varlen_attention(q, k, v, None, groups=groups, backends=["math"], use_flash=False)
+    want = batched_sdpa(q, k, v, num_windows, "math")
     cases = [("copy (same bytes)", lambda: copy_dst.copy_(copy_src)),
-             ("cudnn sdpa", lambda: varlen_attention(q, k, v, None, groups=groups, backends=["cudnn"],
-                                                       use_flash=False))]
-    cases += [(f"triton {tuple(c)}", lambda c=c: window_attention(q, k, v, groups.cu_seqlens, length, config=c))
+             ("cudnn sdpa", lambda: batched_sdpa(q, k, v, num_windows, "cudnn"))]
+    cases += [(f"triton {tuple(c)}", lambda c=c: window_attention(q, k, v, cu_seqlens, length, config=c))
               for c in SWEEP_CONFIGS]
     time_cases(cases, want, moved, "GB/s")
     angles = torch.rand(q.shape[0], dim // 2, device=device) * 6
@@ -258,10 +256,10 @@ def _sweep(num_windows: int, num_heads: int, dim: int, length: int) -> None:
 
     rotate = torch.compile(lambda x: rotate_half(x, cos, sin))
     q_raw, k_raw = qkv[:, 0], qkv[:, 1]
-    want = varlen_attention(rotate(q_raw), rotate(k_raw), v, None, groups=groups, backends=["math"], use_flash=False)
+    want = batched_sdpa(rotate(q_raw), rotate(k_raw), v, num_windows, "math")
     cases = [("rotary pass (compiled) + triton", lambda: window_attention(rotate(q_raw), rotate(k_raw), v,
-                                                                            groups.cu_seqlens, length))]
-    cases += [(f"triton rotary {tuple(c)}", lambda c=c: window_attention(q_raw, k_raw, v, groups.cu_seqlens, length,
+                                                                            cu_seqlens, length))]
+    cases += [(f"triton rotary {tuple(c)}", lambda c=c: window_attention(q_raw, k_raw, v, cu_seqlens, length,
                                                                           config=c, rotary=(cos, sin)))
               for c in ROTARY_SWEEP_CONFIGS]
     time_cases(cases, want, moved, "GB/s")
