@@ -20,6 +20,7 @@ from spava.models.decode_step import FLAG_CANCEL, DecodeEngine
 from spava.models.generation import SamplingParams
 from spava.models.inputs import PromptInputs
 from spava.models.kv_cache import DistributedKVCache
+from spava.models.memory import DecoderShape, OverBudgetError, PrefillMemory, check_fits, estimate_prefill_memory
 from spava.models.timing import StageTimer
 from spava.models.vision_parallel import (assign_units, encode_and_route, local_vision_rows, plan_route_table,
                                           plan_vision_units)
@@ -117,6 +118,7 @@ class ModelRunner:
         finally:
             if inputs.visual is not None:
                 inputs.visual.close()
+        self.check_memory(plan, hidden, extra_capacity=max_new_tokens + 1)
         positions = plan.slice_local(inputs.position_ids, dim=-1).to(self.device)
         with timer.span("prefill_s"):
             hidden, cache = self.decoder.prefill(hidden, positions, ctx, extra_capacity=max_new_tokens + 1,
@@ -127,6 +129,40 @@ class ModelRunner:
                 raise AssertionError("the decode rank must hold the last prompt token")
             logits = self.decoder.logits(hidden[-1:])[0]
         return PrefillState(plan, ctx, cache, logits, timer.totals())
+
+    def check_memory(self, plan: SequencePlan, hidden: torch.Tensor, extra_capacity: int,
+                     free_bytes: int | None = None) -> None:
+        """Refuse (OverBudgetError, on every rank alike) a prefill that cannot fit some rank's free GPU
+        memory (`spava.models.memory`). `hidden`: this rank's `[S, d]` embeddings; `free_bytes`: this
+        rank's free memory (None: read from CUDA; off CUDA the check is skipped)."""
+        if free_bytes is None:
+            if self.device.type != "cuda":
+                return
+            free, _ = torch.cuda.mem_get_info(self.device)
+            free_bytes = free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        num_owned = sum(stop - start for start, stop in plan.owned_local_ranges())
+        need = estimate_prefill_memory(self.decoder_shape(hidden), plan.num_local_tokens, num_owned,
+                                       extra_capacity, self.decoder.mlp_chunk_size)
+        mine = torch.tensor([need.kv_cache_bytes, need.activation_bytes, free_bytes], dtype=torch.int64,
+                            device=self.device)
+        every, pending = self.comm.all_gather_stacked(mine)
+        pending.wait()
+        shortfalls = [(int(kv + act - room), rank) for rank, (kv, act, room) in enumerate(every.tolist())]
+        shortfall, rank = max(shortfalls)
+        if shortfall > 0:
+            kv, act, room = every[rank].tolist()
+            message = check_fits(PrefillMemory(int(kv), int(act)), int(room), rank=rank,
+                                 world_size=self.comm.world_size, num_tokens=plan.num_tokens)
+            raise OverBudgetError(message)
+
+    def decoder_shape(self, hidden: torch.Tensor) -> DecoderShape:
+        """The decoder's sizes for the memory estimate (`hidden` gives the width and dtype)."""
+        m = self.decoder.m
+        mlp = m.layers[0].mlp
+        projection = getattr(mlp, "gate_proj", None) or getattr(mlp, "up_proj", None) or getattr(mlp, "fc1", None)
+        intermediate = projection.out_features if projection is not None else 4 * hidden.shape[-1]
+        return DecoderShape(len(m.layers), hidden.shape[-1], intermediate, m.num_heads, m.num_kv_heads,
+                            m.head_dim, hidden.element_size())
 
     def generate(self, inputs: PromptInputs, params: SamplingParams, **hooks) -> GenerationOutput:
         """Prefill, then decode (see `decode_loop` for the hooks)."""

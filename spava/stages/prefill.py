@@ -17,9 +17,10 @@ from spava.comm.collectives import Pending, SPComm, recv_async
 from spava.comm.messages import ModelTaskReq
 from spava.models.inputs import PromptInputs, read_prompt_inputs
 from spava.models.loading import build_adapter
+from spava.models.memory import OverBudgetError
 from spava.models.runner import ModelRunner
 from spava.models.vision_parallel import route_for, transfer_tag
-from spava.stages.base import PrefillResult, Stage, StageContext
+from spava.stages.base import BadInputError, PrefillResult, Stage, StageContext
 
 
 class PrefillWorker(Stage):
@@ -82,5 +83,8 @@ class PrefillWorker(Stage):
         placement = self.context.placement
         inputs = read_prompt_inputs(task.layout, self.runner.adapter.vision_spec if placement.is_colocated else None)
         max_new_tokens = int(task.sampling.get("max_new_tokens", self.decode_config.max_new_tokens))
-        state = self.runner.prefill(inputs, max_new_tokens=max_new_tokens)
+        try:
+            state = self.runner.prefill(inputs, max_new_tokens=max_new_tokens)
+        except OverBudgetError as error:
+            raise BadInputError(str(error)) from None
         return PrefillResult(task, inputs, state, time.perf_counter() - start)
