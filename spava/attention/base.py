@@ -17,6 +17,7 @@ import torch
 
 from spava.attention.backend import AttentionBackend, get_backend
 from spava.attention.config import AttentionConfig
+from spava.attention.selection_log import SelectionLog
 from spava.comm.collectives import SPComm
 from spava.plan.sequence import SequencePlan
 
@@ -30,6 +31,7 @@ class AttnContext:
     backend: AttentionBackend
     peer_plans: tuple[SequencePlan, ...]  # every rank's plan of the same request, by rank
     scale: float | None = None
+    selections: SelectionLog | None = None  # when set, approximate methods record their passing choices
 
 
 class AttentionMethod(ABC):
