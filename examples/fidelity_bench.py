@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true",
                         help="the CI smoke case (a few minutes on 2 cores): one 2K magicword case, W=2, spava, "
                              "random and inverted selection")
+    parser.add_argument("--corpus", nargs="+", default=[],
+                        help="background text files (default: /usr/share/common-licenses, about 60K tokens; "
+                             "longer prompts need more text)")
     parser.add_argument("--work-dir", default=None, help="keep per-rank results here (a rerun resumes)")
     parser.add_argument("--out", default="fidelity_results.md")
     parser.add_argument("--json", default=None, help="raw results (default: --out with .json)")
@@ -142,11 +145,12 @@ def main(argv=None) -> None:
     spec = FidelitySpec(model=model_overrides(args.overrides), lengths=tuple(args.lengths), tasks=tuple(args.tasks),
                         num_cases=args.cases, configs=tuple(args.configs), world_size=args.world_size,
                         max_background=args.max_background, max_new_tokens=args.max_new_tokens, device=args.device,
-                        num_threads=args.threads_per_rank, work_dir=args.work_dir)
+                        num_threads=args.threads_per_rank, work_dir=args.work_dir, corpus=tuple(args.corpus))
     results = run_fidelity(spec)
     command = ("python examples/fidelity_bench.py " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
-    invocation = {"command": command, "wall_s": time.perf_counter() - start, "load_average_at_start": load_at_start,
-                  "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(time.time() - (time.perf_counter() - start)))}
+    wall_s = time.perf_counter() - start
+    invocation = {"command": command, "wall_s": wall_s, "load_average_at_start": load_at_start,
+                  "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(time.time() - wall_s))}
     results.update(invocations=record_invocation(args.work_dir, invocation),
                    machine=machine_line(spec.num_threads, spec.resolved_device()))
     json_path = args.json or os.path.splitext(args.out)[0] + ".json"

@@ -161,3 +161,8 @@ def test_selection_coverage():
     assert selection_coverage(selections, [(10, 12), (40, 41)]) == pytest.approx((1 + 0.5 + 0 + 0) / 4)
     assert selection_coverage(selections, [(0, 3)]) is None  # in no selectable chunk (the anchor)
     assert math.isclose(selection_coverage([], [(10, 12)]) or 0.0, 0.0)
+
+
+def test_too_short_background_is_refused():
+    with pytest.raises(ValueError, match="too short"):
+        build_case(CharProcessor(), "A short text.\n" * 100, "multikey", 6000, seed=0, max_background=10)

@@ -32,7 +32,8 @@ def test_query_aware_selection_beats_random_and_inverted_selection(tmp_path):
     report = {label: (round(s["magicword_logp"]["value"], 2), coverage.get(label)) for label, s in by_label.items()}
 
     # the case needs the needles: full attention predicts the recalled words far better than a control
-    assert by_label["full"]["magicword_logp"]["value"] > by_label["spava random"]["magicword_logp"]["value"] + 2.0, report
+    full_logp, random_logp = (by_label[label]["magicword_logp"]["value"] for label in ("full", "spava random"))
+    assert full_logp > random_logp + 2.0, report
     for control in ("spava random", "spava inverted"):
         # spava's selection finds the needles ...
         assert coverage["spava"] > 3 * coverage[control] and coverage["spava"] > 0.1, report

@@ -42,6 +42,7 @@ class FidelitySpec:
         max_background: scored natural-text positions per case.
         device: auto | cpu | cuda (ranks on cuda:0..W-1); attention_backend: the methods' kernel.
         work_dir: where rank results go (kept; a rerun resumes); None: a temporary directory.
+        corpus: text files of the background (default: the system's license texts, ~60K tokens).
     """
 
     model: dict = field(default_factory=lambda: {"gguf": "smollm2"})
@@ -57,6 +58,7 @@ class FidelitySpec:
     num_threads: int = 1
     num_resamples: int = 2000
     work_dir: str | None = None
+    corpus: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = set(self.tasks) - set(TASKS)
@@ -85,7 +87,7 @@ class FidelitySpec:
 
 def build_cases(processor, spec: FidelitySpec) -> tuple[list[FidelityCase], list[str]]:
     """Every (length, task, seed) case of `spec`, and the sources of the background text."""
-    corpus, sources = natural_text()
+    corpus, sources = natural_text(spec.corpus)
     cases = [build_case(processor, corpus, task, length, seed, spec.max_background)
              for length in spec.lengths for task in spec.tasks for seed in range(spec.num_cases)]
     return cases, sources
@@ -133,7 +135,8 @@ def run_fidelity(spec: FidelitySpec, log=print) -> dict:
 
 def _case_row(case: FidelityCase) -> dict:
     return {"name": case.name, "task": case.task, "num_tokens": case.inputs.num_tokens,
-            "num_query_tokens": case.inputs.num_query_tokens, "num_recall_tokens": sum(len(s.positions) for s in case.recalls),
+            "num_query_tokens": case.inputs.num_query_tokens,
+            "num_recall_tokens": sum(len(s.positions) for s in case.recalls),
             "num_background": len(case.background), "question": case.question, "answers": list(case.answers)}
 
 

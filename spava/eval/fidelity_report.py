@@ -142,7 +142,8 @@ def verdicts(results: dict) -> list[str]:
                              f"{'higher' if logp['low'] > 0 else 'not higher'} ({_interval(logp, 2, signed=True)})")
         kl = diff["kl"]
         if kl.get("value") is not None:
-            parts.append(f"background KL {'lower' if kl['high'] < 0 else 'not lower'} ({_interval(kl, 3, signed=True)})")
+            parts.append(f"background KL {'lower' if kl['high'] < 0 else 'not lower'} "
+                         f"({_interval(kl, 3, signed=True)})")
         lines.append(f"spava vs {label}: " + "; ".join(parts) + ".")
     return lines
 

@@ -107,7 +107,7 @@ def selection_coverage(selections: list, sources: list[tuple[int, int]]) -> floa
     passed, averaged over layers, KV heads and values; None when no selection covers a source."""
     fractions = []
     for start, stop in sources:
-        for layer, chunk_start, chunk_stop, indices in selections:
+        for _, chunk_start, chunk_stop, indices in selections:
             if chunk_start <= start and stop <= chunk_stop:
                 wanted = torch.arange(start, stop)
                 for head in range(indices.shape[1]):

@@ -97,15 +97,17 @@ class FidelityCase:
         return sorted(set(self.background).union(*(span.positions for span in self.recalls)))
 
 
-def natural_text() -> tuple[str, list[str]]:
-    """(long natural English text, its sources): the license texts, else stdlib docstrings."""
-    paths = sorted({os.path.realpath(p) for p in glob.glob(LICENSE_GLOB) if os.path.isfile(p)})
+def natural_text(paths: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """(long natural English text, its sources): the given text files, else the system's license
+    texts (about 60K tokens), else Python standard-library docstrings."""
+    if not paths:
+        paths = tuple(sorted({os.path.realpath(p) for p in glob.glob(LICENSE_GLOB) if os.path.isfile(p)}))
     pieces, sources = [], []
     for path in paths:
         with open(path, encoding="utf-8", errors="replace") as handle:
             pieces.append(handle.read())
         sources.append(path)
-    if sum(map(len, pieces)) < 200_000:  # not a Debian-like system: fall back to docstrings
+    if not pieces:  # not a Debian-like system: fall back to docstrings
         import importlib
 
         for name in STDLIB_MODULES:
@@ -125,7 +127,8 @@ def _spread(rng: random.Random, count: int, bounds: tuple[float, float]) -> list
     return [low + width * (i + 0.2 + 0.6 * rng.random()) for i in range(count)]
 
 
-Fact = tuple  # (depth in the document, sentence, the values it states)
+# An inserted sentence: (relative depth in the document, the sentence, the values it states).
+Fact = tuple[float, str, tuple[str, ...]]
 
 
 def _facts(task: str, rng: random.Random) -> tuple[list[Fact], list[Fact], str, tuple[str, ...]]:
@@ -134,7 +137,8 @@ def _facts(task: str, rng: random.Random) -> tuple[list[Fact], list[Fact], str, 
         keys = rng.sample(KEYS, 6)
         values = {key: _value(rng) for key in keys}
         sentence = "The special magic number for {} is: {}."
-        needles = [(d, sentence.format(k, values[k]), (values[k],)) for d, k in zip(_spread(rng, 6, NEEDLE_DEPTHS), keys)]
+        needles = [(d, sentence.format(k, values[k]), (values[k],))
+                   for d, k in zip(_spread(rng, 6, NEEDLE_DEPTHS), keys)]
         recalls = [(d, sentence.format(k, values[k]), (values[k],))
                    for d, k in zip(_spread(rng, 6, RECALL_DEPTHS), rng.sample(keys, 6))]
         target = rng.choice(keys)
@@ -175,7 +179,7 @@ def _facts(task: str, rng: random.Random) -> tuple[list[Fact], list[Fact], str, 
     raise ValueError(f"unknown fidelity task {task!r}; choose from {', '.join(TASKS)}")
 
 
-def _document(background: str, inserts: list[tuple[float, str]]) -> str:
+def _document(background: str, inserts: list[Fact]) -> str:
     """`background` with each sentence inserted as its own line at the first line break or sentence
     end at or after its relative depth (measured in characters of the background)."""
     cuts = []
@@ -209,7 +213,8 @@ def _token_range(starts: list[int], total: int, begin: int, end: int) -> tuple[i
     return first, last + 1
 
 
-def locate_case(tokenizer, inputs: PromptInputs, needles, recalls, task: str, name: str):
+def locate_case(tokenizer, inputs: PromptInputs, needles: list[Fact], recalls: list[Fact], task: str,
+                name: str) -> tuple[list[ScoredSpan], list[tuple[int, int]]]:
     """(recall spans, inserted token ranges) of a built prompt, found in its decoded tokens.
 
     Raises:
@@ -270,6 +275,9 @@ def build_case(processor, corpus: str, task: str, max_tokens: int, seed: int, ma
         num_chars = int(num_chars * (0.985 * max_tokens / inputs.num_tokens))
     if inputs.num_tokens > max_tokens:
         raise ValueError(f"could not fit a {task} case into {max_tokens} tokens")
+    if inputs.num_tokens < 0.9 * max_tokens:
+        raise ValueError(f"the background text ({len(corpus)} characters) is too short for {max_tokens}-token "
+                         "prompts; give longer text files (--corpus) or lower --lengths")
     name = f"{task}_L{max_tokens}_s{seed}"
     spans, inserted = locate_case(processor.tokenizer, inputs, needles, recalls, task, name)
     return FidelityCase(name, task, max_tokens, inputs, question, answers if task != "text" else (), spans,
