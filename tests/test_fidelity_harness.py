@@ -166,3 +166,14 @@ def test_selection_coverage():
 def test_too_short_background_is_refused():
     with pytest.raises(ValueError, match="too short"):
         build_case(CharProcessor(), "A short text.\n" * 100, "multikey", 6000, seed=0, max_background=10)
+
+
+def test_case_fingerprint_follows_the_prompt_and_the_scored_positions():
+    import dataclasses
+
+    corpus, _ = natural_text()
+    case = build_case(CharProcessor(), corpus, "vartrack", 3000, seed=2, max_background=50)
+    again = build_case(CharProcessor(), corpus, "vartrack", 3000, seed=2, max_background=50)
+    assert case.fingerprint == again.fingerprint  # a seed's case is reproducible
+    assert dataclasses.replace(case, background=case.background[1:]).fingerprint != case.fingerprint
+    assert build_case(CharProcessor(), corpus, "vartrack", 3000, seed=3, max_background=50).fingerprint != case.fingerprint

@@ -175,7 +175,7 @@ def score_runs(adapter, processor, configs: list[NamedConfig], cases: list[Fidel
         recall_units = [s.unit for s in case.recalls for _ in s.positions]
         ref_logp = None
         for config in configs:
-            result = load_result(work_dir, config.label, case.name, config.world_size)
+            result = load_result(work_dir, config.label, case, config.world_size)
             if not torch.equal(result["positions"], wanted):
                 raise RuntimeError(f"{config.label} {case.name}: the ranks returned other positions than the "
                                    "scored ones (each must be owned by exactly one rank)")

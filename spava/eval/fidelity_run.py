@@ -12,7 +12,9 @@ file per (configuration, case, rank) into the work directory:
     selections [(layer, start, stop, indices `[k, Hkv]` int32)]  this rank's passing choices
     prefill_s  this rank's prefill wall time
 
-Files that already exist are not recomputed, so an interrupted run resumes where it stopped.
+File names carry the case's fingerprint (prompt and scored positions). Files that already exist are
+not recomputed, so an interrupted run resumes where it stopped, and a run with more cases or
+configurations computes only what is new.
 """
 
 from __future__ import annotations
@@ -47,12 +49,15 @@ class RunSettings:
     eos_token_ids: tuple[int, ...]
 
 
-def result_path(work_dir: str, label: str, case_name: str, rank: int) -> str:
-    return os.path.join(work_dir, f"{label.replace(' ', '_').replace(',', '')}__{case_name}__r{rank}.pt")
+def result_path(work_dir: str, label: str, case: FidelityCase, rank: int) -> str:
+    """One rank's file of (configuration, case); the case's fingerprint keeps results of an older
+    version of a case from being reused."""
+    name = f"{label.replace(' ', '_').replace(',', '')}__{case.name}__{case.fingerprint}__r{rank}.pt"
+    return os.path.join(work_dir, name)
 
 
-def _is_done(work_dir: str, label: str, case_name: str, world_size: int) -> bool:
-    return all(os.path.isfile(result_path(work_dir, label, case_name, r)) for r in range(world_size))
+def _is_done(work_dir: str, label: str, case: FidelityCase, world_size: int) -> bool:
+    return all(os.path.isfile(result_path(work_dir, label, case, r)) for r in range(world_size))
 
 
 def _owned_rows(state, scored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,10 +106,10 @@ def _rank_main(rank: int, world_size: int, init_file: str, settings: RunSettings
         method = get_method(named.attention_config(settings.attention_backend))
         runner = ModelRunner(adapter, method, SPComm(), use_cuda_graph=False)
         for case in cases:
-            if _is_done(work_dir, named.label, case.name, world_size):
+            if _is_done(work_dir, named.label, case, world_size):
                 continue
             result = run_case(runner, case, settings, record=not method.is_exact)
-            path = result_path(work_dir, named.label, case.name, rank)
+            path = result_path(work_dir, named.label, case, rank)
             torch.save(result, path + ".tmp")
             os.replace(path + ".tmp", path)
             if rank == 0:
@@ -117,7 +122,7 @@ def run_ranks(settings: RunSettings, world_size: int, configs: list[NamedConfig]
               work_dir: str, log_prefix: str = "  ") -> float:
     """Spawn `world_size` ranks that run `configs` x `cases` into `work_dir`; returns the wall time (s)."""
     start = time.perf_counter()
-    todo = [c for c in configs if not all(_is_done(work_dir, c.label, case.name, world_size) for case in cases)]
+    todo = [c for c in configs if not all(_is_done(work_dir, c.label, case, world_size) for case in cases)]
     if todo:
         with tempfile.TemporaryDirectory() as tmp:
             mp.start_processes(_rank_main, args=(world_size, os.path.join(tmp, "init"), settings, todo, cases,
@@ -126,10 +131,10 @@ def run_ranks(settings: RunSettings, world_size: int, configs: list[NamedConfig]
     return time.perf_counter() - start
 
 
-def load_result(work_dir: str, label: str, case_name: str, world_size: int) -> dict:
+def load_result(work_dir: str, label: str, case: FidelityCase, world_size: int) -> dict:
     """Every rank's file of one (configuration, case) merged: positions sorted, hidden rows, the
     decode rank's tokens, all ranks' selections, and the slowest rank's prefill time."""
-    parts = [torch.load(result_path(work_dir, label, case_name, r), weights_only=True) for r in range(world_size)]
+    parts = [torch.load(result_path(work_dir, label, case, r), weights_only=True) for r in range(world_size)]
     positions = torch.cat([p["positions"] for p in parts])
     hidden = torch.cat([p["hidden"] for p in parts])
     order = positions.argsort()

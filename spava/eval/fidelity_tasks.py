@@ -31,6 +31,7 @@ Positions are global token indices; a position p scores the prediction of token 
 from __future__ import annotations
 
 import glob
+import hashlib
 import inspect
 import os
 import random
@@ -92,6 +93,13 @@ class FidelityCase:
     inserted: list[tuple[int, int]] = field(default_factory=list)  # token ranges of inserted sentences
 
     @property
+    def fingerprint(self) -> str:
+        """A digest of the prompt and of what is scored: result files carry it, so a changed case is recomputed."""
+        digest = hashlib.sha256(self.inputs.input_ids.numpy().tobytes())
+        digest.update(repr((self.scored_positions, self.answers)).encode())
+        return digest.hexdigest()[:12]
+
+    @property
     def scored_positions(self) -> list[int]:
         """Every position whose final hidden state the ranks must return, sorted."""
         return sorted(set(self.background).union(*(span.positions for span in self.recalls)))
@@ -139,8 +147,8 @@ def _facts(task: str, rng: random.Random) -> tuple[list[Fact], list[Fact], str, 
         sentence = "The special magic number for {} is: {}."
         needles = [(d, sentence.format(k, values[k]), (values[k],))
                    for d, k in zip(_spread(rng, 6, NEEDLE_DEPTHS), keys)]
-        recalls = [(d, sentence.format(k, values[k]), (values[k],))
-                   for d, k in zip(_spread(rng, 6, RECALL_DEPTHS), rng.sample(keys, 6))]
+        order = rng.sample(keys, 6)  # drawn before the depths: the cases of a seed stay the same
+        recalls = [(d, sentence.format(k, values[k]), (values[k],)) for d, k in zip(_spread(rng, 6, RECALL_DEPTHS), order)]
         target = rng.choice(keys)
         question = f"What is the special magic number for {target}? Answer with the number only."
         return needles, recalls, question, (values[target],)
@@ -163,8 +171,8 @@ def _facts(task: str, rng: random.Random) -> tuple[list[Fact], list[Fact], str, 
         links = _spread(rng, 3, (0.35, NEEDLE_DEPTHS[1]))
         needles = [(d, f"VAR {a} = {v}.", (v,)) for d, (a, _, v) in zip(roots, chains)]
         needles += [(d, f"VAR {b} = VAR {a}.", ()) for d, (a, b, _) in zip(links, rng.sample(chains, 3))]
-        recalls = [(d, f"The value of VAR {b} is {v}.", (v,))
-                   for d, (_, b, v) in zip(_spread(rng, 3, RECALL_DEPTHS), rng.sample(chains, 3))]
+        order = rng.sample(chains, 3)
+        recalls = [(d, f"The value of VAR {b} is {v}.", (v,)) for d, (_, b, v) in zip(_spread(rng, 3, RECALL_DEPTHS), order)]
         _, target, value = rng.choice(chains)
         return needles, recalls, f"What is the value of VAR {target}? Answer with the number only.", (value,)
     if task == "magicword":
