@@ -1,6 +1,6 @@
 """Fidelity of spava / apb / star against full attention with real weights, where the methods are sparse.
 
-    python examples/fidelity_bench.py [--lengths 8192] [--world-size 4] [--out docs/fidelity_results.md]
+    python examples/fidelity_bench.py [--lengths 8192] [--world-size 4] [--out fidelity_results.md]
     python examples/fidelity_bench.py model.path=/models/Qwen2.5-VL-7B-Instruct model.dtype=bfloat16 \\
         --lengths 32768 --cases 2 --out fidelity_qwen.md              # GPUs: ranks on cuda:0..W-1
 
@@ -10,6 +10,8 @@ Qwen2.5-VL with text-only prompts); with CUDA the ranks use one GPU each. Runs `
 every configuration of `spava.eval.fidelity_configs` on W ranks, then writes the Markdown report
 (`--out`) and the raw results (`--json`, default: the report's name with .json). `--work-dir` keeps the
 per-rank results, so an interrupted run resumes; `--render-only` re-renders a report from its JSON.
+Reports kept in the repository go to `benchmarks/<hardware>_fidelity_<model>_<length>_<date>.md` (and
+.json); docs/fidelity.md quotes them.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from spava.eval.fidelity_report import format_markdown
 from spava.eval.fidelity_tasks import TASKS
 
 # what tests/test_fidelity_smoke.py runs: one 2K magicword case, spava and its selection controls on 2 ranks
-SMOKE = dict(lengths=[2048], cases=1, tasks=["magicword"], configs=["spava", "spava random", "spava inverted"],
-             world_size=2, max_background=128)
+SMOKE = {"lengths": [2048], "cases": 1, "tasks": ["magicword"],
+         "configs": ["spava", "spava random", "spava inverted"], "world_size": 2, "max_background": 128}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -125,9 +127,9 @@ def record_invocation(work_dir: str | None, invocation: dict) -> list[dict]:
 def write_report(results: dict, out_path: str, json_path: str | None) -> None:
     with open(out_path, "w") as handle:
         handle.write(format_markdown(results, header_lines(results)))
-    if json_path is not None:
+    if json_path is not None:  # compact: it holds every bootstrap unit's sums
         with open(json_path, "w") as handle:
-            json.dump(results, handle, indent=1)
+            json.dump(results, handle, separators=(",", ":"))
 
 
 def main(argv=None) -> None:
