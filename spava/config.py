@@ -10,13 +10,24 @@ prefill ranks on the CPU, spava attention.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import importlib.util
+import logging
 import os
+import re
+import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
 from spava.attention.config import AttentionConfig
 
 DTYPES = ("bfloat16", "float16", "float32", "float64")
+DIST_BACKENDS = ("auto", "gloo", "nccl")
+VIDEO_BACKENDS = ("auto", "pyav", "decord", "torchcodec")
+FORK_SERVER_MODES = ("auto", "on", "off")
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+_ADDRESS = re.compile(r"^(auto|ipc://.+|tcp://[^:/\s]+:\d+)$")
 DEFAULT_STAGES = {
     "video": "spava.stages.video:VideoDecoder",
     "layout": "spava.stages.layout:LayoutPlanner",
@@ -28,8 +39,82 @@ DEFAULT_STAGES = {
 
 def _check_devices(name: str, devices: list[str]) -> None:
     for device in devices:
-        if device != "cpu" and not device.startswith("cuda"):
-            raise ValueError(f"{name}: device {device!r} must be 'cpu' or 'cuda[:N]'")
+        if not _DEVICE.match(device):
+            raise ValueError(f"{name}: device {device!r} must be 'cpu', 'cuda' or 'cuda:N'")
+
+
+def _registry_keys(module_name: str, table: str) -> list[str]:
+    """The keys of the dict `table` of `module_name`: read from the module when it is imported,
+    else from its source, so that loading a config never imports torch (the attention registry
+    imports it at module level). Built-in names only; "pkg.module:name" targets are loaded."""
+    module = sys.modules.get(module_name)
+    if module is not None:
+        return list(getattr(module, table))
+    origin = importlib.util.find_spec(module_name).origin
+    with open(origin) as handle:
+        tree = ast.parse(handle.read())
+    for node in tree.body:
+        targets = [node.target] if isinstance(node, ast.AnnAssign) else getattr(node, "targets", [])
+        if any(isinstance(t, ast.Name) and t.id == table for t in targets) and isinstance(node.value, ast.Dict):
+            return [ast.literal_eval(key) for key in node.value.keys]
+    raise RuntimeError(f"{module_name}.{table} not found")
+
+
+def _check_attention(attention: AttentionConfig) -> None:
+    """prefill.attention: the method, kernel backend and scorer are ones the registries know."""
+    methods = _registry_keys("spava.attention.registry", "BUILTIN_METHODS")
+    if attention.method not in methods:
+        if ":" not in attention.method:
+            raise ValueError(f"prefill.attention.method: unknown method {attention.method!r}; choose one of "
+                             f"{', '.join(methods)} or give 'pkg.module:Class'")
+        from spava.attention.registry import get_method
+
+        get_method(attention)  # imports the class and checks it is an AttentionMethod
+    backends = ["auto", *_registry_keys("spava.attention.backend", "_KERNELS")]
+    if attention.backend not in backends:
+        raise ValueError(f"prefill.attention.backend: unknown backend {attention.backend!r}; choose one of "
+                         f"{', '.join(backends)}")
+    scorers = _registry_keys("spava.attention.scoring", "_BUILTIN_SCORERS")
+    if attention.scorer not in scorers:
+        from spava.objects import load_object
+
+        if ":" not in attention.scorer:
+            raise ValueError(f"prefill.attention.scorer: unknown scorer {attention.scorer!r}; choose one of "
+                             f"{', '.join(scorers)} or give 'pkg.module:function'")
+        load_object(attention.scorer, "prefill.attention.scorer")
+
+
+def frame_sampling(options: dict):
+    """The `FrameSampling` of resolved video.* options (its fields only); ValueError naming the field."""
+    from spava.media.sampling import FrameSampling
+
+    names = {f.name for f in dataclasses.fields(FrameSampling)}
+    return FrameSampling(**{key: value for key, value in options.items() if key in names})
+
+
+def sampling_params(decode, overrides: dict):
+    """decode.* defaults updated by a request's sampling overrides, as a `SamplingParams` (torch-free);
+    ValueError naming the option. `decode.max_allowed_new_tokens` bounds max_new_tokens."""
+    from spava.models.generation import SamplingParams
+
+    names = {f.name for f in dataclasses.fields(SamplingParams)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise ValueError(f"unknown sampling option(s) {sorted(unknown)}; valid: {sorted(names)}")
+    values = {f.name: getattr(decode, f.name) for f in dataclasses.fields(decode) if f.name in names}
+    values.update(overrides)
+    for key in ("stop_token_ids", "stop_strings"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
+    try:
+        params = SamplingParams(**values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"sampling: {error}") from None
+    limit = decode.max_allowed_new_tokens
+    if isinstance(params.max_new_tokens, int) and params.max_new_tokens > limit:
+        raise ValueError(f"max_new_tokens={params.max_new_tokens} is over decode.max_allowed_new_tokens={limit}; "
+                         "ask for fewer tokens or raise decode.max_allowed_new_tokens")
+    return params
 
 
 @dataclass
@@ -86,6 +171,12 @@ class VideoConfig:
             raise ValueError(f"video.num_decoders must be >= 0 (0 = auto), got {self.num_decoders}")
         if not 0.0 <= self.min_decoded_fraction <= 1.0:
             raise ValueError(f"video.min_decoded_fraction must lie in [0, 1], got {self.min_decoded_fraction}")
+        if self.backend not in VIDEO_BACKENDS:
+            raise ValueError(f"video.backend must be one of {VIDEO_BACKENDS}, got {self.backend!r}")
+        try:  # the same check every request's video_options go through at admission
+            frame_sampling({name: getattr(self, name) for name in self.__dataclass_fields__})
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"video.*: {error}") from None
 
 
 @dataclass
@@ -140,6 +231,7 @@ class PrefillConfig:
         _check_devices("prefill.devices", self.devices)
         if self.mlp_chunk_size < 1:
             raise ValueError(f"prefill.mlp_chunk_size must be >= 1, got {self.mlp_chunk_size}")
+        _check_attention(self.attention)
 
 
 @dataclass
@@ -155,6 +247,16 @@ class DecodeConfig:
     cuda_graph: bool = True
     # split the decode's MLP and LM head over the prefill ranks (each already holds every weight)
     tensor_parallel: bool = True
+    # the most a request may ask for (its max_new_tokens is refused above this, at admission)
+    max_allowed_new_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.max_allowed_new_tokens < 1:
+            raise ValueError(f"decode.max_allowed_new_tokens must be >= 1, got {self.max_allowed_new_tokens}")
+        try:  # the defaults must make valid sampling parameters, as every request's overrides must
+            sampling_params(self, {})
+        except ValueError as error:
+            raise ValueError(f"decode.*: {error}") from None
 
 
 @dataclass
@@ -165,25 +267,60 @@ class RuntimeConfig:
     dist_backend: str = "auto"  # gloo on CPU, nccl on GPU
     dist_address: str = "127.0.0.1"
     dist_port: int = 0  # 0: pick a free port
+    # workers (and, from a client, the scheduler) that stay silent this long are dead
     heartbeat_interval_s: float = 0.5
     heartbeat_timeout_s: float = 10.0
     startup_timeout_s: float = 300.0
     request_timeout_s: float = 600.0
+    connect_timeout_s: float = 5.0  # Pipeline.connect / spava run --connect: first answer of the server
     max_queued_requests: int = 256
     # decoded+laid-out requests waiting for the model (bounds memory); disaggregated, the scheduler
     # allows at least encode.max_batch_requests of them, so a full encoder batch can be ready
     max_prepared_requests: int = 2
+    # restarts of a worker (the model ranks count as one group) allowed within restart_window_s;
+    # past that it stays down, and the pipeline unhealthy, until the oldest restart leaves the window
     max_worker_restarts: int = 3
+    restart_window_s: float = 600.0
+    # start workers by forking a process that imported torch / transformers once (fast start and
+    # restarts): auto = when every device is a CPU (forking is unsafe once CUDA is initialised)
+    fork_server: str = "auto"
     log_level: str = "INFO"
     metrics_port: Optional[int] = None
     shm_dir: str = "/dev/shm"
     secret: Optional[str] = None  # CURVE-authenticate control sockets (else $SPAVA_SECRET); needed off-host
 
     def __post_init__(self) -> None:
+        for name in ("heartbeat_interval_s", "startup_timeout_s", "request_timeout_s", "connect_timeout_s",
+                     "restart_window_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"runtime.{name} must be > 0 seconds, got {getattr(self, name)}")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
             raise ValueError("runtime.heartbeat_timeout_s must be larger than runtime.heartbeat_interval_s")
         if self.max_prepared_requests < 1 or self.max_queued_requests < 1:
             raise ValueError("runtime.max_prepared_requests and runtime.max_queued_requests must be >= 1")
+        if self.max_worker_restarts < 0:
+            raise ValueError(f"runtime.max_worker_restarts must be >= 0, got {self.max_worker_restarts}")
+        self._check_names()
+        if not os.path.isdir(self.shm_dir):
+            raise ValueError(f"runtime.shm_dir {self.shm_dir!r} is not a directory; use a tmpfs such as /dev/shm")
+        if not os.access(self.shm_dir, os.W_OK | os.X_OK):
+            raise ValueError(f"runtime.shm_dir {self.shm_dir!r} is not writable by this user")
+
+    def _check_names(self) -> None:
+        if self.dist_backend not in DIST_BACKENDS:
+            raise ValueError(f"runtime.dist_backend must be one of {DIST_BACKENDS}, got {self.dist_backend!r}")
+        if self.fork_server not in FORK_SERVER_MODES:
+            raise ValueError(f"runtime.fork_server must be one of {FORK_SERVER_MODES}, got {self.fork_server!r}")
+        if not isinstance(logging.getLevelName(str(self.log_level).upper()), int):
+            raise ValueError(f"runtime.log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {self.log_level!r}")
+        self.log_level = str(self.log_level).upper()
+        if not _ADDRESS.match(self.control_address):
+            raise ValueError(f"runtime.control_address must be 'auto', 'ipc://PATH' or 'tcp://HOST:PORT', got "
+                             f"{self.control_address!r}")
+        for name in ("metrics_port", "dist_port"):
+            port = getattr(self, name)
+            if port is not None and not 0 <= port <= 65535:
+                raise ValueError(f"runtime.{name} must be a port number (0-65535), got {port}")
 
 
 @dataclass
@@ -211,6 +348,23 @@ class PipelineConfig:
         for name, target in self.stages.items():
             if ":" not in target:
                 raise ValueError(f"stages.{name}: {target!r} must be 'package.module:ClassName'")
+        self._check_placement()
+
+    def _check_placement(self) -> None:
+        devices = self.encode.devices + self.prefill.devices
+        kinds = {device.split(":")[0] for device in devices}
+        if self.runtime.dist_backend == "auto" and len(kinds) > 1:
+            raise ValueError(f"encode.devices + prefill.devices mix CPU and CUDA ({devices}); the ranks of one "
+                             "pipeline share one backend: use one kind of device, or set runtime.dist_backend=gloo")
+        if self.runtime.dist_backend == "nccl" and "cpu" in kinds:
+            raise ValueError("runtime.dist_backend=nccl needs CUDA devices; encode.devices / prefill.devices list 'cpu'")
+        if self.decode.max_new_tokens > self.decode.max_allowed_new_tokens:
+            raise ValueError(f"decode.max_new_tokens={self.decode.max_new_tokens} is over "
+                             f"decode.max_allowed_new_tokens={self.decode.max_allowed_new_tokens}")
+
+    @property
+    def uses_cuda(self) -> bool:
+        return any(device.startswith("cuda") for device in self.encode.devices + self.prefill.devices)
 
     @property
     def world_size(self) -> int:
@@ -221,15 +375,17 @@ class PipelineConfig:
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Defaults <- YAML file <- `key=value` overrides; validated. Raises ValueError naming the field."""
     import yaml
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
         merged = OmegaConf.structured(PipelineConfig)
         if path is not None:
-            if not os.path.isfile(path):
-                raise ValueError(f"config file {os.fspath(path)!r} does not exist")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            loaded = OmegaConf.load(_config_file(path))
+            if not isinstance(loaded, DictConfig):
+                raise ValueError(f"config file {os.fspath(path)!r} must be a mapping of sections (model:, video:, "
+                                 f"prefill:, ...), not a {type(loaded).__name__.removesuffix('Config').lower()}")
+            merged = OmegaConf.merge(merged, loaded)
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(merged)
@@ -237,6 +393,17 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         raise ValueError(f"invalid config: {_first_line(error)}") from None
     except yaml.YAMLError as error:
         raise ValueError(f"invalid config: {os.fspath(path)!r} is not valid YAML ({_first_line(error)})") from None
+
+
+def _config_file(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"config file {path!r} is a directory; give a YAML file such as configs/demo_cpu.yaml")
+    if not os.path.exists(path):
+        raise ValueError(f"config file {path!r} does not exist")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"config file {path!r} is not readable")
+    return path
 
 
 def config_to_yaml(config: PipelineConfig) -> str:

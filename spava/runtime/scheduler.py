@@ -12,8 +12,12 @@ frames/pixels are held in memory is bounded (`runtime.max_prepared_requests`, at
 `encode.max_batch_requests` when disaggregated): that is the back-pressure.
 
 Failures stay per request: bad input, a timeout, a cancellation or a dead worker fail that request
-with an `ErrorOutput` naming the stage; dead workers are restarted (the model group as a whole),
-up to `runtime.max_worker_restarts`, after which the pipeline reports itself unhealthy.
+with an `ErrorOutput` naming the stage and the kind (`policy.ERROR_KINDS`); dead workers are
+restarted (the model group as a whole) at a bounded rate, see `health`.
+
+Shared memory: every file of the pipeline is named with its owner tag (`spava.comm.shm`); a
+client's payload file is adopted (renamed into the pipeline's namespace) when its `SubmitReq`
+arrives, so from then on the scheduler frees it whatever happens to the client.
 """
 
 from __future__ import annotations
@@ -31,12 +35,13 @@ from spava.comm.messages import (
     TaskError, TensorRef, TokenOutput, VideoPlanOutput, VideoTaskOutput, VideoTaskReq, decode_message,
     encode_message,
 )
-from spava.comm.transport import fail_progress, unlink_shared
-from spava.runtime.launch import free_port, worker_specs
 from spava.comm.security import secure_server
+from spava.comm.shm import adopt_shared, current_owner, fail_progress, unlink_shared
+from spava.runtime.launch import free_port, worker_specs
 from spava.runtime.metrics import Metrics
 from spava.runtime.model_groups import EncodeBatchLimits, Handout, ModelGroups, num_patches
-from spava.runtime.policy import admission_error, max_prepared_requests, resolve_options, resolve_sampling
+from spava.runtime.policy import (ERROR_KINDS, RestartBudget, admission_error, max_prepared_requests, resolve_options,
+                                  resolve_sampling)
 from spava.runtime.state import Request, WorkerState
 
 logger = logging.getLogger("spava.scheduler")
@@ -47,12 +52,14 @@ class Scheduler:
     """Request lifecycle over the worker pool; see the module docstring."""
 
     def __init__(self, config, control_address: str, launcher, *, config_hash: str = "", secret: str = "",
-                 streams_frames: bool = True):
+                 streams_frames: bool = True, owner: str | None = None):
         """`streams_frames`: model ranks read frames while they decode (all on this host); else a
-        request goes to the model ranks only once its video is decoded."""
+        request goes to the model ranks only once its video is decoded. `owner`: the pipeline's
+        shared-memory owner tag (`spava.comm.shm.owner_tag`), given to adopted client files."""
         self.config, self.runtime = config, config.runtime
         self.launcher, self.config_hash, self.secret = launcher, config_hash, secret
         self.streams_frames = streams_frames
+        self.owner = owner or current_owner()
         self.zmq_context = zmq.Context()
         self.socket = self.zmq_context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -70,8 +77,9 @@ class Scheduler:
         self.max_prepared = max_prepared_requests(config)
         # shared memory of ended requests that model ranks may still read (see _forget)
         self.held_refs: dict[str, list[TensorRef]] = {}
-        self.is_healthy = True
-        self.health_detail = ""
+        self.restart_budgets = {key: RestartBudget(config.runtime.max_worker_restarts, config.runtime.restart_window_s)
+                                for key in [w for w in self.workers if not w.startswith("model-")] + ["model"]}
+        self.lost_detail = ""  # set when model ranks of another node are lost (they cannot be restarted here)
         self.ready = threading.Event()
         self.startup_error: str | None = None
         self.metrics = Metrics(config.runtime.metrics_port)
@@ -84,6 +92,24 @@ class Scheduler:
         for state in self.workers.values():
             if local_ids is None or state.spec.worker_id in local_ids:
                 self.launcher.start(state.spec, dist_port=port)
+
+    def start_model_group(self) -> None:
+        """Start every model rank again, with a fresh rendezvous port."""
+        port = free_port(self.runtime.dist_address)
+        for state in self._model_workers():
+            self.launcher.start(state.spec, dist_port=port)
+
+    @property
+    def is_healthy(self) -> bool:
+        from spava.runtime.health import health
+
+        return health(self)[0]
+
+    @property
+    def health_detail(self) -> str:
+        from spava.runtime.health import health
+
+        return health(self)[1]
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set or a ShutdownReq arrives."""
@@ -99,7 +125,7 @@ class Scheduler:
                 self._dispatch()
                 self.metrics.update(self.queues, self.is_healthy)
         finally:
-            self._shutdown()
+            self.shutdown()
 
     def _check_startup(self, started: float) -> None:
         dead = [w for w in self.workers.values() if self.launcher.exit_code(w.spec.worker_id) is not None]
@@ -112,12 +138,13 @@ class Scheduler:
         if self.startup_error:
             self.ready.set()
 
-    def _shutdown(self) -> None:
+    def shutdown(self) -> None:
+        """Stop the workers, fail what is in flight, free its shared memory, close the socket."""
         for state in self.workers.values():
             self._send(state.spec.worker_id.encode(), ShutdownReq("pipeline closed"))
         self.launcher.stop_all(grace_s=3.0)
         for request in list(self.requests.values()):
-            self._fail(request, "scheduler", "internal", "the pipeline was shut down")
+            self._fail(request, "scheduler", "unhealthy", "the pipeline was shut down before this request finished")
         self._free_held_refs(is_final=True)
         self.socket.close()
         if self.authenticator is not None:
@@ -128,8 +155,8 @@ class Scheduler:
 
     def _send(self, identity: bytes, message) -> None:
         try:
-            self.socket.send_multipart([identity, encode_message(message)])
-        except zmq.ZMQError as error:  # peer gone (EHOSTUNREACH with ROUTER_MANDATORY)
+            self.socket.send_multipart([identity, encode_message(message)], zmq.NOBLOCK)
+        except zmq.ZMQError as error:  # peer gone (EHOSTUNREACH with ROUTER_MANDATORY), or its queue is full
             logger.warning("could not send %s to %r: %s", type(message).__name__, identity, error)
 
     def _receive(self) -> None:
@@ -157,6 +184,14 @@ class Scheduler:
         }
 
     def _on_submit(self, identity: bytes, message: SubmitReq) -> None:
+        if message.video_ref is not None:
+            try:
+                message.video_ref = adopt_shared(message.video_ref, self.owner)  # ours to free from now on
+            except OSError as error:
+                self._send(identity, ErrorOutput(message.request_id, "admission", "bad_input",
+                                                 f"the request's {message.media_type} data is gone from shared "
+                                                 f"memory ({error.strerror}); submit it again"))
+                return
         refusal = admission_error(message, self)
         if refusal is not None:
             kind, error = refusal
@@ -192,11 +227,12 @@ class Scheduler:
         self._fail(request, request.stage.removesuffix("_queue"), "cancelled", "cancelled by the client")
 
     def _on_status(self, identity: bytes, message: StatusReq) -> None:
-        workers = {wid: ("busy" if w.request_id else "idle") if w.is_ready else "starting"
-                   for wid, w in self.workers.items()}
+        from spava.runtime.health import health
+
+        workers = {wid: w.status_word() for wid, w in self.workers.items()}
         queued = {stage: len(queue) for stage, queue in self.queues.items()}
-        self._send(identity, StatusOutput(message.request_id, self.is_healthy, workers, queued, len(self.requests),
-                                          self.health_detail))
+        is_healthy, detail = health(self)
+        self._send(identity, StatusOutput(message.request_id, is_healthy, workers, queued, len(self.requests), detail))
 
     def _on_shutdown(self, identity: bytes, message: ShutdownReq) -> None:
         raise SystemExit(0)
@@ -206,8 +242,11 @@ class Scheduler:
         if state is None or identity != message.worker_id.encode():
             logger.error("rejected a worker that is not part of this pipeline: %r", message.worker_id)
             return
-        state.is_ready, state.device, state.last_seen = True, message.device, time.monotonic()
-        state.host = message.host
+        expected_pid = self.launcher.pid(message.worker_id)
+        if state.phase == "dead" or (expected_pid is not None and message.pid != expected_pid):
+            return  # from a process killed meanwhile: its message was still on the way
+        state.enter("ready")
+        state.device, state.host, state.last_seen = message.device, message.host, time.monotonic()
         logger.info("worker %s ready on %s (pid %d, %s)", message.worker_id, message.host, message.pid, message.device)
 
     def _on_heartbeat(self, identity: bytes, message: HeartbeatReq) -> None:
@@ -335,6 +374,9 @@ class Scheduler:
     def _fail(self, request: Request, stage: str, kind: str, message: str) -> None:
         if request.request_id not in self.requests:
             return
+        if kind not in ERROR_KINDS:  # e.g. a user stage's TaskError: the client still gets a known kind
+            logger.error("unknown error kind %r from %s, reported as internal", kind, stage)
+            kind = "internal"
         logger.info("request %s failed in %s (%s): %s", request.request_id, stage, kind, message)
         for queue in self.queues.values():
             if request.request_id in queue:
@@ -359,7 +401,7 @@ class Scheduler:
             if request.video_worker_id is not None:
                 self._send(request.video_worker_id.encode(), CancelReq(request.request_id))
         if self.model_groups.holds(request.request_id):
-            self.held_refs[request.request_id] = request.refs
+            self.held_refs.setdefault(request.request_id, []).extend(request.refs)
             return
         for ref in request.refs:
             unlink_shared(ref)
@@ -434,19 +476,9 @@ class Scheduler:
         check_deadlines(self)
 
     def can_restart_model_group(self) -> bool:
-        return all(self.launcher.is_local(w.spec.worker_id) for w in self._model_workers())
-
-    def restart_model_group(self) -> None:
-        """Kill every model rank and start a fresh group (new rendezvous port)."""
-        port = free_port(self.runtime.dist_address)
-        for state in self._model_workers():
-            self.launcher.kill(state.spec.worker_id)
-        for state in self._model_workers():
-            state.is_ready, state.request_id = False, None
-            state.num_restarts += 1
-            self.launcher.start(state.spec, dist_port=port)
-        self.model_groups.reset()
-        self._free_held_refs()
+        """Whether every model rank runs here (the launcher can restart them) and no node is lost."""
+        return not self.lost_detail and all(self.launcher.is_local(w.spec.worker_id) or w.phase == "dead"
+                                            for w in self._model_workers())
 
 
 def _item_refs(item) -> list[TensorRef]:
