@@ -50,6 +50,10 @@ def _registry_keys(module_name: str, table: str) -> list[str]:
     module = sys.modules.get(module_name)
     if module is not None:
         return list(getattr(module, table))
+    return _table_keys_from_source(module_name, table)
+
+
+def _table_keys_from_source(module_name: str, table: str) -> list[str]:
     origin = importlib.util.find_spec(module_name).origin
     with open(origin) as handle:
         tree = ast.parse(handle.read())
