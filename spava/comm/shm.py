@@ -87,7 +87,7 @@ def write_shared_array(array, directory: str, request_id: str, name: str, owner:
     array = np.ascontiguousarray(array)
     if array.dtype != np.uint8:
         raise ValueError(f"write_shared_array takes uint8 arrays, got {array.dtype}")
-    ref = write_shared_bytes(memoryview(array).cast("B"), directory, request_id, name, owner)
+    ref = write_shared_bytes(memoryview(array.reshape(-1)), directory, request_id, name, owner)
     return TensorRef(path=ref.path, shape=list(array.shape), dtype="uint8", node=ref.node)
 
 

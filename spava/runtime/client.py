@@ -193,7 +193,7 @@ class ClientConnection:
     # ----- the socket thread ----------------------------------------------------------------------
 
     def _loop(self, context: zmq.Context, socket: zmq.Socket) -> None:
-        last_heard = last_ping = time.monotonic()
+        last_heard = last_ping = last_turn = time.monotonic()
         try:
             self._send(socket, StatusReq(f"{PING_PREFIX}{uuid.uuid4().hex[:8]}"))
             while not self._stop.is_set():
@@ -204,6 +204,9 @@ class ClientConnection:
                     last_heard = time.monotonic()
                     self._answered.set()
                 now = time.monotonic()
+                if now - last_turn > self.heartbeat_timeout_s / 2:  # this process was stopped or starved:
+                    last_heard = max(last_heard, now - self.heartbeat_interval_s)  # the silence is ours
+                last_turn = now
                 if now - max(last_heard, last_ping) >= self.heartbeat_interval_s:
                     self._send(socket, StatusReq(f"{PING_PREFIX}{uuid.uuid4().hex[:8]}"))
                     last_ping = now

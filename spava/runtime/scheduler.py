@@ -113,19 +113,38 @@ class Scheduler:
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set or a ShutdownReq arrives."""
-        started = time.monotonic()
+        started = last_turn = time.monotonic()
         try:
             while not stop.is_set():
                 if self.socket.poll(50):
-                    self._receive()
+                    self._receive_all()
                 if not self.ready.is_set():
                     self._check_startup(started)
                     continue
+                now = time.monotonic()
+                if now - last_turn > self.runtime.heartbeat_timeout_s / 2:
+                    self._forgive_silence(now)
+                last_turn = now
                 self._check_health()
                 self._dispatch()
                 self.metrics.update(self.queues, self.is_healthy)
         finally:
             self.shutdown()
+
+    def _receive_all(self, max_messages: int = 1000) -> None:
+        """Every message waiting (up to a bound), so heartbeats that queued up are seen before the
+        health check."""
+        for _ in range(max_messages):
+            if not self.socket.poll(0):
+                return
+            self._receive()
+
+    def _forgive_silence(self, now: float) -> None:
+        """This thread did not run for a while (the process was stopped or starved): workers' silence
+        over that time says nothing about them, so it counts from now."""
+        logger.warning("the scheduler was paused; worker heartbeats are timed from now")
+        for state in self.workers.values():
+            state.last_seen = max(state.last_seen, now - self.runtime.heartbeat_interval_s)
 
     def _check_startup(self, started: float) -> None:
         dead = [w for w in self.workers.values() if self.launcher.exit_code(w.spec.worker_id) is not None]
