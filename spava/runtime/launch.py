@@ -127,6 +127,13 @@ class LocalLauncher:
         process = self.processes.get(worker_id)
         return None if process is None else process.pid
 
+    def pids(self) -> set[int]:
+        """Every process this launcher runs now: its workers and the fork server."""
+        pids = {p.pid for p in self.processes.values() if p.pid is not None and p.poll() is None}
+        if self._fork_server is not None and self._fork_server.is_alive:
+            pids.add(self._fork_server.pid)
+        return pids
+
     def kill(self, worker_id: str) -> None:
         process = self.processes.pop(worker_id, None)
         if process is not None and process.poll() is None:
