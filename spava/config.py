@@ -10,23 +10,19 @@ prefill ranks on the CPU, spava attention.
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import importlib.util
 import logging
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
 from spava.attention.config import AttentionConfig
+from spava.config_checks import check_attention, check_devices, frame_sampling, sampling_params
 
 DTYPES = ("bfloat16", "float16", "float32", "float64")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 VIDEO_BACKENDS = ("auto", "pyav", "decord", "torchcodec")
 FORK_SERVER_MODES = ("auto", "on", "off")
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _ADDRESS = re.compile(r"^(auto|ipc://.+|tcp://[^:/\s]+:\d+)$")
 DEFAULT_STAGES = {
     "video": "spava.stages.video:VideoDecoder",
@@ -35,90 +31,6 @@ DEFAULT_STAGES = {
     "prefill": "spava.stages.prefill:PrefillWorker",
     "decode": "spava.stages.decode:DecodeWorker",
 }
-
-
-def _check_devices(name: str, devices: list[str]) -> None:
-    for device in devices:
-        if not _DEVICE.match(device):
-            raise ValueError(f"{name}: device {device!r} must be 'cpu', 'cuda' or 'cuda:N'")
-
-
-def _registry_keys(module_name: str, table: str) -> list[str]:
-    """The keys of the dict `table` of `module_name`: read from the module when it is imported,
-    else from its source, so that loading a config never imports torch (the attention registry
-    imports it at module level). Built-in names only; "pkg.module:name" targets are loaded."""
-    module = sys.modules.get(module_name)
-    if module is not None:
-        return list(getattr(module, table))
-    return _table_keys_from_source(module_name, table)
-
-
-def _table_keys_from_source(module_name: str, table: str) -> list[str]:
-    origin = importlib.util.find_spec(module_name).origin
-    with open(origin) as handle:
-        tree = ast.parse(handle.read())
-    for node in tree.body:
-        targets = [node.target] if isinstance(node, ast.AnnAssign) else getattr(node, "targets", [])
-        if any(isinstance(t, ast.Name) and t.id == table for t in targets) and isinstance(node.value, ast.Dict):
-            return [ast.literal_eval(key) for key in node.value.keys]
-    raise RuntimeError(f"{module_name}.{table} not found")
-
-
-def _check_attention(attention: AttentionConfig) -> None:
-    """prefill.attention: the method, kernel backend and scorer are ones the registries know."""
-    methods = _registry_keys("spava.attention.registry", "BUILTIN_METHODS")
-    if attention.method not in methods:
-        if ":" not in attention.method:
-            raise ValueError(f"prefill.attention.method: unknown method {attention.method!r}; choose one of "
-                             f"{', '.join(methods)} or give 'pkg.module:Class'")
-        from spava.attention.registry import get_method
-
-        get_method(attention)  # imports the class and checks it is an AttentionMethod
-    backends = ["auto", *_registry_keys("spava.attention.backend", "_KERNELS")]
-    if attention.backend not in backends:
-        raise ValueError(f"prefill.attention.backend: unknown backend {attention.backend!r}; choose one of "
-                         f"{', '.join(backends)}")
-    scorers = _registry_keys("spava.attention.scoring", "_BUILTIN_SCORERS")
-    if attention.scorer not in scorers:
-        from spava.objects import load_object
-
-        if ":" not in attention.scorer:
-            raise ValueError(f"prefill.attention.scorer: unknown scorer {attention.scorer!r}; choose one of "
-                             f"{', '.join(scorers)} or give 'pkg.module:function'")
-        load_object(attention.scorer, "prefill.attention.scorer")
-
-
-def frame_sampling(options: dict):
-    """The `FrameSampling` of resolved video.* options (its fields only); ValueError naming the field."""
-    from spava.media.sampling import FrameSampling
-
-    names = {f.name for f in dataclasses.fields(FrameSampling)}
-    return FrameSampling(**{key: value for key, value in options.items() if key in names})
-
-
-def sampling_params(decode, overrides: dict):
-    """decode.* defaults updated by a request's sampling overrides, as a `SamplingParams` (torch-free);
-    ValueError naming the option. `decode.max_allowed_new_tokens` bounds max_new_tokens."""
-    from spava.models.generation import SamplingParams
-
-    names = {f.name for f in dataclasses.fields(SamplingParams)}
-    unknown = set(overrides) - names
-    if unknown:
-        raise ValueError(f"unknown sampling option(s) {sorted(unknown)}; valid: {sorted(names)}")
-    values = {f.name: getattr(decode, f.name) for f in dataclasses.fields(decode) if f.name in names}
-    values.update(overrides)
-    for key in ("stop_token_ids", "stop_strings"):
-        if isinstance(values.get(key), list):
-            values[key] = tuple(values[key])
-    try:
-        params = SamplingParams(**values)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"sampling: {error}") from None
-    limit = decode.max_allowed_new_tokens
-    if isinstance(params.max_new_tokens, int) and params.max_new_tokens > limit:
-        raise ValueError(f"max_new_tokens={params.max_new_tokens} is over decode.max_allowed_new_tokens={limit}; "
-                         "ask for fewer tokens or raise decode.max_allowed_new_tokens")
-    return params
 
 
 @dataclass
@@ -214,7 +126,7 @@ class EncodeConfig:
     max_batch_patches: int = 300_000  # pixel patches per encoder batch, over all its requests (>= 1)
 
     def __post_init__(self) -> None:
-        _check_devices("encode.devices", self.devices)
+        check_devices("encode.devices", self.devices)
         if self.max_batch_requests < 1:
             raise ValueError(f"encode.max_batch_requests must be >= 1, got {self.max_batch_requests}")
         if self.max_batch_patches < 1:
@@ -232,10 +144,10 @@ class PrefillConfig:
     def __post_init__(self) -> None:
         if not self.devices:
             raise ValueError("prefill.devices must list at least one device")
-        _check_devices("prefill.devices", self.devices)
+        check_devices("prefill.devices", self.devices)
         if self.mlp_chunk_size < 1:
             raise ValueError(f"prefill.mlp_chunk_size must be >= 1, got {self.mlp_chunk_size}")
-        _check_attention(self.attention)
+        check_attention(self.attention)
 
 
 @dataclass
@@ -316,7 +228,8 @@ class RuntimeConfig:
         if self.fork_server not in FORK_SERVER_MODES:
             raise ValueError(f"runtime.fork_server must be one of {FORK_SERVER_MODES}, got {self.fork_server!r}")
         if not isinstance(logging.getLevelName(str(self.log_level).upper()), int):
-            raise ValueError(f"runtime.log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {self.log_level!r}")
+            raise ValueError(f"runtime.log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got "
+                             f"{self.log_level!r}")
         self.log_level = str(self.log_level).upper()
         if not _ADDRESS.match(self.control_address):
             raise ValueError(f"runtime.control_address must be 'auto', 'ipc://PATH' or 'tcp://HOST:PORT', got "
@@ -361,7 +274,8 @@ class PipelineConfig:
             raise ValueError(f"encode.devices + prefill.devices mix CPU and CUDA ({devices}); the ranks of one "
                              "pipeline share one backend: use one kind of device, or set runtime.dist_backend=gloo")
         if self.runtime.dist_backend == "nccl" and "cpu" in kinds:
-            raise ValueError("runtime.dist_backend=nccl needs CUDA devices; encode.devices / prefill.devices list 'cpu'")
+            raise ValueError("runtime.dist_backend=nccl needs CUDA devices; encode.devices / prefill.devices "
+                             "list 'cpu'")
         if self.decode.max_new_tokens > self.decode.max_allowed_new_tokens:
             raise ValueError(f"decode.max_new_tokens={self.decode.max_new_tokens} is over "
                              f"decode.max_allowed_new_tokens={self.decode.max_allowed_new_tokens}")

@@ -122,7 +122,7 @@ def _demo_video(directory: str) -> str:
 
 def _prepare(args, config, tmp: str) -> tuple[object, str, str | None, dict]:
     """Check and resolve the request before anything starts: (video, prompt, document, sampling)."""
-    from spava.config import sampling_params
+    from spava.config_checks import sampling_params
     from spava.runtime.policy import media_path_error
 
     prompt = DEMO_PROMPT if args.prompt is None else args.prompt

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import zmq
 
-from spava.comm.messages import ErrorOutput, ResultOutput, StatusOutput, StatusReq, SubmitReq, decode_message, encode_message
+from spava.comm.messages import (ErrorOutput, ResultOutput, StatusOutput, StatusReq, SubmitReq, decode_message,
+                                 encode_message)
 from spava.config import load_config
 from spava.runtime.launch import free_port
 from spava.runtime.pipeline import Pipeline, RequestError

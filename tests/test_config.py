@@ -96,7 +96,7 @@ def test_loading_a_config_imports_no_torch():
 
 def test_attention_names_are_the_registries_own():
     from spava.attention import backend, registry, scoring
-    from spava.config import _table_keys_from_source
+    from spava.config_checks import _table_keys_from_source
 
     assert _table_keys_from_source("spava.attention.registry", "BUILTIN_METHODS") == registry.available_methods()
     assert _table_keys_from_source("spava.attention.backend", "_KERNELS") == list(backend._KERNELS)

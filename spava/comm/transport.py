@@ -81,7 +81,8 @@ def read_shared(ref: TensorRef) -> "torch.Tensor":
     return tensor
 
 
-def read_frames(path: str, shape: list[int], first: int, stop: int, out: "torch.Tensor | None" = None) -> "torch.Tensor":
+def read_frames(path: str, shape: list[int], first: int, stop: int,
+                out: "torch.Tensor | None" = None) -> "torch.Tensor":
     """Frames `[first, stop)` of a `[T, H, W, 3]` uint8 frames file as `[stop-first, H, W, 3]`, by pread.
 
     `out` (e.g. pinned host memory, for a fast copy to the GPU) receives them when given. Reading

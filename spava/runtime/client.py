@@ -240,7 +240,8 @@ class ClientConnection:
             if not self._send(socket, message) and isinstance(message, SubmitReq):
                 self._end(message.request_id, error=RequestError(
                     message.request_id, "scheduler", "unhealthy",
-                    f"the pipeline at {self.address} takes no messages (its queue to it is full); it is gone or stopped"))
+                    f"the pipeline at {self.address} takes no messages (the queue to it is full); it is gone or "
+                    "stopped"))
 
     def _fail_all(self, kind: str, message: str, socket: zmq.Socket) -> None:
         """Fail every pending request (and ask the server to drop them, should it come back)."""

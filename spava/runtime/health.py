@@ -18,12 +18,52 @@ import logging
 import signal
 import time
 
-from spava.comm.messages import CancelReq
+from spava.comm.messages import CancelReq, HeartbeatReq, ReadyReq
 
 logger = logging.getLogger("spava.scheduler")
 # where a request stands, in order: a role being down fails the requests that still need it
 STAGE_ORDER = ("video_queue", "video", "layout_queue", "layout", "decoded_wait", "model_queue", "model")
 ROLE_LAST_STAGE = {"video": "video", "layout": "decoded_wait", "model": "model"}
+
+
+def check_startup(scheduler, started: float) -> None:
+    """Until every worker is ready: a worker that exits, or a start past `runtime.startup_timeout_s`,
+    is the pipeline's startup error."""
+    dead = [w for w in scheduler.workers.values() if scheduler.launcher.exit_code(w.spec.worker_id) is not None]
+    if dead:
+        scheduler.startup_error = f"worker {dead[0].spec.worker_id} exited during startup (see its log above)"
+    elif time.monotonic() - started > scheduler.runtime.startup_timeout_s:
+        scheduler.startup_error = (f"workers not ready after runtime.startup_timeout_s="
+                                   f"{scheduler.runtime.startup_timeout_s}")
+    if scheduler.startup_error or all(w.is_ready for w in scheduler.workers.values()):
+        scheduler.ready.set()
+
+
+def on_ready(scheduler, identity: bytes, message: ReadyReq) -> None:
+    state = scheduler.workers.get(message.worker_id)
+    if state is None or identity != message.worker_id.encode():
+        logger.error("rejected a worker that is not part of this pipeline: %r", message.worker_id)
+        return
+    expected_pid = scheduler.launcher.pid(message.worker_id)
+    if state.phase == "dead" or (expected_pid is not None and message.pid != expected_pid):
+        return  # from a process killed meanwhile: its message was still on the way
+    state.enter("ready")
+    state.device, state.host, state.last_seen = message.device, message.host, time.monotonic()
+    logger.info("worker %s ready on %s (pid %d, %s)", message.worker_id, message.host, message.pid, message.device)
+
+
+def on_heartbeat(scheduler, identity: bytes, message: HeartbeatReq) -> None:
+    state = scheduler.workers.get(message.worker_id)
+    if state is not None:
+        state.last_seen = time.monotonic()
+
+
+def forgive_silence(scheduler, now: float) -> None:
+    """The scheduler thread did not run for a while (its process was stopped or starved): the
+    workers' silence over that time says nothing about them, so it counts from now."""
+    logger.warning("the scheduler was paused; worker heartbeats are timed from now")
+    for state in scheduler.workers.values():
+        state.last_seen = max(state.last_seen, now - scheduler.runtime.heartbeat_interval_s)
 
 
 def _exit_text(code: int) -> str:
@@ -99,7 +139,8 @@ def _on_model_rank_died(scheduler, state, problem: str, now: float) -> None:
     _fail_current(scheduler, state, "model", f"on host {host} {problem}")
     for request in list(scheduler.requests.values()):  # disaggregated: a second request may be in flight
         if request.stage == "model":
-            scheduler._fail(request, "model", "worker_died", f"model rank {state.spec.worker_id} on host {host} {problem}")
+            scheduler._fail(request, "model", "worker_died",
+                            f"model rank {state.spec.worker_id} on host {host} {problem}")
     if not scheduler.can_restart_model_group():  # ranks on other nodes: their node is gone or cut off
         lost = sorted({host} | {w.host or "?" for w in scheduler._model_workers()
                                 if w.phase != "dead" and _worker_problem(scheduler, w, now)})
@@ -138,7 +179,8 @@ def _revive(scheduler, now: float) -> None:
     for state in scheduler.workers.values():
         if state.phase == "dead" and state.spec.role != "model":
             _restart_cpu_worker(scheduler, state, now)
-    if any(w.phase == "dead" for w in scheduler._model_workers()) and scheduler.restart_budgets["model"].can_restart(now):
+    is_group_down = any(w.phase == "dead" for w in scheduler._model_workers())
+    if is_group_down and scheduler.restart_budgets["model"].can_restart(now):
         restart_model_group(scheduler, now)
 
 

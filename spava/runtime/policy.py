@@ -7,7 +7,7 @@ import collections
 import dataclasses
 import os
 
-from spava.config import frame_sampling, sampling_params
+from spava.config_checks import frame_sampling, sampling_params
 
 VIDEO_KINDS = ("path", "bytes", "frames", "none")
 MEDIA_TYPES = ("video", "image")

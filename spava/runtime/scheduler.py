@@ -7,9 +7,10 @@ model ranks, which take one request at a time, in `seq` order; disaggregated enc
 a batch of them, see `model_groups`). A video worker announces the planned frames
 (`VideoPlanOutput`) before it decodes them, so the layout and the model ranks start while frames
 stream in (on one host; model ranks on other nodes wait for the whole video). Different requests
-overlap: while the model ranks run request i, layout runs i+1 and video decoding i+2. The number of admitted but not yet running requests whose
-frames/pixels are held in memory is bounded (`runtime.max_prepared_requests`, at least
-`encode.max_batch_requests` when disaggregated): that is the back-pressure.
+overlap: while the model ranks run request i, layout runs i+1 and video decoding i+2. The number
+of admitted but not yet running requests whose frames/pixels are held in memory is bounded
+(`runtime.max_prepared_requests`, at least `encode.max_batch_requests` when disaggregated): that is
+the back-pressure (`dispatch`). Worker liveness, restarts and health are `health`'s.
 
 Failures stay per request: bad input, a timeout, a cancellation or a dead worker fail that request
 with an `ErrorOutput` naming the stage and the kind (`policy.ERROR_KINDS`); dead workers are
@@ -26,26 +27,29 @@ import collections
 import logging
 import threading
 import time
+from functools import partial
 
 import zmq
 
 from spava.comm.messages import (
-    CancelReq, EncodeBatchReq, ErrorOutput, HeartbeatReq, LayoutTaskOutput, LayoutTaskReq, MessageError,
-    ModelTaskOutput, ModelTaskReq, ReadyReq, ResultOutput, ShutdownReq, StatusOutput, StatusReq, SubmitReq,
-    TaskError, TensorRef, TokenOutput, VideoPlanOutput, VideoTaskOutput, VideoTaskReq, decode_message,
+    CancelReq, ErrorOutput, HeartbeatReq, LayoutTaskOutput, MessageError,
+    ModelTaskOutput, ReadyReq, ResultOutput, ShutdownReq, StatusOutput, StatusReq, SubmitReq,
+    TaskError, TensorRef, TokenOutput, VideoPlanOutput, VideoTaskOutput, decode_message,
     encode_message,
 )
 from spava.comm.security import secure_server
 from spava.comm.shm import adopt_shared, current_owner, fail_progress, unlink_shared
+from spava.runtime.dispatch import dispatch
+from spava.runtime.health import (check_deadlines, check_startup, check_workers, forgive_silence, health, on_heartbeat,
+                                  on_ready)
 from spava.runtime.launch import free_port, worker_specs
 from spava.runtime.metrics import Metrics
-from spava.runtime.model_groups import EncodeBatchLimits, Handout, ModelGroups, num_patches
+from spava.runtime.model_groups import EncodeBatchLimits, ModelGroups
 from spava.runtime.policy import (ERROR_KINDS, RestartBudget, admission_error, max_prepared_requests, resolve_options,
                                   resolve_sampling)
-from spava.runtime.state import Request, WorkerState
+from spava.runtime.state import Request, WorkerState, item_refs
 
 logger = logging.getLogger("spava.scheduler")
-HUNG_GRACE_S = 30.0
 
 
 class Scheduler:
@@ -101,14 +105,10 @@ class Scheduler:
 
     @property
     def is_healthy(self) -> bool:
-        from spava.runtime.health import health
-
         return health(self)[0]
 
     @property
     def health_detail(self) -> str:
-        from spava.runtime.health import health
-
         return health(self)[1]
 
     def run(self, stop: threading.Event) -> None:
@@ -119,14 +119,15 @@ class Scheduler:
                 if self.socket.poll(50):
                     self._receive_all()
                 if not self.ready.is_set():
-                    self._check_startup(started)
+                    check_startup(self, started)
                     continue
                 now = time.monotonic()
                 if now - last_turn > self.runtime.heartbeat_timeout_s / 2:
-                    self._forgive_silence(now)
+                    forgive_silence(self, now)
                 last_turn = now
-                self._check_health()
-                self._dispatch()
+                check_workers(self)
+                check_deadlines(self)
+                dispatch(self)
                 self.metrics.update(self.queues, self.is_healthy)
         finally:
             self.shutdown()
@@ -138,24 +139,6 @@ class Scheduler:
             if not self.socket.poll(0):
                 return
             self._receive()
-
-    def _forgive_silence(self, now: float) -> None:
-        """This thread did not run for a while (the process was stopped or starved): workers' silence
-        over that time says nothing about them, so it counts from now."""
-        logger.warning("the scheduler was paused; worker heartbeats are timed from now")
-        for state in self.workers.values():
-            state.last_seen = max(state.last_seen, now - self.runtime.heartbeat_interval_s)
-
-    def _check_startup(self, started: float) -> None:
-        dead = [w for w in self.workers.values() if self.launcher.exit_code(w.spec.worker_id) is not None]
-        if dead:
-            self.startup_error = f"worker {dead[0].spec.worker_id} exited during startup (see its log above)"
-        elif time.monotonic() - started > self.runtime.startup_timeout_s:
-            self.startup_error = f"workers not ready after runtime.startup_timeout_s={self.runtime.startup_timeout_s}"
-        elif all(w.is_ready for w in self.workers.values()):
-            self.ready.set()
-        if self.startup_error:
-            self.ready.set()
 
     def shutdown(self) -> None:
         """Stop the workers, fail what is in flight, free its shared memory, close the socket."""
@@ -196,7 +179,8 @@ class Scheduler:
     def _handlers(self):
         return {
             SubmitReq: self._on_submit, CancelReq: self._on_cancel, StatusReq: self._on_status,
-            ShutdownReq: self._on_shutdown, ReadyReq: self._on_ready, HeartbeatReq: self._on_heartbeat,
+            ShutdownReq: self._on_shutdown, ReadyReq: partial(on_ready, self),
+            HeartbeatReq: partial(on_heartbeat, self),
             VideoPlanOutput: self._on_video_plan, VideoTaskOutput: self._on_video, LayoutTaskOutput: self._on_layout,
             ModelTaskOutput: self._on_model,
             TokenOutput: self._on_token, TaskError: self._on_task_error,
@@ -246,8 +230,6 @@ class Scheduler:
         self._fail(request, request.stage.removesuffix("_queue"), "cancelled", "cancelled by the client")
 
     def _on_status(self, identity: bytes, message: StatusReq) -> None:
-        from spava.runtime.health import health
-
         workers = {wid: w.status_word() for wid, w in self.workers.items()}
         queued = {stage: len(queue) for stage, queue in self.queues.items()}
         is_healthy, detail = health(self)
@@ -256,23 +238,6 @@ class Scheduler:
     def _on_shutdown(self, identity: bytes, message: ShutdownReq) -> None:
         raise SystemExit(0)
 
-    def _on_ready(self, identity: bytes, message: ReadyReq) -> None:
-        state = self.workers.get(message.worker_id)
-        if state is None or identity != message.worker_id.encode():
-            logger.error("rejected a worker that is not part of this pipeline: %r", message.worker_id)
-            return
-        expected_pid = self.launcher.pid(message.worker_id)
-        if state.phase == "dead" or (expected_pid is not None and message.pid != expected_pid):
-            return  # from a process killed meanwhile: its message was still on the way
-        state.enter("ready")
-        state.device, state.host, state.last_seen = message.device, message.host, time.monotonic()
-        logger.info("worker %s ready on %s (pid %d, %s)", message.worker_id, message.host, message.pid, message.device)
-
-    def _on_heartbeat(self, identity: bytes, message: HeartbeatReq) -> None:
-        state = self.workers.get(message.worker_id)
-        if state is not None:
-            state.last_seen = time.monotonic()
-
     def _release(self, worker_id: str) -> None:
         state = self.workers.get(worker_id)
         if state is not None:
@@ -280,7 +245,7 @@ class Scheduler:
 
     def _on_video_plan(self, identity: bytes, message: VideoPlanOutput) -> None:
         """The frames are planned (files created); they decode from now on. Layout can start."""
-        refs = [ref for item in message.items for ref in _item_refs(item)]
+        refs = [ref for item in message.items for ref in item_refs(item)]
         request = self.requests.get(message.request_id)
         if request is None:  # ended meanwhile: stop the decode and free its files
             for item in message.items:
@@ -346,8 +311,6 @@ class Scheduler:
     def _on_task_error(self, identity: bytes, message: TaskError) -> None:
         if message.stage == "model" and message.kind == "internal":
             # a collective error on one rank is usually a dead peer: report (and restart) that first
-            from spava.runtime.health import check_workers
-
             time.sleep(0.2)
             check_workers(self)
         if message.stage == "model":
@@ -440,69 +403,8 @@ class Scheduler:
         for state in self._model_workers():
             self._send(state.spec.worker_id.encode(), message)
 
-    def _num_prepared(self) -> int:
-        """Admitted requests holding frames/pixels that the model stage has not taken yet."""
-        in_flight = sum(1 for r in self.requests.values() if r.stage in ("video", "layout", "decoded_wait"))
-        return in_flight + len(self.queues["layout"]) + len(self.queues["model"])
-
-    def _idle(self, role: str) -> list[WorkerState]:
-        return [w for w in self.workers.values() if w.spec.role == role and w.is_idle]
-
-    def _dispatch(self) -> None:
-        for state in self._idle("video"):
-            if not self.queues["video"] or self._num_prepared() >= self.max_prepared:
-                break
-            request = self.requests[self.queues["video"].popleft()]
-            self._assign(state, request, "video", VideoTaskReq(
-                request.request_id, request.submit.video_kind, request.submit.video_path, request.submit.video_ref,
-                request.options, request.submit.media_type))
-        for state in self._idle("layout"):
-            if not self.queues["layout"]:
-                break
-            request = self.requests[self.queues["layout"].popleft()]
-            items = list(request.video.items) if request.video is not None else []
-            self._assign(state, request, "layout", LayoutTaskReq(
-                request.request_id, request.submit.prompt, items, request.options, request.submit.document))
-        for handout in self.model_groups.next_tasks(self.queues["model"], self._model_task, self._num_patches):
-            self._send_model_work(handout)
-
-    def _send_model_work(self, handout: Handout) -> None:
-        """One task as its `ModelTaskReq`, an encoder batch of several as one `EncodeBatchReq`."""
-        if handout.is_new:
-            for task in handout.tasks:
-                self.requests[task.request_id].enter("model")
-        message = handout.tasks[0] if len(handout.tasks) == 1 else EncodeBatchReq(list(handout.tasks))
-        for state in handout.group.workers:
-            self._send(state.spec.worker_id.encode(), message)
-
-    def _model_task(self, request_id: str, seq: int) -> ModelTaskReq:
-        request = self.requests[request_id]
-        return ModelTaskReq(request_id, seq, request.layout, request.sampling)
-
-    def _num_patches(self, request_id: str) -> int:
-        return num_patches(self.requests[request_id].layout.grid_thw)
-
-    def _assign(self, state: WorkerState, request: Request, stage: str, task) -> None:
-        state.request_id = request.request_id
-        request.worker_id = state.spec.worker_id
-        request.enter(stage)
-        self._send(state.spec.worker_id.encode(), task)
-
-    def _check_health(self) -> None:
-        from spava.runtime.health import check_deadlines, check_workers
-
-        check_workers(self)
-        check_deadlines(self)
-
     def can_restart_model_group(self) -> bool:
         """Whether every model rank runs here (the launcher can restart them) and no node is lost."""
         return not self.lost_detail and all(self.launcher.is_local(w.spec.worker_id) or w.phase == "dead"
                                             for w in self._model_workers())
 
-
-def _item_refs(item) -> list[TensorRef]:
-    """The shared-memory files of one visual item: its frames and, while they stream, its progress file."""
-    refs = [item.frames]
-    if item.progress:
-        refs.append(TensorRef(path=item.progress, shape=[0], dtype="uint8"))
-    return refs

@@ -97,3 +97,11 @@ class WorkerState:
         if self.phase == "ready":
             return "busy" if self.request_id else "idle"
         return self.phase
+
+
+def item_refs(item) -> list[TensorRef]:
+    """The shared-memory files of one visual item: its frames and, while they stream, its progress file."""
+    refs = [item.frames]
+    if item.progress:
+        refs.append(TensorRef(path=item.progress, shape=[0], dtype="uint8"))
+    return refs
