@@ -87,9 +87,9 @@ def fetch_url(url: str, directory: str, max_bytes: int, timeout_s: float) -> str
                 if time.monotonic() > deadline:
                     raise _bad(f"downloading {url} took longer than --media-fetch-timeout={timeout_s:g} s")
                 handle.write(chunk)
+    except urllib.error.HTTPError as error:
+        raise _bad(f"could not download video {url}: HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, OSError, ValueError) as error:
-        if isinstance(error, RunFailure):
-            raise
         reason = getattr(error, "reason", None) or error
         raise _bad(f"could not download video {url}: {reason}") from None
     return path
