@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 STARTER = """
 import sys, time
 from spava.runtime.pipeline import Pipeline
@@ -50,6 +52,22 @@ def test_workers_die_when_the_parent_is_killed():
     parent.kill()
     parent.wait()
     assert _wait_gone(pids, 15) == []
+
+
+def test_a_closed_pipeline_refuses_work_and_starts_again_cleanly(tmp_path):
+    from spava.config import load_config
+    from spava.runtime.pipeline import Pipeline
+
+    config = load_config("configs/demo_cpu.yaml", ["runtime.log_level=ERROR", "decode.max_new_tokens=2",
+                                                   f"runtime.shm_dir={tmp_path}"])
+    pipeline = Pipeline.from_config(config, is_quiet=True)
+    for _ in range(2):  # a second start after close is a fresh pipeline
+        with pipeline:
+            assert pipeline.run(None, "hello?").finish_reason == "length"
+            pids = list(pipeline.scheduler.launcher.pids())
+        assert _wait_gone(pids, 15) == [] and not os.listdir(tmp_path)
+        with pytest.raises(RuntimeError, match="closed; call start"):
+            pipeline.submit(None, "still there?")
 
 
 def test_ctrl_c_on_spava_run_stops_every_worker(tmp_path):

@@ -155,6 +155,20 @@ def test_refused_request_frees_its_encoded_video(pipeline, video_path):
     assert not _shm_files(pipeline, "refused-bytes"), "the scheduler frees what a refused request brought"
 
 
+def test_refusals_free_the_payload_and_a_duplicate_id_keeps_the_first_request(pipeline, fault_dir, video_path):
+    frames = make_synthetic_frames(4, 64, 96)
+    with pytest.raises(RequestError) as error:  # refused at admission: its frames file is freed at once
+        pipeline.run(frames, "hi", max_new_tokens=100_000, request_id="refused-frames")
+    assert error.value.kind == "bad_input" and "decode.max_allowed_new_tokens" in str(error.value)
+    assert not _shm_files(pipeline, "refused-frames")
+    arm_fault(fault_dir, "layout-sleep", "1")
+    first = pipeline.submit(frames, "first", request_id="twice")
+    with pytest.raises(ValueError, match="'twice' is already in use"):
+        pipeline.submit(frames, "second", request_id="twice")  # refused before anything is written
+    assert first.result(timeout=120).finish_reason == "length"
+    assert not _shm_files(pipeline, "twice")
+
+
 def test_over_budget_video_is_rejected_before_decoding_with_the_estimate(pipeline, video_path):
     with pytest.raises(RequestError) as error:
         pipeline.run(video_path, "hi", video_options={"min_pixels": 2_000_000, "max_pixels": 12_845_056})
