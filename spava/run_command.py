@@ -21,7 +21,9 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 DEMO_PROMPT = "What is happening in this video?"
@@ -121,7 +123,8 @@ def _demo_video(directory: str) -> str:
 
 
 def _prepare(args, config, tmp: str) -> tuple[object, str, str | None, dict]:
-    """Check and resolve the request before anything starts: (video, prompt, document, sampling)."""
+    """Check and resolve the request before anything starts: (video, prompt, document, sampling).
+    The demo's video is a `Future` of its path: it is written while the pipeline starts."""
     from spava.config_checks import sampling_params
     from spava.runtime.policy import media_path_error
 
@@ -142,8 +145,21 @@ def _prepare(args, config, tmp: str) -> tuple[object, str, str | None, dict]:
         if problem:
             raise _bad(problem)
     elif document is None and is_random_demo(config):
-        video = _demo_video(tmp)
+        video = _in_background(_demo_video, tmp)
     return video, prompt, document, sampling
+
+
+def _in_background(function, *args) -> Future:
+    future: Future = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(function(*args))
+        except BaseException as error:  # noqa: BLE001 - handed to the caller by result()
+            future.set_exception(error)
+
+    threading.Thread(target=work, daemon=True, name="spava-demo-video").start()
+    return future
 
 
 def _request_failure(error) -> RunFailure:
@@ -160,6 +176,8 @@ def _answer(args, config, tmp: str, emit) -> tuple[object, bool]:
                 else Pipeline.from_config(config, is_quiet=args.json))
     try:
         with pipeline:
+            if isinstance(video, Future):
+                video = video.result()
             handle = pipeline.submit(video, prompt, document=document, stream=args.stream, **sampling)
             if args.stream:
                 for text in handle.tokens():

@@ -180,7 +180,8 @@ def preload_modules(config) -> tuple[str, ...]:
     their model and tokenizer classes pull in on first use) and the configured stage classes."""
     stages = tuple(dict.fromkeys(target.split(":")[0] for target in config.stages.values()))
     return ("torch", "torch.distributed", "transformers", "transformers.models.auto.modeling_auto",
-            "transformers.models.auto.tokenization_auto", "spava.runtime.worker", "spava.runtime.roles", *stages)
+            "transformers.models.auto.tokenization_auto", "transformers.modeling_utils", "spava.runtime.worker",
+            "spava.runtime.roles", *stages)
 
 
 class ForkedProcess:
