@@ -187,6 +187,14 @@ def test_crashing_worker_fails_its_request_and_is_restarted(pipeline, fault_dir,
     assert not _shm_files(pipeline, "crash-layout")
 
 
+def test_files_a_dying_worker_wrote_but_never_announced_are_freed(pipeline, fault_dir):
+    arm_fault(fault_dir, "layout-crash-late")
+    with pytest.raises(RequestError) as error:
+        pipeline.run(None, "hi", request_id="crash-late")
+    assert error.value.kind == "worker_died"
+    assert not _shm_files(pipeline, "crash-late")
+
+
 def test_crashing_model_rank_fails_its_request_and_the_group_restarts(pipeline, fault_dir, video_path):
     arm_fault(fault_dir, "prefill-crash-rank1")
     with pytest.raises(RequestError) as error:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from spava.comm.shm import (adopt_shared, is_process_alive, new_ref_path, owner_pid, owner_tag, read_shared_bytes,
-                            ref_glob, sweep_orphans, sweep_owner, write_shared_array, write_shared_bytes)
+                            ref_glob, request_file_key, sweep_orphans, sweep_owner, sweep_request, write_shared_array,
+                            write_shared_bytes)
 
 
 def _dead_pid() -> int:
@@ -76,6 +77,17 @@ def test_sweeps_remove_only_dead_owners_files(tmp_path):
     assert all(os.path.exists(p) for p in live_files) and other.exists() and (temp / f"spava-{alive}-z3").exists()
     assert sweep_owner(str(shm), alive) == [os.path.basename(live_files[0])]
     assert sorted(os.listdir(shm)) == [other.name]
+
+
+def test_a_requests_files_are_swept_by_its_id_within_its_owner(tmp_path):
+    owner, other = owner_tag("aa11"), owner_tag("bb22")
+    mine = [new_ref_path(str(tmp_path), "r/1", name, owner) for name in ("ids", "positions")]
+    kept = [new_ref_path(str(tmp_path), "r/10", "ids", owner), new_ref_path(str(tmp_path), "r/1", "ids", other)]
+    for path in mine + kept:
+        open(path, "wb").close()
+    assert sorted(sweep_request(str(tmp_path), owner, "r/1")) == sorted(os.path.basename(p) for p in mine)
+    assert all(os.path.exists(p) for p in kept)
+    assert request_file_key("r/1") == request_file_key("r_1")  # why the scheduler checks live ids first
 
 
 def test_zombies_and_missing_processes_are_dead():

@@ -54,7 +54,7 @@ def current_owner() -> str:
 def new_ref_path(directory: str, request_id: str, name: str, owner: str | None = None) -> str:
     """A new file name under `directory` for `name` of `request_id`, owned by `owner` (default
     `current_owner()`)."""
-    safe_id = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in request_id)[:64]
+    safe_id = request_file_key(request_id)
     return os.path.join(directory, f"spava-{owner or current_owner()}-{safe_id}-{name}-{uuid.uuid4().hex[:8]}")
 
 
@@ -163,6 +163,24 @@ def sweep_owner(directory: str, owner: str) -> list[str]:
             _remove(os.path.join(directory, name))
             removed.append(name)
     return removed
+
+
+def sweep_request(directory: str, owner: str, request_id: str) -> list[str]:
+    """Remove every file of `owner` for `request_id` under `directory` (also those a worker created
+    but died before announcing); returns their names. Call it only once no live request of the
+    owner has this id, nor one that names its files the same (`request_file_key`)."""
+    prefix = f"{owner_prefix(owner)}{request_file_key(request_id)}-"
+    removed = []
+    for name in _names(directory):
+        if name.startswith(prefix):
+            _unlink(os.path.join(directory, name))
+            removed.append(name)
+    return removed
+
+
+def request_file_key(request_id: str) -> str:
+    """How `request_id` appears in file names (other ids may map to the same key)."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in request_id)[:64]
 
 
 def sweep_orphans(*directories: str) -> list[str]:

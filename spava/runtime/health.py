@@ -117,8 +117,10 @@ def _fail_current(scheduler, state, stage: str, problem: str) -> None:
 
 
 def _on_cpu_worker_died(scheduler, state, problem: str, now: float) -> None:
+    request_id = state.request_id
     _fail_current(scheduler, state, state.spec.role, problem)
     scheduler.launcher.kill(state.spec.worker_id)
+    scheduler.sweep_request_files(request_id)  # what it wrote before dying, even for a request that had ended
     state.enter("dead", now)
     _restart_cpu_worker(scheduler, state, now)
 

@@ -38,7 +38,8 @@ from spava.comm.messages import (
     encode_message,
 )
 from spava.comm.security import secure_server
-from spava.comm.shm import adopt_shared, current_owner, fail_progress, unlink_shared
+from spava.comm.shm import (adopt_shared, current_owner, fail_progress, request_file_key, sweep_request,
+                            unlink_shared)
 from spava.runtime.dispatch import dispatch
 from spava.runtime.health import (check_deadlines, check_startup, check_workers, forgive_silence, health, on_heartbeat,
                                   on_ready)
@@ -387,12 +388,26 @@ class Scheduler:
             return
         for ref in request.refs:
             unlink_shared(ref)
+        self.sweep_request_files(request.request_id)
 
     def _free_held_refs(self, is_final: bool = False) -> None:
         """Free the shared memory of ended requests that no model rank holds any more (all when final)."""
         for request_id in [r for r in self.held_refs if is_final or not self.model_groups.holds(r)]:
             for ref in self.held_refs.pop(request_id):
                 unlink_shared(ref)
+            self.sweep_request_files(request_id)
+
+    def sweep_request_files(self, request_id: str | None) -> None:
+        """Remove files of an ended request that nobody announced (a worker wrote them, then died or
+        failed before saying so), unless a live request names its files the same."""
+        if request_id is None:
+            return
+        key = request_file_key(request_id)
+        if any(request_file_key(r) == key for r in [*self.requests, *self.held_refs]):
+            return
+        removed = sweep_request(self.runtime.shm_dir, self.owner, request_id)
+        if removed:
+            logger.warning("removed %d unannounced file(s) of ended request %s", len(removed), request_id)
 
     # ----- dispatch and health (see policy.py for the pure rules) -------------------------------
 
