@@ -60,7 +60,7 @@ def _run_worker(request: dict) -> int:
         os.dup2(log, 2)
         os.close(log)
     os.dup2(2, 1)  # never keep the server's stdout pipe: the client detects the server's end by its EOF
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGCHLD, signal.SIGTERM):  # SIGINT stays ignored: Ctrl-C is the pipeline's
         signal.signal(sig, signal.SIG_DFL)
     os.environ.clear()
     os.environ.update(request["env"])

@@ -61,7 +61,7 @@ def on_heartbeat(scheduler, identity: bytes, message: HeartbeatReq) -> None:
 def forgive_silence(scheduler, now: float) -> None:
     """The scheduler thread did not run for a while (its process was stopped or starved): the
     workers' silence over that time says nothing about them, so it counts from now."""
-    logger.warning("the scheduler was paused; worker heartbeats are timed from now")
+    logger.info("the scheduler was paused; worker heartbeats are timed from now")
     for state in scheduler.workers.values():
         state.last_seen = max(state.last_seen, now - scheduler.runtime.heartbeat_interval_s)
 

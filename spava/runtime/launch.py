@@ -2,7 +2,9 @@
 
 `LocalLauncher` starts one worker process per worker, each dying with its parent
 (PR_SET_PDEATHSIG in the child): a fresh `python -m spava.runtime.worker` interpreter, or a fork of
-the fork server (`spava.runtime.forkserver`), which imported torch and transformers once. Model
+the fork server (`spava.runtime.forkserver`), which imported torch and transformers once. Workers
+run in a session of their own, so the terminal's Ctrl-C (or Ctrl-Z) reaches only the pipeline's
+process, which stops them in order. Model
 ranks get a fresh rendezvous port every time the model group is (re)started. Multi-node launches
 (torchrun / deepspeed hostfiles) build on the same worker entry point.
 """
@@ -109,7 +111,7 @@ class LocalLauncher:
         stderr = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - owned by the child
         self.processes[spec.worker_id] = subprocess.Popen(
             [sys.executable, "-m", "spava.runtime.worker", *argv], env=self._environment(),
-            stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+            stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True)
         if stderr is not None:
             stderr.close()
 
@@ -234,7 +236,7 @@ class ForkServerClient:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "spava.runtime.forkserver", "--preload", ",".join(preload),
              "--parent-pid", str(os.getpid())],
-            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
         if stderr is not None:
             stderr.close()
         self.changed = threading.Condition()

@@ -160,7 +160,8 @@ class Scheduler:
         try:
             self.socket.send_multipart([identity, encode_message(message)], zmq.NOBLOCK)
         except zmq.ZMQError as error:  # peer gone (EHOSTUNREACH with ROUTER_MANDATORY), or its queue is full
-            logger.warning("could not send %s to %r: %s", type(message).__name__, identity, error)
+            level = logging.DEBUG if isinstance(message, ShutdownReq) else logging.WARNING  # gone already: fine
+            logger.log(level, "could not send %s to %r: %s", type(message).__name__, identity, error)
 
     def _receive(self) -> None:
         frames = self.socket.recv_multipart()
