@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import zmq
 
-from spava.comm.messages import (ErrorOutput, ResultOutput, StatusOutput, StatusReq, SubmitReq, decode_message,
-                                 encode_message)
+from spava.comm.messages import (CancelReq, ErrorOutput, ResultOutput, StatusOutput, StatusReq, SubmitReq,
+                                 decode_message, encode_message)
 from spava.config import load_config
 from spava.runtime.launch import free_port
 from spava.runtime.pipeline import Pipeline, RequestError
@@ -33,6 +33,7 @@ class FakeScheduler:
         self.shm_dir = shm_dir
         self.is_answering, self.is_silent = True, False
         self.submits: list[SubmitReq] = []
+        self.cancelled: list[str] = []
         self.client = b""  # identity of the last client that submitted
         self._stop = threading.Event()
         self._context = zmq.Context()
@@ -57,6 +58,8 @@ class FakeScheduler:
                 self.client = identity
                 if self.is_answering:
                     self._reply(identity, _result(message.request_id))
+            elif isinstance(message, CancelReq):
+                self.cancelled.append(message.request_id)
             elif isinstance(message, (ResultOutput, ErrorOutput)):  # from `answer`, on this thread
                 self._reply(self.client, message)
 
@@ -175,6 +178,21 @@ def test_payloads_never_sent_are_freed_on_close(tmp_path):
             handle.result(timeout=5)
         assert error.value.kind == "cancelled"
     assert not os.listdir(tmp_path)
+
+
+def test_closing_asks_the_scheduler_to_drop_the_pending_requests(server, tmp_path):
+    client = _client(server.address, tmp_path).start()
+    server.is_answering = False
+    handles = [client.submit(None, f"q{i}", request_id=f"r{i}") for i in range(3)]
+    _wait_for_submits(server, 3)
+    client.close()
+    for handle in handles:
+        with pytest.raises(RequestError):
+            handle.result(timeout=5)
+    deadline = time.monotonic() + 5
+    while sorted(server.cancelled) != ["r0", "r1", "r2"]:
+        assert time.monotonic() < deadline, f"cancellations the scheduler got: {server.cancelled}"
+        time.sleep(0.05)
 
 
 def test_error_answers_resolve_the_handle(server, tmp_path):

@@ -144,13 +144,16 @@ class ClientConnection:
                                   f"`spava launch` runs there{secret_hint} (runtime.connect_timeout_s)")
 
     def close(self, kind: str, message: str) -> None:
-        """Fail every pending request with `kind`, free their payloads, stop the thread."""
+        """Fail every pending request with `kind`, free their payloads, ask the scheduler to drop
+        them, stop the thread."""
         with self._lock:
             self._is_closed = True
             pending, self._pending = self._pending, {}
-        for item in pending.values():
+        for request_id, item in pending.items():
             unlink_shared(item.payload)
-            item.handle._end(error=RequestError(item.handle.request_id, "scheduler", kind, message))
+            item.handle._end(error=RequestError(request_id, "scheduler", kind, message))
+            if not request_id.startswith("status-"):
+                self._outbox.put(CancelReq(request_id))
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
@@ -219,6 +222,8 @@ class ClientConnection:
                         f"(runtime.heartbeat_timeout_s={self.heartbeat_timeout_s:g}): it died, is stopped or "
                         "cannot be reached"), socket)
         finally:
+            self._flush(socket, is_final=True)
+            socket.setsockopt(zmq.LINGER, 500)  # let the last cancellations leave, briefly
             socket.close()
             context.term()
 
@@ -231,12 +236,16 @@ class ClientConnection:
         except zmq.Again:
             return False
 
-    def _flush(self, socket: zmq.Socket) -> None:
+    def _flush(self, socket: zmq.Socket, is_final: bool = False) -> None:
+        """Send what is queued; the final flush (closing) sends no new request, and frees its payload."""
         while True:
             try:
                 message = self._outbox.get_nowait()
             except queue.Empty:
                 return
+            if is_final and isinstance(message, SubmitReq):
+                unlink_shared(message.video_ref)
+                continue
             if not self._send(socket, message) and isinstance(message, SubmitReq):
                 self._end(message.request_id, error=RequestError(
                     message.request_id, "scheduler", "unhealthy",
