@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
-from pathlib import Path
 
-DEMO_PROMPT = "What is happening in this video?"
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -16,59 +21,10 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. decode.max_new_tokens=32")
 
 
-def _timing_table(timings: dict) -> str:
-    rows = [(key.removesuffix("_s"), value) for key, value in timings.items() if key.endswith("_s")]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"  {name:<{width}}  {value * 1000:10.1f} ms" for name, value in rows)
-
-
-def _demo_video(directory: str) -> str:
-    from spava.media.synthetic import write_synthetic_video
-
-    return str(write_synthetic_video(Path(directory) / "demo.mp4", num_frames=32, height=120, width=160, fps=8.0))
-
-
-def _print_result(result, is_demo: bool) -> None:
-    print(result.text)
-    print(f"\n[{result.finish_reason}] {len(result.token_ids)} tokens | {result.num_prompt_tokens} prompt tokens "
-          f"({result.num_visual_tokens} visual, {result.num_frames} frames) | attention {result.method} on "
-          f"{result.world_size} ranks | config {result.config_hash}")
-    print("timings:\n" + _timing_table(result.timings))
-    if is_demo:
-        print("\nnote: the built-in demo runs a tiny Qwen2.5-VL with RANDOM weights, so the answer is noise; "
-              "it shows every stage working. Pass --config with model.path=<local checkpoint> for real answers.")
-
-
 def _run(args: argparse.Namespace) -> int:
-    from spava.runtime.pipeline import Pipeline, RequestError
+    from spava.run_command import run
 
-    overrides = list(args.overrides)
-    if not args.verbose:
-        overrides.append("runtime.log_level=WARNING")
-    is_demo = args.config is None
-    with tempfile.TemporaryDirectory(prefix="spava-run-") as tmp:
-        video = args.video or (None if args.document or not is_demo else _demo_video(tmp))
-        prompt = args.prompt or DEMO_PROMPT
-        document = Path(args.document).read_text() if args.document else None
-        sampling = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
-        try:
-            pipeline = (Pipeline.connect(args.connect) if args.connect
-                        else Pipeline.from_yaml(args.config, overrides, is_quiet=args.json))
-            with pipeline:
-                if args.stream and not args.json:
-                    for text in pipeline.stream(video, prompt, document=document, **sampling):
-                        print(text, end="", flush=True)
-                    print()
-                    return 0
-                result = pipeline.run(video, prompt, document=document, **sampling)
-        except (RequestError, ValueError) as error:
-            print(f"spava run: {error}", file=sys.stderr)
-            return 2
-    if args.json:
-        print(json.dumps({**result.__dict__, "is_random_weights": is_demo}, indent=2))
-    else:
-        _print_result(result, is_demo)
-    return 0
+    return run(args)
 
 
 def _launch(args: argparse.Namespace) -> int:
@@ -79,6 +35,9 @@ def _launch(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"spava launch: {error}", file=sys.stderr)
         return 2
+    except (RuntimeError, OSError) as error:
+        print(f"spava launch: {error}", file=sys.stderr)
+        return 1
 
 
 def _check_attention(args: argparse.Namespace) -> int:
@@ -93,14 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spava", description="Fast long-video understanding on several GPUs.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="answer one question about a video (no --config: the CPU demo)")
+    from spava.run_command import DEMO_PROMPT
+    from spava.server.options import DEFAULT_MAX_MEDIA_BYTES, DEFAULT_MEDIA_FETCH_TIMEOUT_S
+
+    run = commands.add_parser(
+        "run", help="answer one question about a video (no --config: the CPU demo)",
+        epilog="exit codes: 0 answered, 1 the request or the pipeline failed, 2 bad input / options / config, "
+               "130 interrupted, 143 terminated")
     _add_config_args(run)
-    run.add_argument("--video", help="video file (default in the demo: a generated synthetic video)")
+    run.add_argument("--video", help="video file or http(s) URL (downloaded first); with a random-weight config "
+                                     "and no --video / --document: a generated synthetic video")
     run.add_argument("--document", help="a text file to ask about instead of a video")
     run.add_argument("--prompt", help=f"the question (default: {DEMO_PROMPT!r})")
-    run.add_argument("--max-new-tokens", type=int, help="override decode.max_new_tokens")
-    run.add_argument("--stream", action="store_true", help="print the answer as it is generated")
-    run.add_argument("--json", action="store_true", help="machine-readable output, no progress bars")
+    run.add_argument("--max-new-tokens", type=_positive_int, help="override decode.max_new_tokens (>= 1)")
+    run.add_argument("--stream", action="store_true", help="print the answer as it is generated; with --json: "
+                                                          "JSON lines, {\"delta\": ...} per piece then the result")
+    run.add_argument("--json", action="store_true", help="machine-readable output (an {\"error\": ...} object on "
+                                                        "failure), no progress bars")
+    run.add_argument("--max-media-bytes", type=_positive_int, default=DEFAULT_MAX_MEDIA_BYTES,
+                     help=f"largest http(s) video to download (default {DEFAULT_MAX_MEDIA_BYTES})")
+    run.add_argument("--media-fetch-timeout", type=float, default=DEFAULT_MEDIA_FETCH_TIMEOUT_S,
+                     help=f"seconds to download an http(s) video (default {DEFAULT_MEDIA_FETCH_TIMEOUT_S:g})")
     run.add_argument("--verbose", action="store_true", help="show worker logs")
     run.add_argument("--connect", help="send the request to a pipeline served by `spava launch` at this address")
     run.set_defaults(handler=_run)
@@ -154,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return e2e_main(argv[1:])
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:  # each command closed what it started on the way out
+        print(f"spava {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -10,13 +10,20 @@ prefill ranks on the CPU, spava attention.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
 from spava.attention.config import AttentionConfig
+from spava.config_checks import check_attention, check_devices, frame_sampling, sampling_params
 
 DTYPES = ("bfloat16", "float16", "float32", "float64")
+DIST_BACKENDS = ("auto", "gloo", "nccl")
+VIDEO_BACKENDS = ("auto", "pyav", "decord", "torchcodec")
+FORK_SERVER_MODES = ("auto", "on", "off")
+_ADDRESS = re.compile(r"^(auto|ipc://.+|tcp://[^:/\s]+:\d+)$")
 DEFAULT_STAGES = {
     "video": "spava.stages.video:VideoDecoder",
     "layout": "spava.stages.layout:LayoutPlanner",
@@ -24,12 +31,6 @@ DEFAULT_STAGES = {
     "prefill": "spava.stages.prefill:PrefillWorker",
     "decode": "spava.stages.decode:DecodeWorker",
 }
-
-
-def _check_devices(name: str, devices: list[str]) -> None:
-    for device in devices:
-        if device != "cpu" and not device.startswith("cuda"):
-            raise ValueError(f"{name}: device {device!r} must be 'cpu' or 'cuda[:N]'")
 
 
 @dataclass
@@ -87,6 +88,12 @@ class VideoConfig:
             raise ValueError(f"video.num_decoders must be >= 0 (0 = auto), got {self.num_decoders}")
         if not 0.0 <= self.min_decoded_fraction <= 1.0:
             raise ValueError(f"video.min_decoded_fraction must lie in [0, 1], got {self.min_decoded_fraction}")
+        if self.backend not in VIDEO_BACKENDS:
+            raise ValueError(f"video.backend must be one of {VIDEO_BACKENDS}, got {self.backend!r}")
+        try:  # the same check every request's video_options go through at admission
+            frame_sampling({name: getattr(self, name) for name in self.__dataclass_fields__})
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"video.*: {error}") from None
 
 
 @dataclass
@@ -120,7 +127,7 @@ class EncodeConfig:
     max_batch_patches: int = 300_000  # pixel patches per encoder batch, over all its requests (>= 1)
 
     def __post_init__(self) -> None:
-        _check_devices("encode.devices", self.devices)
+        check_devices("encode.devices", self.devices)
         if self.max_batch_requests < 1:
             raise ValueError(f"encode.max_batch_requests must be >= 1, got {self.max_batch_requests}")
         if self.max_batch_patches < 1:
@@ -151,9 +158,10 @@ class PrefillConfig:
             from spava.attention.registry import ShortInputRule
 
             ShortInputRule.from_config(self)  # the fallback must be a known, exact method
-        _check_devices("prefill.devices", self.devices)
+        check_devices("prefill.devices", self.devices)
         if self.mlp_chunk_size < 1:
             raise ValueError(f"prefill.mlp_chunk_size must be >= 1, got {self.mlp_chunk_size}")
+        check_attention(self.attention)
 
 
 @dataclass
@@ -169,6 +177,16 @@ class DecodeConfig:
     cuda_graph: bool = True
     # split the decode's MLP and LM head over the prefill ranks (each already holds every weight)
     tensor_parallel: bool = True
+    # the most a request may ask for (its max_new_tokens is refused above this, at admission)
+    max_allowed_new_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.max_allowed_new_tokens < 1:
+            raise ValueError(f"decode.max_allowed_new_tokens must be >= 1, got {self.max_allowed_new_tokens}")
+        try:  # the defaults must make valid sampling parameters, as every request's overrides must
+            sampling_params(self, {})
+        except ValueError as error:
+            raise ValueError(f"decode.*: {error}") from None
 
 
 @dataclass
@@ -179,25 +197,61 @@ class RuntimeConfig:
     dist_backend: str = "auto"  # gloo on CPU, nccl on GPU
     dist_address: str = "127.0.0.1"
     dist_port: int = 0  # 0: pick a free port
+    # workers (and, from a client, the scheduler) that stay silent this long are dead
     heartbeat_interval_s: float = 0.5
     heartbeat_timeout_s: float = 10.0
     startup_timeout_s: float = 300.0
     request_timeout_s: float = 600.0
+    connect_timeout_s: float = 5.0  # Pipeline.connect / spava run --connect: first answer of the server
     max_queued_requests: int = 256
     # decoded+laid-out requests waiting for the model (bounds memory); disaggregated, the scheduler
     # allows at least encode.max_batch_requests of them, so a full encoder batch can be ready
     max_prepared_requests: int = 2
+    # restarts of a worker (the model ranks count as one group) allowed within restart_window_s;
+    # past that it stays down, and the pipeline unhealthy, until the oldest restart leaves the window
     max_worker_restarts: int = 3
+    restart_window_s: float = 600.0
+    # start workers by forking a process that imported torch / transformers once (fast start and
+    # restarts): auto = when every device is a CPU (forking is unsafe once CUDA is initialised)
+    fork_server: str = "auto"
     log_level: str = "INFO"
     metrics_port: Optional[int] = None
     shm_dir: str = "/dev/shm"
     secret: Optional[str] = None  # CURVE-authenticate control sockets (else $SPAVA_SECRET); needed off-host
 
     def __post_init__(self) -> None:
+        for name in ("heartbeat_interval_s", "startup_timeout_s", "request_timeout_s", "connect_timeout_s",
+                     "restart_window_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"runtime.{name} must be > 0 seconds, got {getattr(self, name)}")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
             raise ValueError("runtime.heartbeat_timeout_s must be larger than runtime.heartbeat_interval_s")
         if self.max_prepared_requests < 1 or self.max_queued_requests < 1:
             raise ValueError("runtime.max_prepared_requests and runtime.max_queued_requests must be >= 1")
+        if self.max_worker_restarts < 0:
+            raise ValueError(f"runtime.max_worker_restarts must be >= 0, got {self.max_worker_restarts}")
+        self._check_names()
+        if not os.path.isdir(self.shm_dir):
+            raise ValueError(f"runtime.shm_dir {self.shm_dir!r} is not a directory; use a tmpfs such as /dev/shm")
+        if not os.access(self.shm_dir, os.W_OK | os.X_OK):
+            raise ValueError(f"runtime.shm_dir {self.shm_dir!r} is not writable by this user")
+
+    def _check_names(self) -> None:
+        if self.dist_backend not in DIST_BACKENDS:
+            raise ValueError(f"runtime.dist_backend must be one of {DIST_BACKENDS}, got {self.dist_backend!r}")
+        if self.fork_server not in FORK_SERVER_MODES:
+            raise ValueError(f"runtime.fork_server must be one of {FORK_SERVER_MODES}, got {self.fork_server!r}")
+        if not isinstance(logging.getLevelName(str(self.log_level).upper()), int):
+            raise ValueError(f"runtime.log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got "
+                             f"{self.log_level!r}")
+        self.log_level = str(self.log_level).upper()
+        if not _ADDRESS.match(self.control_address):
+            raise ValueError(f"runtime.control_address must be 'auto', 'ipc://PATH' or 'tcp://HOST:PORT', got "
+                             f"{self.control_address!r}")
+        for name in ("metrics_port", "dist_port"):
+            port = getattr(self, name)
+            if port is not None and not 0 <= port <= 65535:
+                raise ValueError(f"runtime.{name} must be a port number (0-65535), got {port}")
 
 
 @dataclass
@@ -225,6 +279,24 @@ class PipelineConfig:
         for name, target in self.stages.items():
             if ":" not in target:
                 raise ValueError(f"stages.{name}: {target!r} must be 'package.module:ClassName'")
+        self._check_placement()
+
+    def _check_placement(self) -> None:
+        devices = self.encode.devices + self.prefill.devices
+        kinds = {device.split(":")[0] for device in devices}
+        if self.runtime.dist_backend == "auto" and len(kinds) > 1:
+            raise ValueError(f"encode.devices + prefill.devices mix CPU and CUDA ({devices}); the ranks of one "
+                             "pipeline share one backend: use one kind of device, or set runtime.dist_backend=gloo")
+        if self.runtime.dist_backend == "nccl" and "cpu" in kinds:
+            raise ValueError("runtime.dist_backend=nccl needs CUDA devices; encode.devices / prefill.devices "
+                             "list 'cpu'")
+        if self.decode.max_new_tokens > self.decode.max_allowed_new_tokens:
+            raise ValueError(f"decode.max_new_tokens={self.decode.max_new_tokens} is over "
+                             f"decode.max_allowed_new_tokens={self.decode.max_allowed_new_tokens}")
+
+    @property
+    def uses_cuda(self) -> bool:
+        return any(device.startswith("cuda") for device in self.encode.devices + self.prefill.devices)
 
     @property
     def world_size(self) -> int:
@@ -235,15 +307,17 @@ class PipelineConfig:
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Defaults <- YAML file <- `key=value` overrides; validated. Raises ValueError naming the field."""
     import yaml
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
         merged = OmegaConf.structured(PipelineConfig)
         if path is not None:
-            if not os.path.isfile(path):
-                raise ValueError(f"config file {os.fspath(path)!r} does not exist")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            loaded = OmegaConf.load(_config_file(path))
+            if not isinstance(loaded, DictConfig):
+                raise ValueError(f"config file {os.fspath(path)!r} must be a mapping of sections (model:, video:, "
+                                 f"prefill:, ...), not a {type(loaded).__name__.removesuffix('Config').lower()}")
+            merged = OmegaConf.merge(merged, loaded)
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(merged)
@@ -251,6 +325,17 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         raise ValueError(f"invalid config: {_first_line(error)}") from None
     except yaml.YAMLError as error:
         raise ValueError(f"invalid config: {os.fspath(path)!r} is not valid YAML ({_first_line(error)})") from None
+
+
+def _config_file(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"config file {path!r} is a directory; give a YAML file such as configs/demo_cpu.yaml")
+    if not os.path.exists(path):
+        raise ValueError(f"config file {path!r} does not exist")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"config file {path!r} is not readable")
+    return path
 
 
 def config_to_yaml(config: PipelineConfig) -> str:

@@ -9,7 +9,13 @@ from spava.runtime.pipeline import Pipeline, RequestError
 
 
 def main(address: str, secret: str, mode: str) -> None:
-    with Pipeline.connect(address, secret=secret) as pipeline:
+    pipeline = Pipeline.connect(address, secret=secret)
+    try:
+        pipeline.start()
+    except ConnectionError as error:  # e.g. a wrong secret: the server never answers
+        print(json.dumps({"ok": False, "kind": "connection", "message": str(error)}), flush=True)
+        return
+    with pipeline:
         if mode == "status":
             status = pipeline.status()
             print(json.dumps({"is_healthy": status.is_healthy, "detail": status.detail}), flush=True)

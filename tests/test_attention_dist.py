@@ -2,7 +2,8 @@
 
 Checked: exact methods (ring, zigzag_ring, ulysses) on all rows; the query rows of star / apb / spava;
 apb and spava with a passing budget covering whole chunks on all rows; decoding over the distributed
-KV cache. One spawn per world size; every case runs inside it.
+KV cache. The context rows of partial budgets (what makes the methods approximate) are checked in
+`test_attention_selection.py`. One spawn per world size; every case runs inside it.
 """
 
 from __future__ import annotations
@@ -37,10 +38,14 @@ def _inputs(num_tokens, num_heads, num_kv_heads, seed):
     return tuple(torch.randn(s, generator=generator, dtype=torch.float64) for s in (shape_q, shape_kv, shape_kv))
 
 
+FLOAT64_TOL = 1e-12  # measured max error 2.2e-15 (N <= 331 keys)
+FLOAT32_DECODE_TOL = 1e-6  # measured max error 1.8e-7: LSE merge of float32 partials, outputs of size ~1
+
+
 def _tolerance(dtype, q, k, v, ref) -> float:
-    """float64: 1e-10. Lower precision: 2x the error of plain torch math in that dtype (flash-attn's rule)."""
+    """float64: FLOAT64_TOL. Lower precision: 2x the error of plain torch math in that dtype (flash-attn's rule)."""
     if dtype == torch.float64:
-        return 1e-10
+        return FLOAT64_TOL
     same_dtype, _ = get_backend("math").attend(*(x.to(dtype) for x in (q, k, v)), is_causal=True)
     return 2 * float((same_dtype.double() - ref).abs().max()) + 1e-6
 
@@ -71,7 +76,7 @@ def _check_decode(plan, ctx, q, k, v, dtype, ref_backend, failures, tag):
     out = decode_attention(new_q.to(dtype), all_k[cache_ids].to(dtype), all_v[cache_ids].to(dtype), ctx.comm,
                            ctx.backend, is_causal=plan.rank == plan.decode_rank)
     ref, _ = ref_backend.attend(new_q, all_k, all_v, is_causal=True)
-    tolerance = 1e-10 if dtype == torch.float64 else 0.05
+    tolerance = FLOAT64_TOL if dtype == torch.float64 else FLOAT32_DECODE_TOL
     _check(f"{tag} decode", out, ref, tolerance, failures)
 
 
@@ -101,31 +106,6 @@ def _cases(rank, world_size):
     assert not failures, "\n".join(failures)
 
 
-def _default_budget_error(rank, world_size, result_file):
-    """Spava with the paper's default sizes on a 2K-token prompt: report (not assert) its error."""
-    q, k, v = _inputs(2000, 8, 2, seed=5)
-    ref, _ = get_backend("math").attend(q, k, v, is_causal=True)
-    plan, _, out = _run_prefill("spava", {}, q, k, v, 11, world_size, rank, torch.float64)
-    local_ref = plan.slice_local(ref)
-    query_error = float((out[-11:] - local_ref[-11:]).abs().max())
-    context_error = float((out[:-11] - local_ref[:-11]).abs().max())
-    assert query_error < 1e-10, query_error
-    assert torch.isfinite(out).all()
-    with open(f"{result_file}.{rank}", "w") as handle:
-        handle.write(f"{context_error} {float((out[:-11] - local_ref[:-11]).abs().mean())}")
-
-
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
 def test_methods_match_dense_attention(world_size):
     run_distributed(_cases, world_size, timeout=400)
-
-
-def test_spava_default_budget_error_is_reported(tmp_path, capsys):
-    result = tmp_path / "err"
-    run_distributed(_default_budget_error, 4, str(result))
-    errors = [tuple(map(float, (tmp_path / f"err.{r}").read_text().split())) for r in range(4)]
-    with capsys.disabled():
-        print("\nspava default budget (A=128, P=128, W=4, N=2000), context rows vs full:")
-        for rank, (max_error, mean_error) in enumerate(errors):
-            print(f"  rank {rank}: max |err| {max_error:.3e}, mean |err| {mean_error:.3e}")
-    assert all(e[0] < float("inf") for e in errors)

@@ -40,6 +40,27 @@ def test_overrides_and_hash():
         ("", ["stages.video=not_a_path"], "stages.video"),
         ("", ["runtime.heartbeat_timeout_s=0.1"], "runtime.heartbeat_timeout_s"),
         ("model: [unclosed\n", [], "invalid config"),
+        ("", ["prefill.attention.method=bogus"], "prefill.attention.method: unknown method 'bogus'"),
+        ("", ["prefill.attention.method=no.such.module:Method"], "prefill.attention.method"),
+        ("", ["prefill.attention.backend=fast"], "prefill.attention.backend: unknown backend 'fast'"),
+        ("", ["prefill.attention.scorer=magic"], "prefill.attention.scorer: unknown scorer 'magic'"),
+        ("", ["decode.temperature=-1"], "decode.*: sampling: temperature must be >= 0"),
+        ("", ["decode.top_p=0"], "top_p"),
+        ("", ["decode.max_new_tokens=0"], "max_new_tokens must be >= 1"),
+        ("", ["decode.max_new_tokens=100", "decode.max_allowed_new_tokens=50"], "decode.max_allowed_new_tokens=50"),
+        ("", ["video.fps=-2"], "video.*: FrameSampling.fps"),
+        ("", ["video.min_frames=9", "video.max_frames=4"], "min_frames"),
+        ("", ["video.backend=vlc"], "video.backend"),
+        ("", ["prefill.devices=[cuda:x]"], "prefill.devices: device 'cuda:x'"),
+        ("", ["encode.devices=[cuda:0]"], "mix CPU and CUDA"),
+        ("", ["runtime.dist_backend=nccl"], "runtime.dist_backend=nccl needs CUDA devices"),
+        ("", ["runtime.dist_backend=mpi"], "runtime.dist_backend"),
+        ("", ["runtime.log_level=LOUD"], "runtime.log_level"),
+        ("", ["runtime.shm_dir=/no/such/dir"], "runtime.shm_dir '/no/such/dir' is not a directory"),
+        ("", ["runtime.control_address=localhost:5555"], "runtime.control_address"),
+        ("", ["runtime.restart_window_s=0"], "runtime.restart_window_s must be > 0"),
+        ("", ["runtime.fork_server=maybe"], "runtime.fork_server"),
+        ("- model\n- video\n", [], "must be a mapping of sections"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, text, overrides, message):
@@ -50,9 +71,36 @@ def test_bad_config_names_the_field(tmp_path, text, overrides, message):
     assert message in str(error.value)
 
 
-def test_missing_config_file():
+def test_missing_config_file(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_config("configs/nope.yaml")
+    with pytest.raises(ValueError, match="is a directory"):
+        load_config(tmp_path)
+
+
+def test_the_demo_file_is_the_built_in_demo():
+    assert config_hash(load_config("configs/demo_cpu.yaml")) == config_hash(load_config())
+
+
+def test_log_level_is_case_insensitive():
+    assert load_config(None, ["runtime.log_level=warning"]).runtime.log_level == "WARNING"
+
+
+def test_loading_a_config_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from spava.config import load_config; load_config('configs/demo_cpu.yaml'); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_attention_names_are_the_registries_own():
+    from spava.attention import backend, registry, scoring
+    from spava.config_checks import _table_keys_from_source
+
+    assert _table_keys_from_source("spava.attention.registry", "BUILTIN_METHODS") == registry.available_methods()
+    assert _table_keys_from_source("spava.attention.backend", "_KERNELS") == list(backend._KERNELS)
+    assert _table_keys_from_source("spava.attention.scoring", "_BUILTIN_SCORERS") == list(scoring._BUILTIN_SCORERS)
 
 
 def test_messages_round_trip_and_reject_bad_input():

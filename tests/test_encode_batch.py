@@ -14,6 +14,7 @@ from spava.config import load_config
 from spava.media.synthetic import make_synthetic_frames
 from spava.models.vision_inputs import PixelRows
 from spava.models.vision_parallel import assign_units, encode_units, encode_units_batch, plan_vision_units
+from spava.comm.shm import ref_glob
 from spava.runtime.pipeline import Pipeline, RequestError
 from spava.testing.faults import FAULT_DIR_ENV, arm_fault
 
@@ -175,4 +176,5 @@ def test_a_failing_batch_fails_each_of_its_requests_and_nothing_hangs(batching, 
         assert "encoding a batch of 2 request(s)" in str(error.value) and "injected" in str(error.value)
     again = batching.run(VIDEOS[0], "What is in clip 0?", request_id="fail-again")
     assert again.token_ids == first.token_ids
-    assert not glob.glob("/dev/shm/spava-fail-*")
+    shm_dir = batching.config.runtime.shm_dir
+    assert not [path for tag in ("fail-0", "fail-1", "fail-2", "fail-again") for path in glob.glob(ref_glob(shm_dir, tag))]

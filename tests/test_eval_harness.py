@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from _text_helpers import CharTokenizer
 from spava.eval.videobench import (
     ANSWER_INSTRUCTION, build_mcq_prompt, evaluate, frames_answerer, load_longvideobench, load_vnbench,
     paper_frame_sampling, parse_option_letter, read_annotations, run_benchmark,
@@ -159,45 +158,3 @@ def test_frames_answerer_samples_64_frames_uniformly(tmp_path):
     expected = plan_frame_sampling(200, 25.0, paper_frame_sampling()).indices
     assert len(expected) == 64 and expected[0] == 0 and expected[-1] == 199
     assert seen["indices"] == list(expected)
-
-
-def test_passkey_case_fits_the_length_and_places_the_needle():
-    from spava.eval.fidelity import INTRO, NEEDLE, QUESTION, build_passkey_case, passkey_document
-
-    tokenizer = CharTokenizer()
-    case = build_passkey_case(tokenizer, 900, 0.5, "71432")
-    inputs = case.inputs
-    assert 900 - 40 < inputs.num_tokens <= 900
-    text = tokenizer.decode(inputs.input_ids.tolist())
-    assert NEEDLE.format(key="71432") in text and case.passkey == "71432"
-    assert tokenizer.decode(inputs.input_ids[-inputs.num_query_tokens:].tolist()).startswith(QUESTION)
-    first, last = passkey_document(10, 0.0, "1"), passkey_document(10, 1.0, "1")
-    assert first.startswith(INTRO + "\n\nThe pass key is 1.") and last.endswith("1 is the pass key.")
-
-
-def test_fidelity_scoring_and_markdown():
-    import torch
-
-    from spava.eval.fidelity import format_markdown, kl_divergence, summarize
-
-    logits = torch.tensor([2.0, 0.5, -1.0])
-    assert kl_divergence(logits, logits) == pytest.approx(0.0, abs=1e-12)
-    assert kl_divergence(logits, torch.tensor([0.0, 2.0, 0.0])) > 0.1
-    rows = [
-        {"case": "p1", "kind": "passkey", "length": 2048, "passkey": "1", "answer": "1", "correct": True,
-         "same_answer_as_full": True, "kl_vs_full": 0.0, "top1_agrees": True},
-        {"case": "p2", "kind": "passkey", "length": 4096, "passkey": "2", "answer": "x", "correct": False,
-         "same_answer_as_full": False, "kl_vs_full": 0.5, "top1_agrees": False},
-        {"case": "t1", "kind": "text", "length": 2048, "kl_vs_full": 0.25, "top1_agrees": True},
-    ]
-    summary = summarize(rows)
-    assert summary["passkey_accuracy"] == 50.0 and summary["passkey_accuracy_by_length"] == {"2048": 100.0, "4096": 0.0}
-    assert summary["text_kl_mean"] == 0.25 and summary["text_top1_agreement"] == 100.0
-    sizes = {"2048": {"context_len": 2000, "anchor_len": 128, "chunk_len": [236, 237], "round_to": 128,
-                      "passing_budget": 128, "passing_per_chunk": [128, 128]}}
-    full = summarize(rows[:1] + rows[2:])
-    configs = [{"method": "full", "world_size": 1, **full, "effective_sizes": {}, "cases": rows},
-               {"method": "spava", "world_size": 4, **summary, "effective_sizes": sizes, "cases": rows}]
-    report = format_markdown({"spec": {"lengths": [2048, 4096]}, "configs": configs}, ["# title"])
-    assert "| spava | 4 | 100.0 | 0.0 | 50.0 (1/2) | -50.0 |" in report
-    assert "| spava | 4 | 2048 | 2000 | 128 | 236-237 | 128 | 128 |" in report

@@ -23,7 +23,7 @@ class Task:
 
 
 def _workers(num):
-    return [WorkerState(WorkerSpec(f"model{r}", "model", r), is_ready=True) for r in range(num)]
+    return [WorkerState(WorkerSpec(f"model{r}", "model", r), phase="ready") for r in range(num)]
 
 
 def _finish(groups, group, request_id):

@@ -15,6 +15,7 @@ import pytest
 import zmq
 
 from spava.comm.messages import ErrorOutput, decode_message
+from spava.comm.shm import ref_glob
 from spava.config import load_config
 from spava.media.synthetic import make_synthetic_frames, write_synthetic_video
 from spava.runtime.pipeline import Pipeline, RequestError
@@ -45,8 +46,14 @@ def fault_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pipeline(fault_dir):
-    with Pipeline.from_config(load_config("configs/demo_cpu.yaml", OVERRIDES), is_quiet=True) as pipe:
+def shm_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("shm")
+
+
+@pytest.fixture(scope="module")
+def pipeline(fault_dir, shm_dir):
+    config = load_config("configs/demo_cpu.yaml", [*OVERRIDES, f"runtime.shm_dir={shm_dir}"])
+    with Pipeline.from_config(config, is_quiet=True) as pipe:
         yield pipe
 
 
@@ -56,8 +63,9 @@ def video_path(tmp_path_factory):
     return str(write_synthetic_video(path, num_frames=16, height=64, width=96, fps=8.0))
 
 
-def _shm_files(request_id: str) -> list[str]:
-    return glob.glob(f"/dev/shm/spava-{request_id}-*")
+def _shm_files(pipeline, request_id: str) -> list[str]:
+    """The shared-memory files of `request_id` in the pipeline's shm dir."""
+    return glob.glob(ref_glob(pipeline.config.runtime.shm_dir, request_id))
 
 
 def test_every_video_input_kind_is_answered(pipeline, video_path):
@@ -71,7 +79,7 @@ def test_every_video_input_kind_is_answered(pipeline, video_path):
         assert (result.num_frames > 0) == (video is not None), kind
         assert result.num_prompt_tokens > result.num_visual_tokens >= 0
         assert {"video_s", "layout_s", "prefill_s", "decode_s", "total_s"} <= set(result.timings) or video is None
-        assert not _shm_files(result.request_id), "shared memory must be freed when a request ends"
+        assert not _shm_files(pipeline, result.request_id), "shared memory must be freed when a request ends"
 
 
 def test_an_image_is_answered_as_an_image(pipeline, tmp_path):
@@ -83,7 +91,7 @@ def test_an_image_is_answered_as_an_image(pipeline, tmp_path):
     for kind, source in {"path": str(path), "bytes": path.read_bytes(), "array": image}.items():
         result = pipeline.run(None, "What is in this picture?", image=source, request_id=f"image-{kind}")
         assert result.num_frames == 1 and result.num_visual_tokens > 0 and len(result.token_ids) == 4, kind
-        assert not _shm_files(result.request_id)
+        assert not _shm_files(pipeline, result.request_id)
     with pytest.raises(RequestError, match="not a readable image") as error:
         pipeline.run(None, "What is in this picture?", image=b"not an image at all")
     assert error.value.kind == "bad_input"
@@ -99,7 +107,7 @@ def test_the_model_ranks_start_while_frames_still_decode(pipeline, fault_dir, vi
     assert timings["frames_wait_s"] > 0.5  # the encoder was waiting on frames that were still decoding
     # decoding and the model stage overlapped: the request took less than the two in a row
     assert timings["total_s"] < timings["video_decode_s"] + timings["prefill_stage_s"] - 0.5
-    assert not _shm_files("streamed")
+    assert not _shm_files(pipeline, "streamed")
 
 
 def test_streaming_yields_each_token(pipeline, video_path):
@@ -144,7 +152,21 @@ def test_refused_request_frees_its_encoded_video(pipeline, video_path):
     with pytest.raises(RequestError) as error:
         pipeline.run(data, "hi", video_options={"fps": None, "num_frames": 3}, request_id="refused-bytes")
     assert error.value.stage == "admission"
-    assert not _shm_files("refused-bytes"), "the scheduler frees what a refused request brought"
+    assert not _shm_files(pipeline, "refused-bytes"), "the scheduler frees what a refused request brought"
+
+
+def test_refusals_free_the_payload_and_a_duplicate_id_keeps_the_first_request(pipeline, fault_dir, video_path):
+    frames = make_synthetic_frames(4, 64, 96)
+    with pytest.raises(RequestError) as error:  # refused at admission: its frames file is freed at once
+        pipeline.run(frames, "hi", max_new_tokens=100_000, request_id="refused-frames")
+    assert error.value.kind == "bad_input" and "decode.max_allowed_new_tokens" in str(error.value)
+    assert not _shm_files(pipeline, "refused-frames")
+    arm_fault(fault_dir, "layout-sleep", "1")
+    first = pipeline.submit(frames, "first", request_id="twice")
+    with pytest.raises(ValueError, match="'twice' is already in use"):
+        pipeline.submit(frames, "second", request_id="twice")  # refused before anything is written
+    assert first.result(timeout=120).finish_reason == "length"
+    assert not _shm_files(pipeline, "twice")
 
 
 def test_over_budget_video_is_rejected_before_decoding_with_the_estimate(pipeline, video_path):
@@ -162,7 +184,15 @@ def test_crashing_worker_fails_its_request_and_is_restarted(pipeline, fault_dir,
     assert error.value.stage == "layout" and error.value.kind == "worker_died"
     assert time.monotonic() - start < 20
     assert pipeline.run(video_path, "again").finish_reason == "length"
-    assert not _shm_files("crash-layout")
+    assert not _shm_files(pipeline, "crash-layout")
+
+
+def test_files_a_dying_worker_wrote_but_never_announced_are_freed(pipeline, fault_dir):
+    arm_fault(fault_dir, "layout-crash-late")
+    with pytest.raises(RequestError) as error:
+        pipeline.run(None, "hi", request_id="crash-late")
+    assert error.value.kind == "worker_died"
+    assert not _shm_files(pipeline, "crash-late")
 
 
 def test_crashing_model_rank_fails_its_request_and_the_group_restarts(pipeline, fault_dir, video_path):
@@ -180,7 +210,7 @@ def test_timeout_fails_the_request_and_frees_its_memory(pipeline, fault_dir, vid
         pipeline.run(video_path, "hi", timeout_s=1.0, request_id="slow-one")
     assert error.value.kind == "timeout"
     time.sleep(3.5)
-    assert not _shm_files("slow-one")
+    assert not _shm_files(pipeline, "slow-one")
     assert pipeline.run(None, "next").finish_reason == "length"
 
 
@@ -211,7 +241,7 @@ def test_hundred_queued_requests_all_finish(pipeline):
     handles = [pipeline.submit(None, f"question {i}?", max_new_tokens=1, request_id=f"bulk-{i}") for i in range(100)]
     results = [handle.result(timeout=600) for handle in handles]
     assert [len(r.token_ids) for r in results] == [1] * 100
-    assert not glob.glob("/dev/shm/spava-bulk-*")
+    assert not glob.glob(os.path.join(pipeline.config.runtime.shm_dir, "spava-*-bulk-*"))
     status = pipeline.status()
     assert status.num_inflight == 0 and status.is_healthy
 

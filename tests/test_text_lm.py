@@ -133,7 +133,6 @@ def test_build_text_inputs_splits_document_and_question(use_chat_template):
 
 
 def test_smollm2_answers_a_short_passkey_prompt():
-    from spava.eval.fidelity import QUESTION, passkey_document
     from spava.eval.smollm2 import find_smollm2_gguf, load_smollm2
 
     try:
@@ -141,7 +140,10 @@ def test_smollm2_answers_a_short_passkey_prompt():
     except FileNotFoundError as error:
         pytest.skip(f"real weights unavailable: {error}")
     model = load_smollm2()
-    inputs, _ = build_text_inputs(model.tokenizer, passkey_document(40, 0.5, "71432"), QUESTION)
+    filler = " ".join(["The grass is green. The sky is blue."] * 20)
+    document = f"{filler} The pass key is 71432. Remember it. 71432 is the pass key. {filler}"
+    question = "What is the pass key? Answer with the number only."
+    inputs, _ = build_text_inputs(model.tokenizer, document, question)
     out = full_runner(model).generate(inputs, SamplingParams(max_new_tokens=12), eos_token_ids=model.eos_token_ids())
     assert "71432" in model.tokenizer.decode(out.token_ids)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from spava.attention.approx import causal_rows, finish_query_rows, launch_query_rows, query_start, select_chunk
+from spava.attention.approx import (causal_rows, finish_query_rows, launch_query_rows, log_selection, query_start,
+                                   select_chunk)
 from spava.attention.backend import attend_pieces
 from spava.attention.base import AttentionMethod, AttnContext
 from spava.attention.config import num_selected, resolve_anchor_len, resolve_passing_len
@@ -53,8 +54,9 @@ class APBAttention(AttentionMethod):
         if exchange is not None:
             send_k, send_v = exchange.send_buffers()
             start, stop = selectable_range(plan)
-            select_chunk(cfg.scorer, cfg.pool_window, q_query, k, v, start, stop,
-                         slots.counts[plan.rank], send_k, send_v)
+            chosen = select_chunk(cfg.scorer, cfg.pool_window, q_query, k, v, start, stop,
+                                  slots.counts[plan.rank], send_k, send_v)
+            log_selection(ctx, layer_idx, start, stop, chosen)
             exchange.launch(0, send_k, send_v)
         partial = launch_query_rows(q, k, v, ctx)
         chunk_start, chunk_stop = plan.local_range(plan.find(ROLE_CHUNK)[0])

@@ -48,19 +48,29 @@ def causal_rows(out, q, k, v, ctx: AttnContext, start: int, stop: int) -> None:
         out[start:stop] = ctx.backend.attend(q[start:stop], k[:stop], v[:stop], is_causal=True, scale=ctx.scale)[0]
 
 
-def select_chunk(scorer_name, window, q_query, k, v, start, stop, num_select, send_k, send_v) -> None:
+def select_chunk(scorer_name, window, q_query, k, v, start, stop, num_select, send_k, send_v):
     """Score local keys [start, stop) against the query, pool within the range, keep the top ones.
 
-    The default scorer runs as one fused score + max-pool kernel and one K/V packing kernel on CUDA
-    (`spava_kernels`; torch references elsewhere, identical results).
+    Writes the chosen K/V rows into send_k/send_v rows [:num_select] and returns (pooled scores
+    `[stop - start, Hkv]` float32, chosen rows `[num_select, Hkv]` int64 relative to `start`), or
+    None when nothing is selected. The default scorer runs as one fused score + max-pool kernel and
+    one K/V packing kernel on CUDA (`spava_kernels`; torch references elsewhere, identical results).
     """
     if num_select == 0:
-        return
-    from spava_kernels.dispatch import score_and_pool, select_into
+        return None
+    from spava_kernels.dispatch import pack_selected, score_and_pool, select_topk
 
     keys, values = k[start:stop], v[start:stop]
     if scorer_name == "query_aware":
         pooled = score_and_pool(q_query, keys, window)
     else:
         pooled = pool_scores(get_scorer(scorer_name)(q_query, keys), window)
-    select_into(pooled, num_select, keys, values, send_k, send_v)
+    index = select_topk(pooled, num_select)
+    pack_selected(keys, values, index, send_k, send_v)
+    return pooled, index
+
+
+def log_selection(ctx: AttnContext, layer_idx: int, start: int, stop: int, chosen) -> None:
+    """Append a selection of local rows [start, stop) to `ctx.selections` when a log is attached."""
+    if ctx.selections is not None and chosen is not None:
+        ctx.selections.add(ctx.plan, layer_idx, start, stop, *chosen)

@@ -17,6 +17,7 @@ import torch
 
 from spava.attention.backend import AttentionBackend, get_backend
 from spava.attention.config import AttentionConfig
+from spava.attention.selection_log import SelectionLog
 from spava.comm.collectives import SPComm
 from spava.plan.sequence import SequencePlan
 
@@ -31,6 +32,7 @@ class AttnContext:
     peer_plans: tuple[SequencePlan, ...]  # every rank's plan of the same request, by rank
     scale: float | None = None
     method: "AttentionMethod | None" = None  # the method that made this context (runs every layer)
+    selections: SelectionLog | None = None  # when set, approximate methods record their passing choices
 
 
 class AttentionMethod(ABC):

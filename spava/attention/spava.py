@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from spava.attention.approx import finish_query_rows, launch_query_rows, query_start, select_chunk
+from spava.attention.approx import finish_query_rows, launch_query_rows, log_selection, query_start, select_chunk
 from spava.attention.backend import attend_pieces
 from spava.attention.base import AttentionMethod, AttnContext
 from spava.attention.config import num_selected, resolve_anchor_len, resolve_passing_len
@@ -67,8 +67,9 @@ class SpavaAttention(AttentionMethod):
             q_query = q[query_start(plan):]
             for chunk, first_slot, slot in ((first, world_size, world_size + rank), (second, 0, rank)):
                 send_k, send_v = exchange.send_buffers()
-                select_chunk(cfg.scorer, cfg.pool_window, q_query, k, v, *chunk,
-                             slots.counts[slot], send_k, send_v)
+                chosen = select_chunk(cfg.scorer, cfg.pool_window, q_query, k, v, *chunk,
+                                      slots.counts[slot], send_k, send_v)
+                log_selection(ctx, layer_idx, *chunk, chosen)
                 exchange.launch(first_slot, send_k, send_v)
         partial = launch_query_rows(q, k, v, ctx)
         self._anchor_rows(out, q, exchange, ctx)

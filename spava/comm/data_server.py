@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 
 import msgpack
 import zmq
 
 from spava.comm.security import secure_client, secure_server
+from spava.comm.shm import new_ref_path
 
 CHUNK_BYTES = 64 << 20
 
@@ -75,7 +75,7 @@ def fetch_file(address: str, path: str, directory: str, timeout_s: float = 60.0)
     socket.setsockopt(zmq.LINGER, 0)
     secure_client(socket, resolve_secret(None))
     socket.connect(address)
-    local = os.path.join(directory, f"spava-fetched-{uuid.uuid4().hex}")
+    local = new_ref_path(directory, "fetched", "copy")  # owned by this process: swept if it dies holding it
     try:
         with open(local, "wb") as handle:
             offset, total = 0, None

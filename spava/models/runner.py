@@ -7,6 +7,7 @@ flag) is broadcast so that every rank runs the next decode step (`spava.models.d
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -14,6 +15,7 @@ from typing import Callable
 import torch
 
 from spava.attention.base import AttentionMethod, AttnContext
+from spava.attention.selection_log import SelectionLog
 from spava.comm.collectives import SPComm
 from spava.models.decoder import ShardedDecoder
 from spava.models.decode_step import FLAG_CANCEL, DecodeEngine
@@ -34,6 +36,8 @@ class PrefillState:
     cache: DistributedKVCache
     logits: torch.Tensor | None  # `[vocab]` float32 of the last prompt token, on the decode rank only
     timings: dict[str, float] = field(default_factory=dict)  # this rank's seconds per prefill stage
+    final_hidden: torch.Tensor | None = None  # `[S, hidden]` local final hidden states (before the last
+    # norm), plan order; only when prefill(keep_hidden=True) asked for them (evaluation of context rows)
 
 
 @dataclass
@@ -103,16 +107,21 @@ class ModelRunner:
         self.adapter.place_visual(hidden, local_vision_rows(table, ctx.plan.rank).to(hidden.device), rows)
 
     @torch.inference_mode()
-    def prefill(self, inputs: PromptInputs, max_new_tokens: int = 256) -> PrefillState:
+    def prefill(self, inputs: PromptInputs, max_new_tokens: int = 256, *, keep_hidden: bool = False,
+                selections: SelectionLog | None = None) -> PrefillState:
         """Vision (colocated or received) + every decoder layer over this rank's tokens.
 
         The state's timings hold this rank's `frames_wait_s`, `transfer_s`, `preprocess_s`,
-        `encode_s` (see `spava.models.vision_inputs`) and `prefill_s` (GPU time of the LLM layers).
+        `encode_s` (see `spava.models.vision_inputs`) and `prefill_s` (device time of the LLM layers).
+        `keep_hidden` keeps the local final hidden states in the state; `selections` records the
+        approximate methods' passing choices (both for evaluation; off by default).
         """
         timer = StageTimer(self.device)
         method = self.method_for(inputs.num_tokens)
         plan = method.plan(inputs.num_tokens, inputs.num_query_tokens, self.comm.world_size, self.comm.rank)
         ctx = method.context(plan, self.comm, self.device)
+        if selections is not None:
+            ctx = dataclasses.replace(ctx, selections=selections)
         try:
             hidden, additions = self._embed_local(inputs, plan, ctx, timer)
         finally:
@@ -128,7 +137,7 @@ class ModelRunner:
             if int(plan.local_token_ids()[-1]) != inputs.num_tokens - 1:
                 raise AssertionError("the decode rank must hold the last prompt token")
             logits = self.decoder.logits(hidden[-1:])[0]
-        return PrefillState(plan, ctx, cache, logits, timer.totals())
+        return PrefillState(plan, ctx, cache, logits, timer.totals(), hidden if keep_hidden else None)
 
     def check_memory(self, plan: SequencePlan, hidden: torch.Tensor, extra_capacity: int,
                      free_bytes: int | None = None) -> None:

@@ -1,12 +1,58 @@
-"""Admission rules and per-request option resolution (pure functions of config + message)."""
+"""Admission rules, per-request option resolution, error kinds and the restart budget (pure: no
+sockets, no processes; the scheduler applies them)."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 
+from spava.config_checks import frame_sampling, sampling_params
+
 VIDEO_KINDS = ("path", "bytes", "frames", "none")
 MEDIA_TYPES = ("video", "image")
+# ErrorOutput.kind / RequestError.kind, i.e. what the caller should do:
+#   bad_input    fix the request (HTTP 400)      overloaded   queue full: retry later (429)
+#   unhealthy    the pipeline refuses work or cannot be reached: retry later or elsewhere (503)
+#   timeout      the request ran past its timeout_s (504)
+#   cancelled    the client cancelled it or closed its pipeline
+#   worker_died  a worker process died while running it (restarted; retry)
+#   internal     a bug or an unexpected failure inside a stage (see the logs)
+ERROR_KINDS = ("bad_input", "overloaded", "unhealthy", "timeout", "cancelled", "worker_died", "internal")
+
+
+class RestartBudget:
+    """At most `max_restarts` restarts within any `window_s` seconds (a rate, not a lifetime count).
+
+    A worker that keeps crashing spends the budget and stays down until its oldest restart leaves
+    the window; one that crashes now and then, days apart, is always restarted.
+    """
+
+    def __init__(self, max_restarts: int, window_s: float):
+        self.max_restarts, self.window_s = max_restarts, window_s
+        self._times: collections.deque[float] = collections.deque()
+
+    def _forget_old(self, now: float) -> None:
+        while self._times and now - self._times[0] >= self.window_s:
+            self._times.popleft()
+
+    def can_restart(self, now: float) -> bool:
+        self._forget_old(now)
+        return len(self._times) < self.max_restarts
+
+    def record(self, now: float) -> None:
+        self._forget_old(now)
+        self._times.append(now)
+
+    def seconds_until_restart(self, now: float) -> float:
+        """0 when a restart is allowed now, else when the oldest restart leaves the window."""
+        if self.can_restart(now):
+            return 0.0
+        return self._times[0] + self.window_s - now
+
+    @property
+    def num_recent(self) -> int:
+        return len(self._times)
 
 
 def admission_error(message, scheduler) -> tuple[str, str] | None:
@@ -16,7 +62,8 @@ def admission_error(message, scheduler) -> tuple[str, str] | None:
     "bad_input" (fix the request). Checked before any queueing.
     """
     if not scheduler.is_healthy:
-        return "unhealthy", "the pipeline is unhealthy (workers kept dying; see the logs) and accepts no new requests"
+        return "unhealthy", (f"the pipeline is unhealthy and accepts no new requests for now: "
+                             f"{scheduler.health_detail or 'see the logs'}")
     if len(scheduler.requests) >= scheduler.runtime.max_queued_requests:
         return "overloaded", (f"too many requests in flight ({len(scheduler.requests)}, runtime.max_queued_requests="
                               f"{scheduler.runtime.max_queued_requests}); retry later")
@@ -24,9 +71,25 @@ def admission_error(message, scheduler) -> tuple[str, str] | None:
     return ("bad_input", error) if error is not None else None
 
 
+def media_path_error(path: str, what: str) -> str | None:
+    """Why the file at `path` (a video, image or document) cannot be used, or None."""
+    if os.path.isdir(path):
+        return f"{what} path {path!r} is a directory; pass a {what} file"
+    if not os.path.exists(path):
+        return f"{what} file {path!r} does not exist"
+    if not os.path.isfile(path):
+        return f"{what} path {path!r} is not a regular file"
+    if not os.access(path, os.R_OK):
+        return f"{what} file {path!r} is not readable (permissions)"
+    if os.path.getsize(path) == 0:
+        return f"{what} file {path!r} is empty (0 bytes)"
+    return None
+
+
 def _input_error(message, scheduler) -> str | None:
-    if message.request_id in scheduler.requests:
-        return f"request id {message.request_id!r} is already in use"
+    if message.request_id in scheduler.requests or message.request_id in scheduler.held_refs:
+        return (f"request id {message.request_id!r} is already in use by a request that has not ended; "
+                "use another id")
     if not message.prompt.strip():
         return "the prompt is empty; ask a question"
     if message.video_kind not in VIDEO_KINDS:
@@ -35,40 +98,44 @@ def _input_error(message, scheduler) -> str | None:
         return f"media type {message.media_type!r} is not one of {MEDIA_TYPES}"
     what = message.media_type
     if message.video_kind == "path":
-        path = message.video_path or ""
-        if os.path.isdir(path):
-            return f"{what} path {path!r} is a directory; pass a {what} file"
-        if not os.path.isfile(path):
-            return f"{what} file {path!r} does not exist"
-        if os.path.getsize(path) == 0:
-            return f"{what} file {path!r} is empty (0 bytes)"
+        problem = media_path_error(message.video_path or "", what)
+        if problem:
+            return problem
     if message.video_kind in ("bytes", "frames") and message.video_ref is None:
         return f"{what} kind {message.video_kind!r} needs its data"
     return None
 
 
+PER_PIPELINE_VIDEO_KEYS = ("backend", "num_workers", "num_decoders")  # video.* a request may not change
+
+
 def resolve_options(config, message) -> dict:
     """video.* settings updated by the request's video_options, plus the layout budget."""
     options = {f.name: getattr(config.video, f.name) for f in dataclasses.fields(config.video)}
-    unknown = set(message.video_options) - set(options) - {"backend", "num_workers", "num_decoders"}
+    valid = sorted(set(options) - set(PER_PIPELINE_VIDEO_KEYS))
+    unknown = set(message.video_options) - set(valid)
     if unknown:
-        raise ValueError(f"unknown video option(s) {sorted(unknown)}; valid: {sorted(options)}")
+        raise ValueError(f"unknown video option(s) {sorted(unknown)}; valid: {valid}")
     options.update(message.video_options)
     options.pop("num_workers", None)
     options.pop("num_decoders", None)
     options["max_visual_tokens"] = config.layout.max_visual_tokens
-    from spava.stages.video import frame_sampling
-
-    frame_sampling(options)  # raises BadInputError (a ValueError) with the field to fix
+    try:
+        frame_sampling(options)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"video sampling: {error}") from None
     return options
 
 
 def resolve_sampling(config, message) -> dict:
-    """The request's sampling overrides, validated against decode.* defaults."""
-    from spava.stages.decode import sampling_params
-
-    sampling_params(config.decode, message.sampling)
-    return dict(message.sampling)
+    """The request's sampling overrides, validated against decode.* defaults and limits (one stop
+    string given alone becomes a list of one)."""
+    overrides = dict(message.sampling)
+    for key in ("stop_strings", "stop_token_ids"):
+        if isinstance(overrides.get(key), (str, int)) and not isinstance(overrides.get(key), bool):
+            overrides[key] = [overrides[key]]
+    sampling_params(config.decode, overrides)
+    return overrides
 
 
 def max_prepared_requests(config) -> int:

@@ -24,9 +24,10 @@ def cpu_stage_threads(config, num_cores: int) -> int:
 def _build_cpu_role(worker, name: str, message_type):
     import os
 
-    import torch
+    if name != "video":  # the video worker decodes with PyAV threads of its own and needs no torch
+        import torch
 
-    torch.set_num_threads(cpu_stage_threads(worker.config, os.cpu_count() or 1))
+        torch.set_num_threads(cpu_stage_threads(worker.config, os.cpu_count() or 1))
     stage = _stage(worker, name, worker.stage_context("cpu"))
     return "cpu", {message_type: stage.process}
 

@@ -7,13 +7,18 @@ model ranks, which take one request at a time, in `seq` order; disaggregated enc
 a batch of them, see `model_groups`). A video worker announces the planned frames
 (`VideoPlanOutput`) before it decodes them, so the layout and the model ranks start while frames
 stream in (on one host; model ranks on other nodes wait for the whole video). Different requests
-overlap: while the model ranks run request i, layout runs i+1 and video decoding i+2. The number of
-admitted but not yet running requests whose frames are held in memory is bounded (`runtime.max_prepared_requests`, at least
-`encode.max_batch_requests` when disaggregated): that is the back-pressure.
+overlap: while the model ranks run request i, layout runs i+1 and video decoding i+2. The number
+of admitted but not yet running requests whose frames are held in memory is bounded
+(`runtime.max_prepared_requests`, at least `encode.max_batch_requests` when disaggregated): that is
+the back-pressure (`dispatch`). Worker liveness, restarts and health are `health`'s.
 
 Failures stay per request: bad input, a timeout, a cancellation or a dead worker fail that request
-with an `ErrorOutput` naming the stage; dead workers are restarted (the model group as a whole),
-up to `runtime.max_worker_restarts`, after which the pipeline reports itself unhealthy.
+with an `ErrorOutput` naming the stage and the kind (`policy.ERROR_KINDS`); dead workers are
+restarted (the model group as a whole) at a bounded rate, see `health`.
+
+Shared memory: every file of the pipeline is named with its owner tag (`spava.comm.shm`); a
+client's payload file is adopted (renamed into the pipeline's namespace) when its `SubmitReq`
+arrives, so from then on the scheduler frees it whatever happens to the client.
 """
 
 from __future__ import annotations
@@ -22,37 +27,44 @@ import collections
 import logging
 import threading
 import time
+from functools import partial
 
 import zmq
 
 from spava.comm.messages import (
-    CancelReq, EncodeBatchReq, ErrorOutput, HeartbeatReq, LayoutTaskOutput, LayoutTaskReq, MessageError,
-    ModelTaskOutput, ModelTaskReq, ReadyReq, ResultOutput, ShutdownReq, StatusOutput, StatusReq, SubmitReq,
-    TaskError, TensorRef, TokenOutput, VideoPlanOutput, VideoTaskOutput, VideoTaskReq, decode_message,
+    CancelReq, ErrorOutput, HeartbeatReq, LayoutTaskOutput, MessageError,
+    ModelTaskOutput, ReadyReq, ResultOutput, ShutdownReq, StatusOutput, StatusReq, SubmitReq,
+    TaskError, TensorRef, TokenOutput, VideoPlanOutput, VideoTaskOutput, decode_message,
     encode_message,
 )
-from spava.comm.transport import fail_progress, unlink_shared
-from spava.runtime.launch import free_port, worker_specs
 from spava.comm.security import secure_server
+from spava.comm.shm import (adopt_shared, current_owner, fail_progress, request_file_key, sweep_request,
+                            unlink_shared)
+from spava.runtime.dispatch import dispatch
+from spava.runtime.health import (check_deadlines, check_startup, check_workers, forgive_silence, health, on_heartbeat,
+                                  on_ready)
+from spava.runtime.launch import free_port, worker_specs
 from spava.runtime.metrics import Metrics
-from spava.runtime.model_groups import EncodeBatchLimits, Handout, ModelGroups, num_patches
-from spava.runtime.policy import admission_error, max_prepared_requests, resolve_options, resolve_sampling
-from spava.runtime.state import Request, WorkerState
+from spava.runtime.model_groups import EncodeBatchLimits, ModelGroups
+from spava.runtime.policy import (ERROR_KINDS, RestartBudget, admission_error, max_prepared_requests, resolve_options,
+                                  resolve_sampling)
+from spava.runtime.state import Request, WorkerState, item_refs
 
 logger = logging.getLogger("spava.scheduler")
-HUNG_GRACE_S = 30.0
 
 
 class Scheduler:
     """Request lifecycle over the worker pool; see the module docstring."""
 
     def __init__(self, config, control_address: str, launcher, *, config_hash: str = "", secret: str = "",
-                 streams_frames: bool = True):
+                 streams_frames: bool = True, owner: str | None = None):
         """`streams_frames`: model ranks read frames while they decode (all on this host); else a
-        request goes to the model ranks only once its video is decoded."""
+        request goes to the model ranks only once its video is decoded. `owner`: the pipeline's
+        shared-memory owner tag (`spava.comm.shm.owner_tag`), given to adopted client files."""
         self.config, self.runtime = config, config.runtime
         self.launcher, self.config_hash, self.secret = launcher, config_hash, secret
         self.streams_frames = streams_frames
+        self.owner = owner or current_owner()
         self.zmq_context = zmq.Context()
         self.socket = self.zmq_context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -70,8 +82,9 @@ class Scheduler:
         self.max_prepared = max_prepared_requests(config)
         # shared memory of ended requests that model ranks may still read (see _forget)
         self.held_refs: dict[str, list[TensorRef]] = {}
-        self.is_healthy = True
-        self.health_detail = ""
+        self.restart_budgets = {key: RestartBudget(config.runtime.max_worker_restarts, config.runtime.restart_window_s)
+                                for key in [w for w in self.workers if not w.startswith("model-")] + ["model"]}
+        self.lost_detail = ""  # set when model ranks of another node are lost (they cannot be restarted here)
         self.ready = threading.Event()
         self.startup_error: str | None = None
         self.metrics = Metrics(config.runtime.metrics_port)
@@ -85,39 +98,56 @@ class Scheduler:
             if local_ids is None or state.spec.worker_id in local_ids:
                 self.launcher.start(state.spec, dist_port=port)
 
+    def start_model_group(self) -> None:
+        """Start every model rank again, with a fresh rendezvous port."""
+        port = free_port(self.runtime.dist_address)
+        for state in self._model_workers():
+            self.launcher.start(state.spec, dist_port=port)
+
+    @property
+    def is_healthy(self) -> bool:
+        return health(self)[0]
+
+    @property
+    def health_detail(self) -> str:
+        return health(self)[1]
+
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set or a ShutdownReq arrives."""
-        started = time.monotonic()
+        started = last_turn = time.monotonic()
         try:
             while not stop.is_set():
                 if self.socket.poll(50):
-                    self._receive()
+                    self._receive_all()
                 if not self.ready.is_set():
-                    self._check_startup(started)
+                    check_startup(self, started)
                     continue
-                self._check_health()
-                self._dispatch()
+                now = time.monotonic()
+                if now - last_turn > self.runtime.heartbeat_timeout_s / 2:
+                    forgive_silence(self, now)
+                last_turn = now
+                check_workers(self)
+                check_deadlines(self)
+                dispatch(self)
                 self.metrics.update(self.queues, self.is_healthy)
         finally:
-            self._shutdown()
+            self.shutdown()
 
-    def _check_startup(self, started: float) -> None:
-        dead = [w for w in self.workers.values() if self.launcher.exit_code(w.spec.worker_id) is not None]
-        if dead:
-            self.startup_error = f"worker {dead[0].spec.worker_id} exited during startup (see its log above)"
-        elif time.monotonic() - started > self.runtime.startup_timeout_s:
-            self.startup_error = f"workers not ready after runtime.startup_timeout_s={self.runtime.startup_timeout_s}"
-        elif all(w.is_ready for w in self.workers.values()):
-            self.ready.set()
-        if self.startup_error:
-            self.ready.set()
+    def _receive_all(self, max_messages: int = 1000) -> None:
+        """Every message waiting (up to a bound), so heartbeats that queued up are seen before the
+        health check."""
+        for _ in range(max_messages):
+            if not self.socket.poll(0):
+                return
+            self._receive()
 
-    def _shutdown(self) -> None:
+    def shutdown(self) -> None:
+        """Stop the workers, fail what is in flight, free its shared memory, close the socket."""
         for state in self.workers.values():
             self._send(state.spec.worker_id.encode(), ShutdownReq("pipeline closed"))
         self.launcher.stop_all(grace_s=3.0)
         for request in list(self.requests.values()):
-            self._fail(request, "scheduler", "internal", "the pipeline was shut down")
+            self._fail(request, "scheduler", "unhealthy", "the pipeline was shut down before this request finished")
         self._free_held_refs(is_final=True)
         self.socket.close()
         if self.authenticator is not None:
@@ -128,9 +158,10 @@ class Scheduler:
 
     def _send(self, identity: bytes, message) -> None:
         try:
-            self.socket.send_multipart([identity, encode_message(message)])
-        except zmq.ZMQError as error:  # peer gone (EHOSTUNREACH with ROUTER_MANDATORY)
-            logger.warning("could not send %s to %r: %s", type(message).__name__, identity, error)
+            self.socket.send_multipart([identity, encode_message(message)], zmq.NOBLOCK)
+        except zmq.ZMQError as error:  # peer gone (EHOSTUNREACH with ROUTER_MANDATORY), or its queue is full
+            level = logging.DEBUG if isinstance(message, ShutdownReq) else logging.WARNING  # gone already: fine
+            logger.log(level, "could not send %s to %r: %s", type(message).__name__, identity, error)
 
     def _receive(self) -> None:
         frames = self.socket.recv_multipart()
@@ -150,13 +181,22 @@ class Scheduler:
     def _handlers(self):
         return {
             SubmitReq: self._on_submit, CancelReq: self._on_cancel, StatusReq: self._on_status,
-            ShutdownReq: self._on_shutdown, ReadyReq: self._on_ready, HeartbeatReq: self._on_heartbeat,
+            ShutdownReq: self._on_shutdown, ReadyReq: partial(on_ready, self),
+            HeartbeatReq: partial(on_heartbeat, self),
             VideoPlanOutput: self._on_video_plan, VideoTaskOutput: self._on_video, LayoutTaskOutput: self._on_layout,
             ModelTaskOutput: self._on_model,
             TokenOutput: self._on_token, TaskError: self._on_task_error,
         }
 
     def _on_submit(self, identity: bytes, message: SubmitReq) -> None:
+        if message.video_ref is not None:
+            try:
+                message.video_ref = adopt_shared(message.video_ref, self.owner)  # ours to free from now on
+            except OSError as error:
+                self._send(identity, ErrorOutput(message.request_id, "admission", "bad_input",
+                                                 f"the request's {message.media_type} data is gone from shared "
+                                                 f"memory ({error.strerror}); submit it again"))
+                return
         refusal = admission_error(message, self)
         if refusal is not None:
             kind, error = refusal
@@ -192,28 +232,13 @@ class Scheduler:
         self._fail(request, request.stage.removesuffix("_queue"), "cancelled", "cancelled by the client")
 
     def _on_status(self, identity: bytes, message: StatusReq) -> None:
-        workers = {wid: ("busy" if w.request_id else "idle") if w.is_ready else "starting"
-                   for wid, w in self.workers.items()}
+        workers = {wid: w.status_word() for wid, w in self.workers.items()}
         queued = {stage: len(queue) for stage, queue in self.queues.items()}
-        self._send(identity, StatusOutput(message.request_id, self.is_healthy, workers, queued, len(self.requests),
-                                          self.health_detail))
+        is_healthy, detail = health(self)
+        self._send(identity, StatusOutput(message.request_id, is_healthy, workers, queued, len(self.requests), detail))
 
     def _on_shutdown(self, identity: bytes, message: ShutdownReq) -> None:
         raise SystemExit(0)
-
-    def _on_ready(self, identity: bytes, message: ReadyReq) -> None:
-        state = self.workers.get(message.worker_id)
-        if state is None or identity != message.worker_id.encode():
-            logger.error("rejected a worker that is not part of this pipeline: %r", message.worker_id)
-            return
-        state.is_ready, state.device, state.last_seen = True, message.device, time.monotonic()
-        state.host = message.host
-        logger.info("worker %s ready on %s (pid %d, %s)", message.worker_id, message.host, message.pid, message.device)
-
-    def _on_heartbeat(self, identity: bytes, message: HeartbeatReq) -> None:
-        state = self.workers.get(message.worker_id)
-        if state is not None:
-            state.last_seen = time.monotonic()
 
     def _release(self, worker_id: str) -> None:
         state = self.workers.get(worker_id)
@@ -222,7 +247,7 @@ class Scheduler:
 
     def _on_video_plan(self, identity: bytes, message: VideoPlanOutput) -> None:
         """The frames are planned (files created); they decode from now on. Layout can start."""
-        refs = [ref for item in message.items for ref in _item_refs(item)]
+        refs = [ref for item in message.items for ref in item_refs(item)]
         request = self.requests.get(message.request_id)
         if request is None:  # ended meanwhile: stop the decode and free its files
             for item in message.items:
@@ -288,8 +313,6 @@ class Scheduler:
     def _on_task_error(self, identity: bytes, message: TaskError) -> None:
         if message.stage == "model" and message.kind == "internal":
             # a collective error on one rank is usually a dead peer: report (and restart) that first
-            from spava.runtime.health import check_workers
-
             time.sleep(0.2)
             check_workers(self)
         if message.stage == "model":
@@ -336,6 +359,9 @@ class Scheduler:
     def _fail(self, request: Request, stage: str, kind: str, message: str) -> None:
         if request.request_id not in self.requests:
             return
+        if kind not in ERROR_KINDS:  # e.g. a user stage's TaskError: the client still gets a known kind
+            logger.error("unknown error kind %r from %s, reported as internal", kind, stage)
+            kind = "internal"
         logger.info("request %s failed in %s (%s): %s", request.request_id, stage, kind, message)
         for queue in self.queues.values():
             if request.request_id in queue:
@@ -360,16 +386,30 @@ class Scheduler:
             if request.video_worker_id is not None:
                 self._send(request.video_worker_id.encode(), CancelReq(request.request_id))
         if self.model_groups.holds(request.request_id):
-            self.held_refs[request.request_id] = request.refs
+            self.held_refs.setdefault(request.request_id, []).extend(request.refs)
             return
         for ref in request.refs:
             unlink_shared(ref)
+        self.sweep_request_files(request.request_id)
 
     def _free_held_refs(self, is_final: bool = False) -> None:
         """Free the shared memory of ended requests that no model rank holds any more (all when final)."""
         for request_id in [r for r in self.held_refs if is_final or not self.model_groups.holds(r)]:
             for ref in self.held_refs.pop(request_id):
                 unlink_shared(ref)
+            self.sweep_request_files(request_id)
+
+    def sweep_request_files(self, request_id: str | None) -> None:
+        """Remove files of an ended request that nobody announced (a worker wrote them, then died or
+        failed before saying so), unless a live request names its files the same."""
+        if request_id is None:
+            return
+        key = request_file_key(request_id)
+        if any(request_file_key(r) == key for r in [*self.requests, *self.held_refs]):
+            return
+        removed = sweep_request(self.runtime.shm_dir, self.owner, request_id)
+        if removed:
+            logger.warning("removed %d unannounced file(s) of ended request %s", len(removed), request_id)
 
     # ----- dispatch and health (see policy.py for the pure rules) -------------------------------
 
@@ -380,79 +420,8 @@ class Scheduler:
         for state in self._model_workers():
             self._send(state.spec.worker_id.encode(), message)
 
-    def _num_prepared(self) -> int:
-        """Admitted requests holding frames/pixels that the model stage has not taken yet."""
-        in_flight = sum(1 for r in self.requests.values() if r.stage in ("video", "layout", "decoded_wait"))
-        return in_flight + len(self.queues["layout"]) + len(self.queues["model"])
-
-    def _idle(self, role: str) -> list[WorkerState]:
-        return [w for w in self.workers.values() if w.spec.role == role and w.is_idle]
-
-    def _dispatch(self) -> None:
-        for state in self._idle("video"):
-            if not self.queues["video"] or self._num_prepared() >= self.max_prepared:
-                break
-            request = self.requests[self.queues["video"].popleft()]
-            self._assign(state, request, "video", VideoTaskReq(
-                request.request_id, request.submit.video_kind, request.submit.video_path, request.submit.video_ref,
-                request.options, request.submit.media_type))
-        for state in self._idle("layout"):
-            if not self.queues["layout"]:
-                break
-            request = self.requests[self.queues["layout"].popleft()]
-            items = list(request.video.items) if request.video is not None else []
-            self._assign(state, request, "layout", LayoutTaskReq(
-                request.request_id, request.submit.prompt, items, request.options, request.submit.document))
-        for handout in self.model_groups.next_tasks(self.queues["model"], self._model_task, self._num_patches):
-            self._send_model_work(handout)
-
-    def _send_model_work(self, handout: Handout) -> None:
-        """One task as its `ModelTaskReq`, an encoder batch of several as one `EncodeBatchReq`."""
-        if handout.is_new:
-            for task in handout.tasks:
-                self.requests[task.request_id].enter("model")
-        message = handout.tasks[0] if len(handout.tasks) == 1 else EncodeBatchReq(list(handout.tasks))
-        for state in handout.group.workers:
-            self._send(state.spec.worker_id.encode(), message)
-
-    def _model_task(self, request_id: str, seq: int) -> ModelTaskReq:
-        request = self.requests[request_id]
-        return ModelTaskReq(request_id, seq, request.layout, request.sampling)
-
-    def _num_patches(self, request_id: str) -> int:
-        return num_patches(self.requests[request_id].layout.grid_thw)
-
-    def _assign(self, state: WorkerState, request: Request, stage: str, task) -> None:
-        state.request_id = request.request_id
-        request.worker_id = state.spec.worker_id
-        request.enter(stage)
-        self._send(state.spec.worker_id.encode(), task)
-
-    def _check_health(self) -> None:
-        from spava.runtime.health import check_deadlines, check_workers
-
-        check_workers(self)
-        check_deadlines(self)
-
     def can_restart_model_group(self) -> bool:
-        return all(self.launcher.is_local(w.spec.worker_id) for w in self._model_workers())
+        """Whether every model rank runs here (the launcher can restart them) and no node is lost."""
+        return not self.lost_detail and all(self.launcher.is_local(w.spec.worker_id) or w.phase == "dead"
+                                            for w in self._model_workers())
 
-    def restart_model_group(self) -> None:
-        """Kill every model rank and start a fresh group (new rendezvous port)."""
-        port = free_port(self.runtime.dist_address)
-        for state in self._model_workers():
-            self.launcher.kill(state.spec.worker_id)
-        for state in self._model_workers():
-            state.is_ready, state.request_id = False, None
-            state.num_restarts += 1
-            self.launcher.start(state.spec, dist_port=port)
-        self.model_groups.reset()
-        self._free_held_refs()
-
-
-def _item_refs(item) -> list[TensorRef]:
-    """The shared-memory files of one visual item: its frames and, while they stream, its progress file."""
-    refs = [item.frames]
-    if item.progress:
-        refs.append(TensorRef(path=item.progress, shape=[0], dtype="uint8"))
-    return refs

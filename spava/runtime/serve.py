@@ -8,6 +8,8 @@ Several machines: run the same command on every node with the node topology, e.g
 The head node (rank 0) runs the scheduler, the video / layout workers and its share of the model
 ranks; every other node runs its model ranks, which connect to the head. Set runtime.secret (or
 SPAVA_SECRET) so that only members can connect. Clients use `Pipeline.connect(address, secret=...)`.
+SIGINT or SIGTERM stops a node cleanly: its workers are stopped, its shared-memory files and temp
+folder removed.
 """
 
 from __future__ import annotations
@@ -36,10 +38,15 @@ def node_layout_from_args(args, world_size: int) -> NodeLayout | None:
 
 
 def _wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM; the caller then closes everything it started."""
     stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(1.0):  # a timed wait, so the signal handler runs promptly
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _serve_head(config, layout: NodeLayout | None) -> int:
@@ -55,21 +62,28 @@ def _serve_node(config, layout: NodeLayout, config_path: str) -> int:
     import tempfile
 
     from spava.comm.security import resolve_secret
+    from spava.comm.shm import new_pipeline_id, owner_prefix, owner_tag, sweep_orphans, sweep_owner
     from spava.config import config_to_yaml
 
-    with tempfile.TemporaryDirectory(prefix="spava-node-") as tmp:
+    owner = owner_tag(new_pipeline_id())
+    sweep_orphans(config.runtime.shm_dir, tempfile.gettempdir())
+    with tempfile.TemporaryDirectory(prefix=owner_prefix(owner)) as tmp:
         path = os.path.join(tmp, "pipeline.yaml")
         with open(path, "w") as handle:
             handle.write(config_to_yaml(config))
         os.environ.setdefault("SPAVA_NODE_NAME", f"node{layout.node_rank}")
         os.environ["SPAVA_DATA_ADDRESS"] = layout.data_address  # where this node's ranks fetch head tensors
-        launcher = LocalLauncher(path, config.runtime.control_address, secret=resolve_secret(config.runtime.secret))
-        for spec in local_specs(config, layout):
-            launcher.start(spec, dist_port=layout.dist_port)
-        print(f"spava: node {layout.node_rank} runs model ranks {list(layout.model_ranks(layout.node_rank))}, "
-              f"head at {config.runtime.control_address}", flush=True)
-        _wait_for_signal()
-        launcher.stop_all()
+        launcher = LocalLauncher(path, config.runtime.control_address, secret=resolve_secret(config.runtime.secret),
+                                 owner=owner)
+        try:
+            for spec in local_specs(config, layout):
+                launcher.start(spec, dist_port=layout.dist_port)
+            print(f"spava: node {layout.node_rank} runs model ranks {list(layout.model_ranks(layout.node_rank))}, "
+                  f"head at {config.runtime.control_address}", flush=True)
+            _wait_for_signal()
+        finally:
+            launcher.stop_all()
+            sweep_owner(config.runtime.shm_dir, owner)
     return 0
 
 

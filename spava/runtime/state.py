@@ -55,18 +55,53 @@ class Request:
         self.stage, self.stage_started = stage, now
 
 
+WORKER_PHASES = ("starting", "ready", "restarting", "dead")
+
+
 @dataclass
 class WorkerState:
-    """What the scheduler knows about one worker process."""
+    """What the scheduler knows about one worker process.
+
+    `phase`: starting (first start, not ready yet) -> ready; after a death restarting (started
+    again, not ready yet) or dead (not running: its restart budget is spent for now, or its node is
+    lost). `since` is when the phase began; `last_seen` the last heartbeat or message.
+    """
 
     spec: WorkerSpec
-    is_ready: bool = False
+    phase: str = "starting"
+    since: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     request_id: Optional[str] = None
-    num_restarts: int = 0
     device: str = ""
     host: str = ""
+    problem: str = ""  # why it died last
+
+    @property
+    def is_ready(self) -> bool:
+        return self.phase == "ready"
 
     @property
     def is_idle(self) -> bool:
         return self.is_ready and self.request_id is None
+
+    def enter(self, phase: str, now: float | None = None) -> None:
+        assert phase in WORKER_PHASES, phase
+        self.phase, self.since = phase, time.monotonic() if now is None else now
+        if phase in ("starting", "restarting"):
+            self.request_id, self.last_seen = None, self.since
+        elif phase == "dead":
+            self.request_id = None
+
+    def status_word(self) -> str:
+        """What `status()` reports: busy | idle | starting | restarting | dead."""
+        if self.phase == "ready":
+            return "busy" if self.request_id else "idle"
+        return self.phase
+
+
+def item_refs(item) -> list[TensorRef]:
+    """The shared-memory files of one visual item: its frames and, while they stream, its progress file."""
+    refs = [item.frames]
+    if item.progress:
+        refs.append(TensorRef(path=item.progress, shape=[0], dtype="uint8"))
+    return refs

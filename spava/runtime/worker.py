@@ -5,7 +5,9 @@ ZMQ DEALER to the scheduler's ROUTER, builds its stage(s), sends a `ReadyReq`, t
 receive a task -> stage.process -> send the output. A heartbeat thread (own socket) reports
 liveness. Bad input fails the task with `TaskError(kind="bad_input")`; any other exception is
 logged with its traceback and reported as `kind="internal"`; the worker keeps serving. The process
-exits when the scheduler says so, when its parent dies (PR_SET_PDEATHSIG), or on SIGTERM.
+exits when the scheduler says so, when its parent dies (PR_SET_PDEATHSIG with SIGKILL, which also
+ends a worker stopped with SIGSTOP), or on SIGTERM. It holds nothing to clean up: the scheduler owns
+the shared memory.
 """
 
 from __future__ import annotations
@@ -32,6 +34,31 @@ from spava.stages.base import BadInputError, StageContext
 
 # model tasks always run, even cancelled: their point-to-point transfers must be matched on the peers
 MODEL_TASKS = (ModelTaskReq, EncodeBatchReq)
+MAX_CANCELLED_IDS = 4096  # cancellations remembered for tasks not seen yet (oldest forgotten first)
+
+
+class RecentIds:
+    """A set of request ids that forgets the oldest past `max_size` (cancellations of a worker that
+    runs for weeks must not grow without bound)."""
+
+    def __init__(self, max_size: int = MAX_CANCELLED_IDS):
+        self.max_size = max_size
+        self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def add(self, request_id: str) -> None:
+        self._ids[request_id] = None
+        self._ids.move_to_end(request_id)
+        while len(self._ids) > self.max_size:
+            self._ids.popitem(last=False)
+
+    def discard(self, request_id: str) -> None:
+        self._ids.pop(request_id, None)
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 def task_request_ids(task) -> list[str]:
@@ -50,7 +77,7 @@ class WorkerChannel:
         self.socket.connect(address)
         self.logger = logger
         self.backlog: collections.deque = collections.deque()
-        self.cancelled: set[str] = set()
+        self.cancelled = RecentIds()
 
     def send(self, message) -> None:
         self.socket.send(encode_message(message))
@@ -93,14 +120,18 @@ def _heartbeat_loop(context, address, worker_id, interval_s, stop: threading.Eve
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this process when its parent exits (no orphans after a crash)."""
+    """Ask Linux to SIGKILL this process when its parent exits (no orphans after a crash, even a
+    stopped one), and exit now if the parent is already gone."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
-    if os.getppid() == 1:
-        sys.exit(0)
+    from spava.runtime.launch import PARENT_ENV
+
+    expected = int(os.environ.get(PARENT_ENV, "0") or 0)
+    if os.getppid() == 1 or (expected and os.getppid() != expected):
+        os._exit(0)
 
 
 class Worker:
@@ -168,7 +199,12 @@ class Worker:
         (an encoder batch answers each request as soon as it is done) and returns None. An exception
         fails every request of the message."""
         request_ids = task_request_ids(task)
-        if not request_ids or (request_ids[0] in self.channel.cancelled and not isinstance(task, MODEL_TASKS)):
+        if not request_ids:
+            return
+        if request_ids[0] in self.channel.cancelled and not isinstance(task, MODEL_TASKS):
+            self.channel.cancelled.discard(request_ids[0])  # answered, so the scheduler frees this worker
+            self.channel.send(TaskError(request_ids[0], self.worker_id, self.args.role, "cancelled",
+                                        "cancelled before it started"))
             return
         self.state["request_id"] = request_ids[0]
         try:
@@ -185,6 +221,8 @@ class Worker:
                                             f"{type(error).__name__}: {error}"))
         finally:
             self.state["request_id"] = None
+            for request_id in request_ids:  # a cancellation is consumed by its task
+                self.channel.cancelled.discard(request_id)
 
 
 def parse_args(argv=None):

@@ -82,13 +82,11 @@ def serve(args) -> int:
 
     options = options_from_args(args)
     pipeline = _pipeline_from_args(args)
+    try:
+        pipeline.start()  # connecting checks that a pipeline answers there (runtime.connect_timeout_s)
+    except ConnectionError as error:
+        raise ValueError(str(error)) from None
     with pipeline:
-        if args.connect:
-            try:
-                pipeline.status(timeout_s=10.0)
-            except Exception as error:  # any failure here means the address is not a live pipeline
-                raise ValueError(f"no pipeline answered at {args.connect} ({type(error).__name__}); start one with "
-                                 "`spava launch` and pass its control address") from None
         app = create_app(pipeline, options)
         served = app.state.spava.served
 

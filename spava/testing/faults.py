@@ -5,6 +5,7 @@ it) and use these classes in YAML (`stages.layout: spava.testing.faults:FaultyLa
 is armed by creating a flag file in that directory; the first stage process that sees it consumes it:
 
   <stage>-crash          the worker process exits at once (os._exit) in the middle of a task
+  layout-crash-late      the layout worker exits after writing its outputs, before announcing them
   <stage>-sleep          the task sleeps N seconds first (N = the file's content, default 5)
   video-slow-frames      the next video's frames arrive N seconds apart (default 0.2): a slow decoder
   prefill-crash-rank<R>  prefill rank R exits mid-request
@@ -83,7 +84,10 @@ class FaultyVideo(VideoDecoder):
 class FaultyLayout(LayoutPlanner):
     def process(self, task):
         _apply("layout")
-        return super().process(task)
+        output = super().process(task)
+        if take_fault("layout-crash-late") is not None:  # its files exist, the scheduler never hears of them
+            os._exit(17)
+        return output
 
 
 class FaultyPrefill(PrefillWorker):

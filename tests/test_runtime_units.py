@@ -1,0 +1,119 @@
+"""Runtime rules without processes: the restart budget is a rate, a worker's memory of cancellations
+is bounded, worker states say the truth, and every error kind the runtime sends is a known one."""
+
+from __future__ import annotations
+
+import ast
+import glob
+from types import SimpleNamespace
+
+import pytest
+
+from spava.config import load_config
+from spava.runtime.health import health
+from spava.runtime.launch import WorkerSpec, worker_specs
+from spava.runtime.policy import ERROR_KINDS, RestartBudget, sampling_params
+from spava.runtime.state import WorkerState
+from spava.runtime.worker import RecentIds
+
+
+def test_restart_budget_is_a_rate_not_a_lifetime_count():
+    budget = RestartBudget(max_restarts=3, window_s=600.0)
+    day = 86_400.0
+    for k in range(100):  # a crash a day for 100 days: always restarted
+        assert budget.can_restart(k * day)
+        budget.record(k * day)
+    now = 100 * day
+    for k in range(3):  # three quick crashes spend the budget ...
+        assert budget.can_restart(now + k)
+        budget.record(now + k)
+    assert not budget.can_restart(now + 3) and budget.num_recent == 3
+    assert budget.seconds_until_restart(now + 3) == 597.0
+    assert budget.can_restart(now + 600.0)  # ... until the oldest leaves the window
+
+
+def test_no_restarts_allowed_means_none():
+    assert not RestartBudget(max_restarts=0, window_s=10.0).can_restart(0.0)
+
+
+def test_cancelled_ids_are_bounded_and_oldest_go_first():
+    ids = RecentIds(max_size=100)
+    for k in range(10_000):
+        ids.add(f"r{k}")
+    assert len(ids) == 100 and "r9999" in ids and "r9900" in ids and "r9899" not in ids
+    ids.add("r9900")  # seen again: the newest now
+    ids.add("new")
+    assert "r9900" in ids and "r9901" not in ids
+    ids.discard("new")
+    assert "new" not in ids
+
+
+def test_worker_states_say_what_they_are():
+    state = WorkerState(WorkerSpec("layout-0", "layout", 0))
+    assert state.status_word() == "starting" and not state.is_ready
+    state.enter("ready")
+    assert state.status_word() == "idle"
+    state.request_id = "r1"
+    assert state.status_word() == "busy"
+    state.enter("dead")
+    assert state.status_word() == "dead" and state.request_id is None and not state.is_idle
+    state.enter("restarting")
+    assert state.status_word() == "restarting"
+
+
+def _scheduler(phases: dict[str, str], budgets=None, lost: str = ""):
+    config = load_config()
+    workers = {spec.worker_id: WorkerState(spec, phase=phases.get(spec.worker_id, "ready"))
+               for spec in worker_specs(config)}
+    budgets = budgets or {}
+    keys = [w for w in workers if not w.startswith("model-")] + ["model"]
+    return SimpleNamespace(workers=workers, lost_detail=lost,
+                           restart_budgets={k: budgets.get(k, RestartBudget(3, 600.0)) for k in keys})
+
+
+def test_health_is_derived_from_the_workers():
+    assert health(_scheduler({})) == (True, "")
+    assert health(_scheduler({"layout-0": "restarting", "model-1": "restarting"}))[0]  # coming back: requests wait
+    spent = RestartBudget(1, 600.0)
+    spent.record(0.0)
+    is_healthy, detail = health(_scheduler({"layout-0": "dead"}, {"layout-0": spent}), now=100.0)
+    assert not is_healthy and "every layout worker is down" in detail and "next restart in 500 s" in detail
+    is_healthy, detail = health(_scheduler({"model-2": "dead"}))
+    assert not is_healthy and "the model ranks are down" in detail
+    assert health(_scheduler({}, lost="lost host node1")) == (False, "lost host node1")
+
+
+def test_max_new_tokens_is_bounded_at_admission():
+    decode = load_config(None, ["decode.max_allowed_new_tokens=100"]).decode
+    assert sampling_params(decode, {"max_new_tokens": 100}).max_new_tokens == 100
+    with pytest.raises(ValueError, match="decode.max_allowed_new_tokens=100"):
+        sampling_params(decode, {"max_new_tokens": 101})
+
+
+def _literal_kinds() -> list[tuple[str, str]]:
+    """(where, kind) for every error kind the runtime writes as a literal: `_fail(request, stage,
+    kind, ...)`, `ErrorOutput(..., kind, ...)`, `TaskError(..., kind, ...)`, `RequestError(..., kind, ...)`
+    and `_fail_all(kind, ...)` / `close(kind, ...)` of the client."""
+    positions = {"_fail": 2, "ErrorOutput": 2, "TaskError": 3, "RequestError": 2, "_fail_all": 0, "close": 0}
+    found = []
+    for path in sorted(glob.glob("spava/runtime/*.py")):
+        for node in ast.walk(ast.parse(open(path).read())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            index = positions.get(name)
+            if index is None or len(node.args) <= index:
+                continue
+            argument = node.args[index]
+            if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
+                found.append((f"{path}:{node.lineno}", argument.value))
+    return found
+
+
+def test_every_error_kind_the_runtime_sends_is_a_known_one():
+    kinds = _literal_kinds()
+    assert len(kinds) > 15  # the scan sees the calls
+    assert [(where, kind) for where, kind in kinds if kind not in ERROR_KINDS] == []
+    from spava.server.errors import KIND_STATUS
+
+    assert set(KIND_STATUS) == set(ERROR_KINDS)  # the HTTP server maps each kind to a status
