@@ -22,6 +22,7 @@ from spava.config_checks import check_attention, check_devices, frame_sampling, 
 DTYPES = ("bfloat16", "float16", "float32", "float64")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 VIDEO_BACKENDS = ("auto", "pyav", "decord", "torchcodec")
+TENSOR_PARALLEL_MODES = ("auto", "on", "off")
 FORK_SERVER_MODES = ("auto", "on", "off")
 _ADDRESS = re.compile(r"^(auto|ipc://.+|tcp://[^:/\s]+:\d+)$")
 DEFAULT_STAGES = {
@@ -175,12 +176,20 @@ class DecodeConfig:
     seed: Optional[int] = None
     # decode steps replayed as one CUDA graph each (one prefill rank on CUDA; off = eager launches)
     cuda_graph: bool = True
-    # split the decode's MLP and LM head over the prefill ranks (each already holds every weight)
-    tensor_parallel: bool = True
+    # split the decode's MLP and LM head over the prefill ranks (each already holds every weight):
+    # "on", "off", or "auto" = on for CUDA ranks; off on CPU, where gloo's per-layer all-reduce costs
+    # more than reading a CPU model's weights once
+    tensor_parallel: str = "auto"
     # the most a request may ask for (its max_new_tokens is refused above this, at admission)
     max_allowed_new_tokens: int = 8192
 
     def __post_init__(self) -> None:
+        # YAML reads on / off as booleans: keep the words
+        self.tensor_parallel = {"true": "on", "false": "off"}.get(str(self.tensor_parallel).lower(),
+                                                                  str(self.tensor_parallel).lower())
+        if self.tensor_parallel not in TENSOR_PARALLEL_MODES:
+            raise ValueError(f"decode.tensor_parallel must be one of {TENSOR_PARALLEL_MODES}, got "
+                             f"{self.tensor_parallel!r}")
         if self.max_allowed_new_tokens < 1:
             raise ValueError(f"decode.max_allowed_new_tokens must be >= 1, got {self.max_allowed_new_tokens}")
         try:  # the defaults must make valid sampling parameters, as every request's overrides must

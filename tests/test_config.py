@@ -60,6 +60,7 @@ def test_overrides_and_hash():
         ("", ["runtime.control_address=localhost:5555"], "runtime.control_address"),
         ("", ["runtime.restart_window_s=0"], "runtime.restart_window_s must be > 0"),
         ("", ["runtime.fork_server=maybe"], "runtime.fork_server"),
+        ("", ["decode.tensor_parallel=sometimes"], "decode.tensor_parallel must be one of"),
         ("- model\n- video\n", [], "must be a mapping of sections"),
     ],
 )
@@ -80,6 +81,12 @@ def test_missing_config_file(tmp_path):
 
 def test_the_demo_file_is_the_built_in_demo():
     assert config_hash(load_config("configs/demo_cpu.yaml")) == config_hash(load_config())
+
+
+def test_tensor_parallel_decode_takes_auto_on_off_and_booleans():
+    assert load_config(None).decode.tensor_parallel == "auto"
+    for given, want in (("on", "on"), ("off", "off"), ("true", "on"), ("false", "off"), ("AUTO", "auto")):
+        assert load_config(None, [f"decode.tensor_parallel={given}"]).decode.tensor_parallel == want
 
 
 def test_log_level_is_case_insensitive():

@@ -126,4 +126,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stderr.flush()
+    # skip interpreter teardown: unloading torch and transformers takes seconds and frees nothing
+    # the OS would not; the pipeline's close waits for this process to end
+    os._exit(code)

@@ -47,9 +47,15 @@ class PrefillWorker(Stage):
                                   mlp_chunk_size=self.config.mlp_chunk_size, vision_feed=feed,
                                   use_cuda_graph=self.decode_config.cuda_graph,
                                   short_inputs=ShortInputRule.from_config(self.config),
-                                  use_tensor_parallel=self.decode_config.tensor_parallel,
+                                  use_tensor_parallel=self._use_tensor_parallel(),
                                   progress=self._progress_callback("prefill layers"),
                                   encode_progress=self._progress_callback("encode grids"))
+
+    def _use_tensor_parallel(self) -> bool:
+        mode = self.decode_config.tensor_parallel
+        if mode == "auto":
+            return str(self.context.device).startswith("cuda")
+        return mode == "on"
 
     def _progress_callback(self, description: str):
         """A progress bar on the first prefill rank only (one bar per request, not W)."""
