@@ -27,6 +27,7 @@ import torch
 from spava.attention import scoring
 from spava.attention.config import AttentionConfig, num_selected, resolve_passing_len
 from spava.attention.merge import merge_partials_torch_ as merge_partials_, start_accumulator
+from spava.attention.registry import get_method
 from spava_kernels import dispatch, reference
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -34,7 +35,7 @@ TRITON = "triton"  # never fall back to torch silently
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    config = AttentionConfig()
+    config = get_method(AttentionConfig()).config  # spava's defaults
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for name, default in (("--rows", 18560), ("--heads", 28), ("--kv-heads", 4), ("--dim", 128), ("--query", 11),
                           ("--world-size", 4), ("--window", config.pool_window), ("--repeats", 50), ("--warmup", 5)):

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from spava.attention.config import AttentionConfig
-from spava.config_checks import check_attention, check_devices, frame_sampling, sampling_params
+from spava.config_checks import (check_attention, check_devices, check_short_input_method, frame_sampling,
+                                 sampling_params)
 
 DTYPES = ("bfloat16", "float16", "float32", "float64")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
@@ -156,9 +157,7 @@ class PrefillConfig:
         if self.min_tokens_per_rank < 0:
             raise ValueError(f"prefill.min_tokens_per_rank must be >= 0 (0 = off), got {self.min_tokens_per_rank}")
         if self.min_tokens_per_rank:
-            from spava.attention.registry import ShortInputRule
-
-            ShortInputRule.from_config(self)  # the fallback must be a known, exact method
+            check_short_input_method(self.short_input_method)
         check_devices("prefill.devices", self.devices)
         if self.mlp_chunk_size < 1:
             raise ValueError(f"prefill.mlp_chunk_size must be >= 1, got {self.mlp_chunk_size}")

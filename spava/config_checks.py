@@ -1,6 +1,7 @@
 """Checks of config values that need another module's knowledge: device names, the attention
-registries' names, and the sampling and frame-sampling parameters a config section (or a request's
-overrides of it) makes. Used by `spava.config` at load and by the scheduler at admission; torch-free.
+registries' names (the methods from the torch-free table `spava.attention.methods`), and the
+sampling and frame-sampling parameters a config section (or a request's overrides of it) makes.
+Used by `spava.config` at load and by the scheduler at admission; torch-free.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import dataclasses
 import importlib.util
 import re
 import sys
+
+from spava.attention.methods import available_methods, exact_methods, find_method
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -43,7 +46,7 @@ def _table_keys_from_source(module_name: str, table: str) -> list[str]:
 
 def check_attention(attention) -> None:
     """prefill.attention: the method, kernel backend and scorer are ones the registries know."""
-    methods = _registry_keys("spava.attention.registry", "BUILTIN_METHODS")
+    methods = available_methods()  # the torch-free table of named methods, run-time registrations included
     if attention.method not in methods:
         if ":" not in attention.method:
             raise ValueError(f"prefill.attention.method: unknown method {attention.method!r}; choose one of "
@@ -63,6 +66,24 @@ def check_attention(attention) -> None:
             raise ValueError(f"prefill.attention.scorer: unknown scorer {attention.scorer!r}; choose one of "
                              f"{', '.join(scorers)} or give 'pkg.module:function'")
         load_object(attention.scorer, "prefill.attention.scorer")
+
+
+def check_short_input_method(name: str) -> None:
+    """prefill.short_input_method: an exact method. Named methods are checked from the table (no torch);
+    a "pkg.module:Class" target is loaded and its class asked."""
+    entry = find_method(name)
+    if entry is None:
+        from spava.attention.registry import method_class
+
+        if ":" not in name:
+            raise ValueError(f"prefill.short_input_method: unknown method {name!r}; choose one of "
+                             f"{', '.join(exact_methods())} or give 'pkg.module:Class'")
+        is_exact = method_class(name).is_exact
+    else:
+        is_exact = entry.is_exact
+    if not is_exact:
+        raise ValueError(f"prefill.short_input_method must be an exact method ({', '.join(exact_methods())}), "
+                         f"got {name!r}")
 
 
 def frame_sampling(options: dict):

@@ -102,10 +102,17 @@ def test_loading_a_config_imports_no_torch():
 
 
 def test_attention_names_are_the_registries_own():
-    from spava.attention import backend, registry, scoring
+    from spava.attention import backend, methods, registry, scoring
     from spava.config_checks import _table_keys_from_source
 
-    assert _table_keys_from_source("spava.attention.registry", "BUILTIN_METHODS") == registry.available_methods()
+    # the torch-free method table and every method's class agree on the name and on exactness
+    for entry in methods.BUILTIN_METHODS:
+        cls = registry.method_class(entry.name)
+        assert (cls.name, cls.is_exact) == (entry.name, entry.is_exact)
+        assert cls.layout, f"{entry.name} says its layout"
+    assert registry.available_methods() == [entry.name for entry in methods.BUILTIN_METHODS]
+    assert registry.exact_methods() == ["full", "ring", "zigzag_ring", "ulysses"]
+    assert registry.approximate_methods() == ["star", "apb", "spava"]
     assert _table_keys_from_source("spava.attention.backend", "_KERNELS") == list(backend._KERNELS)
     assert _table_keys_from_source("spava.attention.scoring", "_BUILTIN_SCORERS") == list(scoring._BUILTIN_SCORERS)
 

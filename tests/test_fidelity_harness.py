@@ -67,7 +67,7 @@ def _brute_force_pairs(config: AttentionConfig, num_tokens: int, num_query: int,
     method = get_method(config)
     plans = [method.plan(num_tokens, num_query, world_size, r) for r in range(world_size)]
     context_len = num_tokens - num_query
-    budget = resolve_passing_len(config, context_len) if config.method != "star" else 0
+    budget = resolve_passing_len(method.config, context_len) if config.method != "star" else 0
     chunks = plans[0].chunks
     passed = []
     for index, (start, stop) in enumerate(chunks):

@@ -7,6 +7,7 @@ import torch
 
 from _qwen_tiny import make_prompt, prompt_inputs, tiny_model
 from spava.attention.registry import get_method
+from spava.attention.spava import plan_spava
 from spava.comm.collectives import SPComm
 from spava.models.decode_step import DeviceSampler
 from spava.models.generation import SamplingParams
@@ -14,7 +15,6 @@ from spava.models.kv_cache import LayerKVCache
 from spava.models.qwen2_5_vl.model import Qwen25VL
 from spava.models.runner import ModelRunner
 from spava.models.vision_parallel import assign_units, plan_route_table, plan_vision_units
-from spava.plan.sequence import plan_spava
 
 
 def test_local_safetensors_checkpoint_loads_and_matches(tmp_path):

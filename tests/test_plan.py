@@ -6,19 +6,12 @@ import pytest
 import torch
 
 from spava.attention.config import AttentionConfig, num_selected, resolve_anchor_len, resolve_passing_len
-from spava.attention.registry import available_methods, get_method
-from spava.attention.ring import plan_ring_schedule
+from spava.attention.apb import plan_apb
+from spava.attention.registry import approximate_methods, available_methods, exact_methods, get_method
+from spava.attention.ring import plan_ring_schedule, plan_zigzag
+from spava.attention.spava import anchor_shard, anchor_shard_len, plan_spava
 from spava.attention.ulysses import plan_head_shards
-from spava.plan.sequence import (
-    anchor_shard_len,
-    ROLE_ANCHOR,
-    ROLE_QUERY,
-    anchor_shard,
-    balanced_bounds,
-    plan_apb,
-    plan_spava,
-    plan_zigzag,
-)
+from spava.plan.sequence import ROLE_ANCHOR, ROLE_QUERY, balanced_bounds
 
 SP_METHODS = [m for m in available_methods() if m != "full"]
 SHAPES = [(203, 7), (331, 1), (1000, 13), (4099, 0)]
@@ -53,11 +46,11 @@ def test_local_order_is_increasing_and_held_tokens_cover_prompt(method, world_si
         assert bool((ids[1:] > ids[:-1]).all()), "local order must follow global order"
         held[ids] += 1
     assert bool((held >= 1).all())
-    if method in ("ring", "zigzag_ring", "ulysses"):
+    if method in exact_methods():
         assert bool((held == 1).all()), "exact methods hold every token once"
 
 
-@pytest.mark.parametrize("method", ["star", "apb", "spava"])
+@pytest.mark.parametrize("method", approximate_methods())
 @pytest.mark.parametrize("world_size", [2, 3, 4])
 def test_anchor_and_query_placement(method, world_size):
     """The query is replicated; star / apb replicate the anchor on ranks > 0; spava shards it."""
@@ -109,7 +102,7 @@ def test_slice_local_takes_positions_from_the_global_tensor():
 
 
 def test_spava_sizes_follow_the_paper_defaults():
-    config = AttentionConfig(method="spava")
+    config = get_method(AttentionConfig(method="spava")).config  # the method fills in its defaults
     context_len = 131_040
     assert resolve_anchor_len(config, context_len) == 2048
     assert resolve_passing_len(config, context_len) == 1024
@@ -120,8 +113,18 @@ def test_spava_sizes_follow_the_paper_defaults():
     assert anchor_shard(2048, 4, 3) == (1536, 2048)
 
 
+def test_each_method_owns_its_default_passing_ratio():
+    assert get_method("spava").config.passing_ratio == 1 / 128
+    assert get_method("apb").config.passing_ratio == 1 / 64
+    assert get_method("star").config.passing_ratio is None  # passes nothing
+    assert get_method(AttentionConfig(method="apb", passing_ratio=0.25)).config.passing_ratio == 0.25
+    assert resolve_passing_len(get_method("apb").config, 131_040) == 2048
+    with pytest.raises(ValueError, match="get_method"):  # a raw config has no method default to fall back on
+        resolve_passing_len(AttentionConfig(method="apb"), 131_040)
+
+
 def test_passing_schedule_is_per_layer():
-    config = AttentionConfig(method="spava", passing_schedule=[1.0, 0.5, 0.0])
+    config = get_method(AttentionConfig(method="spava", passing_schedule=[1.0, 0.5, 0.0])).config
     assert [resolve_passing_len(config, 131_040, layer) for layer in range(3)] == [1024, 512, 0]
     with pytest.raises(ValueError, match="one multiplier per decoder layer"):
         resolve_passing_len(config, 131_040, 3)

@@ -18,7 +18,23 @@ from spava.attention.backend import attend_pieces
 from spava.attention.base import AttentionMethod, AttnContext
 from spava.attention.config import num_selected, resolve_anchor_len, resolve_passing_len
 from spava.attention.passing import PassingExchange, PassingSlots
-from spava.plan.sequence import ROLE_CHUNK, SequencePlan, plan_apb
+from spava.plan.sequence import ROLE_CHUNK, SequencePlan, assemble_approx_plan, balanced_bounds, check_request
+
+
+def plan_apb(num_tokens: int, num_query_tokens: int, world_size: int, rank: int, anchor_len: int) -> SequencePlan:
+    """W contiguous chunks of the context, the anchor on ranks > 0, the query replicated."""
+    check_request(num_tokens, num_query_tokens, world_size, rank)
+    context_len = num_tokens - num_query_tokens
+    chunks = balanced_bounds(0, context_len, world_size)
+    if chunks[0][1] - chunks[0][0] <= anchor_len or context_len < world_size:
+        raise ValueError(
+            f"apb: anchor_len={anchor_len} does not fit in the first of {world_size} chunks of a "
+            f"{context_len}-token context; lower prefill.attention.anchor_len / anchor_ratio or use fewer ranks"
+        )
+    owners = list(range(world_size))
+    return assemble_approx_plan(
+        "apb", num_tokens, num_query_tokens, world_size, rank, anchor_len, chunks, owners, (chunks[rank],)
+    )
 
 
 def selectable_range(plan: SequencePlan) -> tuple[int, int]:
@@ -39,6 +55,8 @@ def apb_slots(peer_plans, passing_len: int, round_to: int) -> PassingSlots:
 class APBAttention(AttentionMethod):
     name = "apb"
     is_exact = False
+    layout = "r=0: [chunk 0 | query]; r>0: [anchor | chunk r | query], W chunks of the context"
+    default_passing_ratio = 1 / 64  # of the context length L, per chunk and KV head (the paper's)
 
     def plan(self, num_tokens, num_query_tokens, world_size, rank) -> SequencePlan:
         anchor_len = resolve_anchor_len(self.config, num_tokens - num_query_tokens)

@@ -10,7 +10,7 @@ exactly one rank (`SequencePlan.owned`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -36,16 +36,29 @@ class AttnContext:
 
 
 class AttentionMethod(ABC):
-    """A named sequence-parallel attention method.
+    """A named sequence-parallel attention method: everything spava knows about it is here.
 
-    Subclasses set `name` and `is_exact`, implement `plan` (a pure layout function) and `forward`.
+    Subclasses set the flags `name`, `is_exact` (exact attention on every row; approximate methods
+    are exact on the query rows only) and `layout` (where rank r's tokens come from, in words), the
+    default hyper-parameters they need (`default_passing_ratio`), and implement `plan` (a pure
+    layout function, `plan_<method>` in the method's file) and `forward`. A named method also has
+    one line in `spava.attention.methods.BUILTIN_METHODS` (or is registered at run time).
     """
 
     name: ClassVar[str]
     is_exact: ClassVar[bool]
+    layout: ClassVar[str] = ""
+    default_passing_ratio: ClassVar[float | None] = None  # passing budget as a fraction of L, when it passes
 
     def __init__(self, config: AttentionConfig | None = None):
-        self.config = config if config is not None else AttentionConfig(method=self.name)
+        self.config = self.with_defaults(config if config is not None else AttentionConfig(method=self.name))
+
+    @classmethod
+    def with_defaults(cls, config: AttentionConfig) -> AttentionConfig:
+        """A copy of `config` with this method's defaults in the fields the user left unset (None)."""
+        if config.passing_ratio is None and cls.default_passing_ratio is not None:
+            return replace(config, passing_ratio=cls.default_passing_ratio)
+        return replace(config)
 
     @abstractmethod
     def plan(self, num_tokens: int, num_query_tokens: int, world_size: int, rank: int) -> SequencePlan:

@@ -13,21 +13,19 @@ from typing import Optional
 
 from spava.plan.sequence import ceil_to
 
-# Paper defaults of the passing budget per chunk (fraction of the context length L).
-DEFAULT_PASSING_RATIO = {"spava": 1 / 128, "apb": 1 / 64}
-
 
 @dataclass
 class AttentionConfig:
     """Which sequence-parallel attention to run, and its knobs.
 
     Attributes:
-        method: full | ring | zigzag_ring | ulysses | star | apb | spava, or "pkg.module:Class".
+        method: a name of `spava.attention.methods` (full | ring | zigzag_ring | ulysses | star | apb |
+            spava, or one registered at run time), or "pkg.module:Class".
         backend: attention kernel: auto | flash_attn | torch_cuda | torch_cpu | math.
         anchor_ratio: anchor length as a fraction of L (A = round_to-rounded floor(L * ratio)).
         anchor_len: absolute anchor length; overrides anchor_ratio.
-        passing_ratio: passing budget per chunk and KV head as a fraction of L (None: method default,
-            1/128 for spava, 1/64 for apb).
+        passing_ratio: passing budget per chunk and KV head as a fraction of L (None: the method's
+            `default_passing_ratio`, filled in when the method is built: 1/128 for spava, 1/64 for apb).
         passing_len: absolute passing budget; overrides passing_ratio.
         pool_window: max-pool window smoothing the selection scores (odd, >= 1).
         round_to: A, P and the per-chunk selection are multiples of this (128 in the paper; 1 = off).
@@ -71,14 +69,19 @@ def resolve_anchor_len(config: AttentionConfig, context_len: int) -> int:
 
 
 def resolve_passing_len(config: AttentionConfig, context_len: int, layer_idx: int = 0) -> int:
-    """Passing budget P per chunk and KV head at `layer_idx` (before capping at the chunk size)."""
+    """Passing budget P per chunk and KV head at `layer_idx` (before capping at the chunk size).
+
+    `config` is a method's own (`method.config`), which holds the method's default passing ratio
+    when the user set none."""
     if config.passing_len is not None:
         base = config.passing_len
+    elif config.passing_ratio is not None:
+        base = ceil_to(math.floor(context_len * config.passing_ratio + 1e-9), config.round_to)
     else:
-        ratio = config.passing_ratio
-        if ratio is None:
-            ratio = DEFAULT_PASSING_RATIO.get(config.method, 1 / 128)
-        base = ceil_to(math.floor(context_len * ratio + 1e-9), config.round_to)
+        raise ValueError(
+            f"attention method {config.method!r} has no passing budget: set prefill.attention.passing_ratio or "
+            "passing_len, or resolve the method's default first (get_method(config).config)"
+        )
     schedule = config.passing_schedule
     if schedule is None:
         return base

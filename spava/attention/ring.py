@@ -16,7 +16,25 @@ import torch
 
 from spava.attention.base import AttentionMethod, AttnContext
 from spava.attention.merge import merge_partials_, start_accumulator
-from spava.plan.sequence import SequencePlan, plan_contiguous, plan_zigzag
+from spava.plan.sequence import (SequencePlan, assemble_exact_plan, balanced_bounds, check_request, plan_contiguous,
+                                 zigzag_owner)
+
+
+def plan_ring(num_tokens: int, num_query_tokens: int, world_size: int, rank: int) -> SequencePlan:
+    """[chunk r] of W contiguous chunks of the prompt; the last token lives on rank W-1."""
+    return plan_contiguous("ring", num_tokens, num_query_tokens, world_size, rank)
+
+
+def plan_zigzag(num_tokens: int, num_query_tokens: int, world_size: int, rank: int) -> SequencePlan:
+    """[chunk r | chunk 2W-1-r] of 2W chunks of the prompt; the last token lives on rank 0."""
+    check_request(num_tokens, num_query_tokens, world_size, rank)
+    if num_tokens < 2 * world_size:
+        raise ValueError(
+            f"zigzag_ring: {num_tokens} tokens cannot fill {2 * world_size} chunks; use fewer ranks or ring"
+        )
+    chunks = balanced_bounds(0, num_tokens, 2 * world_size)
+    owners = [zigzag_owner(i, world_size) for i in range(2 * world_size)]
+    return assemble_exact_plan("zigzag_ring", num_tokens, num_query_tokens, world_size, rank, chunks, owners, 0)
 
 
 @dataclass(frozen=True)
@@ -86,9 +104,10 @@ def ring_attn_forward(q, k, v, ctx: AttnContext) -> torch.Tensor:
 class RingAttention(AttentionMethod):
     name = "ring"
     is_exact = True
+    layout = "[chunk r] of W contiguous chunks of the prompt"
 
     def plan(self, num_tokens, num_query_tokens, world_size, rank) -> SequencePlan:
-        return plan_contiguous("ring", num_tokens, num_query_tokens, world_size, rank)
+        return plan_ring(num_tokens, num_query_tokens, world_size, rank)
 
     def forward(self, q, k, v, ctx: AttnContext, layer_idx: int = 0) -> torch.Tensor:
         return ring_attn_forward(q, k, v, ctx)
@@ -96,6 +115,7 @@ class RingAttention(AttentionMethod):
 
 class ZigzagRingAttention(RingAttention):
     name = "zigzag_ring"
+    layout = "[chunk r | chunk 2W-1-r] of 2W chunks of the prompt"
 
     def plan(self, num_tokens, num_query_tokens, world_size, rank) -> SequencePlan:
         return plan_zigzag(num_tokens, num_query_tokens, world_size, rank)

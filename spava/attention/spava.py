@@ -30,7 +30,41 @@ from spava.attention.backend import attend_pieces
 from spava.attention.base import AttentionMethod, AttnContext
 from spava.attention.config import num_selected, resolve_anchor_len, resolve_passing_len
 from spava.attention.passing import PassingExchange, PassingSlots
-from spava.plan.sequence import ROLE_ANCHOR, ROLE_CHUNK, SequencePlan, anchor_shard_len, plan_spava
+from spava.plan.sequence import (ROLE_ANCHOR, ROLE_CHUNK, SequencePlan, assemble_approx_plan, balanced_bounds,
+                                 check_request, zigzag_owner)
+
+
+def anchor_shard_len(anchor_len: int, world_size: int) -> int:
+    """Rows of one anchor share: ceil(A / W); the last shares may be shorter or empty."""
+    return -(-anchor_len // world_size)
+
+
+def anchor_shard(anchor_len: int, world_size: int, rank: int) -> tuple[int, int]:
+    """The 1/W share of the anchor that this rank computes and owns: [r*ceil(A/W), ...)."""
+    shard = anchor_shard_len(anchor_len, world_size)
+    return min(rank * shard, anchor_len), min((rank + 1) * shard, anchor_len)
+
+
+def plan_spava(num_tokens: int, num_query_tokens: int, world_size: int, rank: int, anchor_len: int) -> SequencePlan:
+    """2W zigzag chunks of the context after the anchor, replicated query; the anchor is sharded:
+    rank r computes (and owns) only its 1/W share of the anchor rows, and every layer all-gathers
+    the shares' K/V, instead of every rank recomputing the whole anchor."""
+    check_request(num_tokens, num_query_tokens, world_size, rank)
+    context_len = num_tokens - num_query_tokens
+    if anchor_len < 0 or context_len - anchor_len < 2 * world_size:
+        raise ValueError(
+            f"spava: a {context_len}-token context with anchor_len={anchor_len} leaves fewer than "
+            f"{2 * world_size} tokens for the 2W chunks; lower prefill.attention.anchor_len / anchor_ratio "
+            "or use fewer ranks"
+        )
+    chunks = balanced_bounds(anchor_len, context_len, 2 * world_size)
+    owners = [zigzag_owner(i, world_size) for i in range(2 * world_size)]
+    held = [chunks[i] for i, owner in enumerate(owners) if owner == rank]
+    share = anchor_shard(anchor_len, world_size, rank)
+    return assemble_approx_plan(
+        "spava", num_tokens, num_query_tokens, world_size, rank, anchor_len, chunks, owners, (share, *held),
+        anchor_rows=share,
+    )
 
 
 def spava_slots(plan: SequencePlan, passing_len: int, round_to: int) -> PassingSlots:
@@ -45,6 +79,8 @@ def spava_slots(plan: SequencePlan, passing_len: int, round_to: int) -> PassingS
 class SpavaAttention(AttentionMethod):
     name = "spava"
     is_exact = False
+    layout = "[anchor share r | chunk r | chunk 2W-1-r | query], 2W chunks of the context after the anchor"
+    default_passing_ratio = 1 / 128  # of the context length L, per chunk and KV head (the paper's)
 
     def plan(self, num_tokens, num_query_tokens, world_size, rank) -> SequencePlan:
         anchor_len = resolve_anchor_len(self.config, num_tokens - num_query_tokens)

@@ -12,12 +12,27 @@ import torch
 
 from spava.attention.approx import causal_rows, finish_query_rows, launch_query_rows, query_start
 from spava.attention.base import AttentionMethod, AttnContext
-from spava.plan.sequence import SequencePlan, plan_star
+from spava.plan.sequence import SequencePlan, assemble_approx_plan, balanced_bounds, check_request
+
+
+def plan_star(num_tokens: int, num_query_tokens: int, world_size: int, rank: int) -> SequencePlan:
+    """W blocks of the context; block 0 is every other rank's anchor; the query is replicated."""
+    check_request(num_tokens, num_query_tokens, world_size, rank)
+    context_len = num_tokens - num_query_tokens
+    if context_len < world_size:
+        raise ValueError(f"star: a context of {context_len} tokens cannot fill {world_size} blocks")
+    chunks = balanced_bounds(0, context_len, world_size)
+    anchor_len = chunks[0][1] if world_size > 1 else 0
+    owners = list(range(world_size))
+    return assemble_approx_plan(
+        "star", num_tokens, num_query_tokens, world_size, rank, anchor_len, chunks, owners, (chunks[rank],)
+    )
 
 
 class StarAttention(AttentionMethod):
     name = "star"
     is_exact = False
+    layout = "r=0: [block 0 | query]; r>0: [anchor=block 0 | block r | query], W blocks of the context"
 
     def plan(self, num_tokens, num_query_tokens, world_size, rank) -> SequencePlan:
         return plan_star(num_tokens, num_query_tokens, world_size, rank)

@@ -18,6 +18,11 @@ from spava.attention.base import AttentionMethod, AttnContext
 from spava.plan.sequence import SequencePlan, balanced_bounds, plan_contiguous
 
 
+def plan_ulysses(num_tokens: int, num_query_tokens: int, world_size: int, rank: int) -> SequencePlan:
+    """[chunk r] of W contiguous chunks of the prompt (heads are sharded inside `forward`)."""
+    return plan_contiguous("ulysses", num_tokens, num_query_tokens, world_size, rank)
+
+
 @dataclass(frozen=True)
 class HeadShard:
     """Query heads [q_start, q_stop) of one rank and the KV heads [kv_start, kv_stop) they read."""
@@ -82,9 +87,10 @@ def _gather_heads(out, shards, seq_lens, comm, num_local: int) -> torch.Tensor:
 class UlyssesAttention(AttentionMethod):
     name = "ulysses"
     is_exact = True
+    layout = "[chunk r] of W contiguous chunks of the prompt; heads sharded during attention"
 
     def plan(self, num_tokens, num_query_tokens, world_size, rank) -> SequencePlan:
-        return plan_contiguous("ulysses", num_tokens, num_query_tokens, world_size, rank)
+        return plan_ulysses(num_tokens, num_query_tokens, world_size, rank)
 
     def forward(self, q, k, v, ctx: AttnContext, layer_idx: int = 0) -> torch.Tensor:
         num_heads, num_kv_heads = q.shape[1], k.shape[1]

@@ -15,11 +15,9 @@ import argparse
 import json
 import os
 
-from spava.bench.harness import BenchSpec
+from spava.bench.harness import BenchSpec, default_methods, method_choices
 from spava.bench.inputs import VideoCase
 from spava.bench.report import format_table, load_results, write_plot
-
-METHODS = ["full", "hf", "zigzag_ring", "ring", "ulysses", "star", "apb", "spava"]
 
 
 def parse_args(argv):
@@ -31,8 +29,7 @@ def parse_args(argv):
                         "tile per frame, any resolution)")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[1440], help="360 720 1080 1440")
     parser.add_argument("--frames", type=int, nargs="+", default=[64])
-    parser.add_argument("--methods", nargs="+", default=["full", "hf", "zigzag_ring", "ulysses", "star", "apb", "spava"],
-                        choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=default_methods(), choices=method_choices())
     parser.add_argument("--world-sizes", type=int, nargs="+", default=[4])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)

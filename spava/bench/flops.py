@@ -51,11 +51,11 @@ def _approx_pairs(method_name, plan, passing_len: int, round_to: int) -> int:
 def attention_pair_heads(method, plan, num_heads: int, layer_idx: int = 0) -> int:
     """Query-key pairs times query heads that `method` computes on this rank in one layer."""
     name = method.name
-    if name in ("full", "ring", "zigzag_ring"):
-        return num_heads * sum(end * (end + 1) // 2 - start * (start + 1) // 2 for start, end in plan.global_ranges())
-    if name == "ulysses":
+    if name == "ulysses":  # every rank attends the whole prompt with its share of the heads
         share = num_heads // plan.world_size + (1 if plan.rank < num_heads % plan.world_size else 0)
         return share * _tri(plan.num_tokens)
+    if method.is_exact:  # each local row attends to every earlier token once
+        return num_heads * sum(end * (end + 1) // 2 - start * (start + 1) // 2 for start, end in plan.global_ranges())
     cfg = method.config
     passing = resolve_passing_len(cfg, plan.context_len, layer_idx)
     owned = sum(end - start for start, end in plan.owned if start < plan.context_len)

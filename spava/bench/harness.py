@@ -17,10 +17,24 @@ import torch
 import torch.distributed as dist
 
 from spava.attention.config import AttentionConfig
-from spava.attention.registry import get_method
+from spava.attention.registry import available_methods, get_method
 from spava.bench.inputs import FRAMES_PER_SECOND, VideoCase
 from spava.comm.collectives import SPComm
 from spava.models.runner import ModelRunner
+
+HF_BASELINE = "hf"  # HF transformers on one GPU: a baseline, not an attention method
+NOT_BY_DEFAULT = ("ring",)  # zigzag_ring is the same K/V exchange with the causal work balanced
+
+
+def method_choices() -> list[str]:
+    """What a benchmark may run: every named attention method (the registry's) and the HF baseline."""
+    return [*available_methods(), HF_BASELINE]
+
+
+def default_methods() -> list[str]:
+    """full, the HF baseline, then every other named method but those in `NOT_BY_DEFAULT`."""
+    others = [name for name in available_methods() if name != "full" and name not in NOT_BY_DEFAULT]
+    return ["full", HF_BASELINE, *others]
 
 
 @dataclass
@@ -28,7 +42,7 @@ class BenchSpec:
     model: str = "auto"  # model family (spava.models.family.FAMILIES); auto: the checkpoint's, else Qwen2.5-VL
     size: str = "7b"
     cases: list = field(default_factory=lambda: [VideoCase(1440, 64)])
-    methods: list = field(default_factory=lambda: ["full", "zigzag_ring", "ulysses", "star", "apb", "spava", "hf"])
+    methods: list = field(default_factory=default_methods)
     world_sizes: list = field(default_factory=lambda: [4])
     repeats: int = 3
     warmup: int = 1

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from spava.attention.registry import method_class
 from spava.eval.fidelity_configs import (CONTROL_LABELS, NamedConfig, default_configs, describe, kept_fractions,
                                          reference_fractions)
 from spava.eval.fidelity_run import RunSettings, load_result, run_ranks
@@ -142,7 +143,8 @@ def _case_row(case: FidelityCase) -> dict:
 
 def size_rows(configs: list[NamedConfig], cases: list[FidelityCase]) -> list[dict]:
     """Kept fractions of every configuration at each case length (its longest prompt), and of the
-    defaults at the 148K reference prompt (which the sparse regime reproduces)."""
+    defaults of every approximate method compared at the 148K reference prompt (which the sparse
+    regime reproduces)."""
     rows = []
     for length in sorted({c.length for c in cases}):
         case = max((c for c in cases if c.length == length), key=lambda c: c.inputs.num_tokens)
@@ -151,7 +153,8 @@ def size_rows(configs: list[NamedConfig], cases: list[FidelityCase]) -> list[dic
                          "world_size": config.world_size,
                          **kept_fractions(config.attention_config(), case.inputs.num_tokens,
                                           case.inputs.num_query_tokens, config.world_size)})
-    for method in ("spava", "apb", "star"):
+    compared = dict.fromkeys(c.method for c in configs)  # in the order of the configurations
+    for method in (name for name in compared if not method_class(name).is_exact):
         rows.append({"label": f"{method} defaults @148K", "settings": "reference prompt", "num_tokens": 148_539,
                      "world_size": 4, **reference_fractions(method)})
     return rows
@@ -227,7 +230,7 @@ def summarize(units: dict, answers: dict, configs: list[NamedConfig], num_resamp
     spava = units.get("spava")
     if spava is not None:
         for row in summaries:
-            if row["label"] in CONTROL_LABELS or row["label"] in ("apb", "star", "full"):
+            if row["label"] in CONTROL_LABELS or row["label"] == row["method"] != "spava":  # controls, other methods
                 other = units[row["label"]]
                 row["spava_minus_this"] = {
                     "kl": paired_interval(spava["background"], other["background"], "kl", num_resamples=num_resamples),

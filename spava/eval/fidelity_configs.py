@@ -1,6 +1,7 @@
 """The attention configurations the fidelity benchmark compares, and how sparse each one is.
 
-Pure configuration (no torch): runs wherever the benchmark is set up.
+Pure configuration (no model, no ranks); each method's defaults and exactness come from its class
+(`spava.attention.registry`).
 
 Sparse regime: at the benchmarked 148,539-token prompt (Qwen2.5-VL-7B, 1440p, 64 frames, W = 4,
 BENCHMARKS.md) the defaults give spava A = 2432, P = 1280 (round_to 128); context rows then keep
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from spava.attention.config import AttentionConfig, num_selected, resolve_anchor_len, resolve_passing_len
+from spava.attention.registry import method_class
 
 REFERENCE_NUM_TOKENS, REFERENCE_NUM_QUERY_TOKENS, REFERENCE_WORLD_SIZE = 148_539, 11, 4
 RANDOM_SCORER = "spava.eval.control_scorers:random_scores"
@@ -41,7 +43,7 @@ class NamedConfig:
 def sparse_overrides(method: str) -> dict:
     """AttentionConfig overrides that keep the 148K reference's anchor and passing fractions of L."""
     context_len = REFERENCE_NUM_TOKENS - REFERENCE_NUM_QUERY_TOKENS
-    default = AttentionConfig(method=method)
+    default = method_class(method).with_defaults(AttentionConfig(method=method))
     anchor = resolve_anchor_len(default, context_len)
     passing = resolve_passing_len(default, context_len)
     return {"anchor_ratio": anchor / context_len, "passing_ratio": passing / context_len, "round_to": 1}
@@ -99,9 +101,13 @@ def kept_fractions(config: AttentionConfig, num_tokens: int, num_query_tokens: i
     context_len = num_tokens - num_query_tokens
     method = config.method
     causal = context_len * (context_len + 1) // 2
-    if method not in ("star", "apb", "spava"):
+    cls = method_class(method)
+    if cls.is_exact:
         return {"pairs": 1.0, "passed": None, "anchor": 0.0, "anchor_len": 0, "passing_len": None,
                 "chunk_len": [context_len, context_len]}
+    if method not in ("star", "apb", "spava"):
+        raise ValueError(f"kept_fractions knows the layouts of star, apb and spava, not of {method!r}")
+    config = cls.with_defaults(config)
     if method == "star":
         chunks, selectable = _split(0, context_len, world_size), []
         anchor = chunks[0][1] if world_size > 1 else 0

@@ -12,15 +12,11 @@ Vocabulary (global token indices, half-open ranges):
   owned     the ranges whose K/V this rank contributes exactly once to exact attention (the query
             rows, decoding) and keeps in its KV cache; over all ranks they tile [0, N) exactly.
 
-Layouts per method (rank r of W):
-  full         [0, N)                                          (W must be 1)
-  ring/ulysses [chunk r]                   W contiguous chunks of N
-  zigzag_ring  [chunk r | chunk 2W-1-r]    2W contiguous chunks of N
-  star         r=0: [block 0 | query]; r>0: [anchor=block 0 | block r | query]   W blocks of L
-  apb          r=0: [chunk 0 | query]; r>0: [anchor | chunk r | query]           W chunks of L
-  spava        [anchor share r | chunk r | chunk 2W-1-r | query]   anchor (1/W per rank) + 2W chunks of L - A
-Chunks are balanced: lengths differ by at most one token (the reference put the remainder on the
-last chunk; balancing keeps every rank's load within one token).
+Each method's own file holds its plan function (`plan_<method>`, e.g. `plan_spava` in
+`spava/attention/spava.py`) and says its layout in words (`AttentionMethod.layout`); this module
+holds the plan object and the helpers several methods' plans share. Chunks are balanced: lengths
+differ by at most one token (the reference put the remainder on the last chunk; balancing keeps
+every rank's load within one token).
 """
 
 from __future__ import annotations
@@ -35,9 +31,6 @@ ROLE_TOKENS = "tokens"  # a plain piece of the sequence (exact methods)
 ROLE_ANCHOR = "anchor"
 ROLE_CHUNK = "chunk"
 ROLE_QUERY = "query"
-
-EXACT_LAYOUTS = ("full", "ring", "zigzag_ring", "ulysses")
-APPROX_LAYOUTS = ("star", "apb", "spava")
 
 
 @dataclass(frozen=True)
@@ -169,7 +162,8 @@ def balanced_bounds(start: int, stop: int, num_parts: int) -> tuple[tuple[int, i
     return tuple(bounds)
 
 
-def _check_common(num_tokens: int, num_query_tokens: int, world_size: int, rank: int) -> None:
+def check_request(num_tokens: int, num_query_tokens: int, world_size: int, rank: int) -> None:
+    """ValueError unless (num_tokens, num_query_tokens, world_size, rank) describe a request every plan can take."""
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     if not 0 <= rank < world_size:
@@ -180,7 +174,12 @@ def _check_common(num_tokens: int, num_query_tokens: int, world_size: int, rank:
         raise ValueError(f"num_query_tokens={num_query_tokens} must lie in [0, {num_tokens}]")
 
 
-def _plan_exact(method, num_tokens, num_query_tokens, world_size, rank, chunks, owners, decode_rank):
+def assemble_exact_plan(method: str, num_tokens: int, num_query_tokens: int, world_size: int, rank: int,
+                        chunks: tuple[tuple[int, int], ...], owners, decode_rank: int) -> SequencePlan:
+    """The plan of an exact method: rank `rank` holds (and owns) the chunks whose owner it is, in order.
+
+    `chunks` tile [0, N) in global order; `owners[i]` is the rank of chunk i; `decode_rank` holds the
+    last token."""
     held = [i for i, owner in enumerate(owners) if owner == rank]
     segments = tuple(Segment(ROLE_TOKENS, *chunks[i], chunk_id=i) for i in held)
     return SequencePlan(
@@ -198,26 +197,16 @@ def _plan_exact(method, num_tokens, num_query_tokens, world_size, rank, chunks, 
     )
 
 
-def plan_full(num_tokens: int, num_query_tokens: int, world_size: int, rank: int) -> SequencePlan:
-    _check_common(num_tokens, num_query_tokens, world_size, rank)
-    if world_size != 1:
-        raise ValueError(
-            f"attention 'full' runs on one rank, got world_size={world_size}: "
-            "set prefill.attention to a sequence-parallel method (ring, zigzag_ring, ulysses, star, apb, spava)"
-        )
-    return _plan_exact("full", num_tokens, num_query_tokens, 1, 0, ((0, num_tokens),), (0,), 0)
-
-
 def plan_contiguous(method: str, num_tokens: int, num_query_tokens: int, world_size: int, rank: int) -> SequencePlan:
     """W contiguous chunks of the whole prompt (ring, ulysses); the last token lives on rank W-1."""
-    _check_common(num_tokens, num_query_tokens, world_size, rank)
+    check_request(num_tokens, num_query_tokens, world_size, rank)
     if num_tokens < world_size:
         raise ValueError(
             f"{method}: {num_tokens} tokens cannot be split over {world_size} ranks; use fewer ranks"
         )
     chunks = balanced_bounds(0, num_tokens, world_size)
     owners = list(range(world_size))
-    return _plan_exact(method, num_tokens, num_query_tokens, world_size, rank, chunks, owners, world_size - 1)
+    return assemble_exact_plan(method, num_tokens, num_query_tokens, world_size, rank, chunks, owners, world_size - 1)
 
 
 def zigzag_owner(chunk_id: int, world_size: int) -> int:
@@ -225,22 +214,13 @@ def zigzag_owner(chunk_id: int, world_size: int) -> int:
     return chunk_id if chunk_id < world_size else 2 * world_size - 1 - chunk_id
 
 
-def plan_zigzag(num_tokens: int, num_query_tokens: int, world_size: int, rank: int) -> SequencePlan:
-    """2W chunks of the whole prompt, zigzag-assigned; the last token lives on rank 0."""
-    _check_common(num_tokens, num_query_tokens, world_size, rank)
-    if num_tokens < 2 * world_size:
-        raise ValueError(
-            f"zigzag_ring: {num_tokens} tokens cannot fill {2 * world_size} chunks; use fewer ranks or ring"
-        )
-    chunks = balanced_bounds(0, num_tokens, 2 * world_size)
-    owners = [zigzag_owner(i, world_size) for i in range(2 * world_size)]
-    return _plan_exact("zigzag_ring", num_tokens, num_query_tokens, world_size, rank, chunks, owners, 0)
+def assemble_approx_plan(method: str, num_tokens: int, num_query_tokens: int, world_size: int, rank: int,
+                         anchor_len: int, chunks: tuple[tuple[int, int], ...], owners, owned,
+                         anchor_rows: tuple[int, int] | None = None) -> SequencePlan:
+    """The plan of an approximate method: [anchor rows?] + held context chunks + replicated query.
 
-
-def _plan_approx(method, num_tokens, num_query_tokens, world_size, rank, anchor_len, chunks, owners, owned,
-                 anchor_rows=None):
-    """Assemble an approximate-method plan: [anchor rows?] + held chunks + replicated query.
-
+    `chunks` tile the context part after whatever the layout leaves out, `owners[i]` is the rank of
+    chunk i, `owned` the context ranges this rank owns (rank 0 also owns the query block: it decodes).
     `anchor_rows`: the global anchor range this rank computes (default: the whole anchor on ranks
     whose first chunk does not start the context)."""
     context_len = num_tokens - num_query_tokens
@@ -268,67 +248,4 @@ def _plan_approx(method, num_tokens, num_query_tokens, world_size, rank, anchor_
         chunk_owner=tuple(owners),
         owned=tuple(owned),
         decode_rank=decode_rank,
-    )
-
-
-def plan_star(num_tokens: int, num_query_tokens: int, world_size: int, rank: int) -> SequencePlan:
-    """Star Attention: W blocks of the context; block 0 is every other rank's anchor."""
-    _check_common(num_tokens, num_query_tokens, world_size, rank)
-    context_len = num_tokens - num_query_tokens
-    if context_len < world_size:
-        raise ValueError(f"star: a context of {context_len} tokens cannot fill {world_size} blocks")
-    chunks = balanced_bounds(0, context_len, world_size)
-    anchor_len = chunks[0][1] if world_size > 1 else 0
-    owners = list(range(world_size))
-    return _plan_approx(
-        "star", num_tokens, num_query_tokens, world_size, rank, anchor_len, chunks, owners, (chunks[rank],)
-    )
-
-
-def plan_apb(num_tokens: int, num_query_tokens: int, world_size: int, rank: int, anchor_len: int) -> SequencePlan:
-    """APB as run for video: W contiguous chunks of the context, anchor on ranks > 0."""
-    _check_common(num_tokens, num_query_tokens, world_size, rank)
-    context_len = num_tokens - num_query_tokens
-    chunks = balanced_bounds(0, context_len, world_size)
-    if chunks[0][1] - chunks[0][0] <= anchor_len or context_len < world_size:
-        raise ValueError(
-            f"apb: anchor_len={anchor_len} does not fit in the first of {world_size} chunks of a "
-            f"{context_len}-token context; lower prefill.attention.anchor_len / anchor_ratio or use fewer ranks"
-        )
-    owners = list(range(world_size))
-    return _plan_approx(
-        "apb", num_tokens, num_query_tokens, world_size, rank, anchor_len, chunks, owners, (chunks[rank],)
-    )
-
-
-def anchor_shard_len(anchor_len: int, world_size: int) -> int:
-    """Rows of one anchor share (spava): ceil(A / W); the last shares may be shorter or empty."""
-    return -(-anchor_len // world_size)
-
-
-def anchor_shard(anchor_len: int, world_size: int, rank: int) -> tuple[int, int]:
-    """The 1/W share of the anchor that this rank computes and owns (spava): [r*ceil(A/W), ...)."""
-    shard = anchor_shard_len(anchor_len, world_size)
-    return min(rank * shard, anchor_len), min((rank + 1) * shard, anchor_len)
-
-
-def plan_spava(num_tokens: int, num_query_tokens: int, world_size: int, rank: int, anchor_len: int) -> SequencePlan:
-    """Spava: 2W zigzag chunks of the context after the anchor, replicated query; the anchor is
-    sharded: rank r computes (and owns) only its 1/W share of the anchor rows, and every layer
-    all-gathers the shares' K/V, instead of every rank recomputing the whole anchor."""
-    _check_common(num_tokens, num_query_tokens, world_size, rank)
-    context_len = num_tokens - num_query_tokens
-    if anchor_len < 0 or context_len - anchor_len < 2 * world_size:
-        raise ValueError(
-            f"spava: a {context_len}-token context with anchor_len={anchor_len} leaves fewer than "
-            f"{2 * world_size} tokens for the 2W chunks; lower prefill.attention.anchor_len / anchor_ratio "
-            "or use fewer ranks"
-        )
-    chunks = balanced_bounds(anchor_len, context_len, 2 * world_size)
-    owners = [zigzag_owner(i, world_size) for i in range(2 * world_size)]
-    held = [chunks[i] for i, owner in enumerate(owners) if owner == rank]
-    share = anchor_shard(anchor_len, world_size, rank)
-    return _plan_approx(
-        "spava", num_tokens, num_query_tokens, world_size, rank, anchor_len, chunks, owners, (share, *held),
-        anchor_rows=share,
     )

@@ -18,7 +18,8 @@ import torch.multiprocessing as mp
 
 from spava.attention.backend import get_backend
 from spava.attention.config import AttentionConfig
-from spava.attention.registry import available_methods, get_method
+from spava.attention.full import FullAttention
+from spava.attention.registry import available_methods, exact_methods, get_method
 from spava.comm.collectives import SPComm, end_spawned_rank
 
 
@@ -35,6 +36,11 @@ class CheckSpec:
     seed: int = 0
 
 
+def sequence_parallel_methods() -> list[str]:
+    """Every named method but `full`, the one-rank dense reference the others are compared with."""
+    return [name for name in available_methods() if name != FullAttention.name]
+
+
 def _errors(out, ref, num_query) -> tuple[float, float]:
     diff = (out.double() - ref).abs()
     return float(diff[:-num_query].max()), float(diff[-num_query:].max())
@@ -48,7 +54,7 @@ def _worker(rank: int, spec: CheckSpec, init_file: str, result_dir: str) -> None
     q, k, v = (torch.randn(s, generator=generator) for s in shapes)
     ref, _ = get_backend("torch_cpu").attend(q.double(), k.double(), v.double(), is_causal=True)
     lines = []
-    for name in [m for m in available_methods() if m != "full"]:
+    for name in sequence_parallel_methods():
         method = get_method(AttentionConfig(method=name, backend="torch_cpu"))
         plan = method.plan(spec.num_tokens, spec.num_query_tokens, spec.world_size, rank)
         ctx = method.context(plan, SPComm())
@@ -78,7 +84,7 @@ def run_check(spec: CheckSpec) -> list[tuple[str, float, float, float]]:
 
 
 def format_table(spec: CheckSpec, rows) -> str:
-    exact = {"ring", "zigzag_ring", "ulysses"}
+    exact = set(exact_methods())
     header = (f"attention check: N={spec.num_tokens} (query {spec.num_query_tokens}), heads {spec.num_heads}/"
               f"{spec.num_kv_heads}, head_dim {spec.head_dim}, W={spec.world_size} CPU ranks (gloo), float32\n")
     lines = [header, f"{'method':<12} {'kind':<7} {'context err':>12} {'query err':>10} {'time s':>8}"]
