@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--nproc-per-node", type=_positive_int,
                         help="model ranks per machine (default: the YAML's ranks divided evenly)")
     launch.add_argument("--rdzv-endpoint", help="HOST:PORT of torchrun's c10d rendezvous (the same on every node)")
+    launch.add_argument("--rdzv-conf", help="torchrun's c10d options, e.g. is_host=1 on the rendezvous host when "
+                                            "it is not known by the endpoint's name")
     launch.add_argument("--node-rank", type=int, help="static rendezvous: this machine's rank (0 = the head)")
     launch.add_argument("--master-addr", help="static rendezvous: the head machine's address")
     launch.add_argument("--master-port", type=int, default=29500, help="static rendezvous: its port (default 29500)")

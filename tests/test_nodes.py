@@ -102,11 +102,12 @@ def _launch_args(*argv: str):
 
 def test_spava_launch_runs_torchrun():
     assert not uses_torchrun(_launch_args("--config", "x.yaml"))
-    args = _launch_args("--nnodes", "2", "--rdzv-endpoint", "gpu01:29400", "--port", "29700", "--config", "x.yaml",
-                        "runtime.secret=s")
+    args = _launch_args("--nnodes", "2", "--rdzv-endpoint", "gpu01:29400", "--rdzv-conf", "is_host=1", "--port", "29700",
+                        "--config", "x.yaml", "runtime.secret=s")
     argv = torchrun_argv(args, 8)
     assert argv[1:] == ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "4", "--max-restarts", "0",
-                        "--rdzv-backend", "c10d", "--rdzv-endpoint", "gpu01:29400", "-m", "spava.runtime.node",
+                        "--rdzv-backend", "c10d", "--rdzv-endpoint", "gpu01:29400", "--rdzv-conf", "is_host=1",
+                        "-m", "spava.runtime.node",
                         "--port", "29700", "--config", "x.yaml", "runtime.secret=s"]
     static = torchrun_argv(_launch_args("--nnodes", "2", "--node-rank", "1", "--master-addr", "gpu01"), 2)
     assert static[static.index("--node-rank"):static.index("-m", 3)] == [
@@ -121,6 +122,7 @@ def test_spava_launch_runs_torchrun():
     (("--nnodes", "2", "--nproc-per-node", "2", "--rdzv-endpoint", "h:1"), 2, "= 4 processes"),
     (("--nnodes", "2"), 2, "--rdzv-endpoint HEAD:PORT (c10d), or --node-rank R and --master-addr"),
     (("--nnodes", "2", "--rdzv-endpoint", "h:1", "--node-rank", "0"), 2, "not both"),
+    (("--nnodes", "2", "--rdzv-conf", "is_host=1", "--node-rank", "0", "--master-addr", "h"), 2, "pass --rdzv-endpoint"),
 ])
 def test_spava_launch_refuses_incomplete_node_options(argv, world_size, message):
     with pytest.raises(ValueError) as error:

@@ -170,6 +170,19 @@ def init_world_from_env(backend: str, rank: int, world_size: int, timeout_s: flo
                             timeout=datetime.timedelta(seconds=timeout_s))
 
 
+# how gloo's TCP transport reports a peer whose process or machine went away
+_PEER_LOSS_TEXTS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether a collective failed because another rank is gone (NCCL and the store raise
+    torch.distributed's DistError; gloo a RuntimeError naming the closed connection)."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(error, dist_error):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in _PEER_LOSS_TEXTS)
+
+
 def new_group(ranks: list[int]) -> dist.ProcessGroup | None:
     """A sub-group (every world rank must call this, in the same order); None when it is the world."""
     if len(ranks) == dist.get_world_size():

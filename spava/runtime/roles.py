@@ -76,11 +76,34 @@ def _build_model_role(worker):
     context = worker.stage_context(device, placement, group)
     if placement.role(rank) == "encode":
         encoder = _stage(worker, "encode", context)
-        return device, _encoder_handlers(encoder, config.encode.max_batch_requests)
+        return device, _failing_on_lost_peers(_encoder_handlers(encoder, config.encode.max_batch_requests))
     prefill = _stage(worker, "prefill", context)
     decode = _stage(worker, "decode", context)
     decode.bind(prefill.runner)
-    return device, {ModelTaskReq: lambda task: decode.process(prefill.process(task))}
+    return device, _failing_on_lost_peers({ModelTaskReq: lambda task: decode.process(prefill.process(task))})
+
+
+class PeerLostError(RuntimeError):
+    """A model task failed because another model rank is gone (its process, or its node)."""
+
+
+def _failing_on_lost_peers(handlers: dict) -> dict:
+    """Model handlers whose collective failures caused by a gone rank raise `PeerLostError` (the
+    request's kind is then "worker_died", not "internal")."""
+    from spava.comm.collectives import is_peer_failure
+
+    def guarded(handler):
+        def run(task):
+            try:
+                return handler(task)
+            except Exception as error:
+                if is_peer_failure(error):
+                    raise PeerLostError(f"another model rank stopped answering (its process or its node is gone): "
+                                        f"{error}") from error
+                raise
+        return run
+
+    return {message_type: guarded(handler) for message_type, handler in handlers.items()}
 
 
 def _encoder_handlers(encoder, max_batch_requests: int) -> dict:

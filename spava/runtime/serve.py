@@ -51,6 +51,10 @@ def torchrun_argv(args, world_size: int) -> list[str]:
         if args.master_addr is not None or args.node_rank is not None:
             raise ValueError("pass either --rdzv-endpoint (c10d) or --node-rank with --master-addr (static), not both")
         argv += ["--rdzv-backend", "c10d", "--rdzv-endpoint", args.rdzv_endpoint]
+        if args.rdzv_conf:
+            argv += ["--rdzv-conf", args.rdzv_conf]
+    elif args.rdzv_conf:
+        raise ValueError("--rdzv-conf configures the c10d rendezvous: pass --rdzv-endpoint too")
     elif args.nnodes > 1:
         if args.master_addr is None or args.node_rank is None:
             raise ValueError("several nodes need --rdzv-endpoint HEAD:PORT (c10d), or --node-rank R and "

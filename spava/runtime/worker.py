@@ -30,6 +30,7 @@ from spava.comm.messages import (
     decode_message, encode_message,
 )
 from spava.comm.security import resolve_secret, secure_client
+from spava.runtime.roles import PeerLostError, build_role
 from spava.stages.base import BadInputError, StageContext
 
 # model tasks always run, even cancelled: their point-to-point transfers must be matched on the peers
@@ -156,8 +157,6 @@ class Worker:
 
     def build(self) -> str:
         """Build and set up the stage(s) of this role; returns the device string."""
-        from spava.runtime.roles import build_role
-
         device, self.handlers = build_role(self)
         return device
 
@@ -214,6 +213,10 @@ class Worker:
         except BadInputError as error:
             for request_id in request_ids:
                 self.channel.send(TaskError(request_id, self.worker_id, self.args.role, "bad_input", str(error)))
+        except PeerLostError as error:
+            self.logger.error("task %s failed: %s", ", ".join(request_ids), error)
+            for request_id in request_ids:
+                self.channel.send(TaskError(request_id, self.worker_id, self.args.role, "worker_died", str(error)))
         except Exception as error:  # noqa: BLE001 - a failing task must not kill the worker
             self.logger.error("task %s failed:\n%s", ", ".join(request_ids), traceback.format_exc())
             for request_id in request_ids:
