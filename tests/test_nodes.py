@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from spava.cli import build_parser
-from spava.config import load_config
 from spava.runtime.launch import local_specs
 from spava.runtime.node import head_node, parse_args, resolve
 from spava.runtime.nodes import HeadAddresses, LaunchedRank, launched_device

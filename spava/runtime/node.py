@@ -134,7 +134,7 @@ def serve_rank(config, launched: LaunchedRank, addresses: HeadAddresses, is_quie
             "--config", "(resolved by spava.runtime.node)", "--control", addresses.control_address, "--dist-init", "env"]
     try:
         Worker(worker_args(argv + (["--quiet"] if is_quiet else [])), config).serve()
-    except Exception:  # noqa: BLE001 - report the failure; the launcher sees the exit code
+    except Exception:  # report it; the launcher sees the exit code
         logger.exception("model rank %d failed", launched.rank)
         return 1
     finally:

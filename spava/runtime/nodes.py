@@ -60,7 +60,7 @@ class LaunchedRank:
     master_addr: str
 
     @classmethod
-    def from_environ(cls, environ) -> "LaunchedRank":
+    def from_environ(cls, environ) -> LaunchedRank:
         """Read the launcher's variables (see the module docstring); a missing or bad one is a
         ValueError naming it."""
         rank, world_size, local_rank = (_env_int(environ, key) for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
