@@ -127,3 +127,25 @@ def test_spava_launch_refuses_incomplete_node_options(argv, world_size, message)
     with pytest.raises(ValueError) as error:
         torchrun_argv(_launch_args(*argv), world_size)
     assert message in str(error.value)
+
+
+def test_a_collective_failing_on_a_gone_peer_is_a_lost_peer():
+    import torch.distributed as dist
+
+    from spava.comm.collectives import is_peer_failure
+    from spava.comm.messages import ModelTaskReq
+    from spava.runtime.roles import PeerLostError, failing_on_lost_peers
+
+    gloo = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [10.0.0.2]:4000")
+    assert is_peer_failure(gloo) and is_peer_failure(dist.DistBackendError("NCCL watchdog: remote exited"))
+    assert not is_peer_failure(RuntimeError("shape mismatch")) and not is_peer_failure(ValueError("x"))
+
+    def handler(error):
+        def run(task):
+            raise error
+        return failing_on_lost_peers({ModelTaskReq: run})[ModelTaskReq]
+
+    with pytest.raises(PeerLostError, match="another model rank stopped answering .* Connection closed by peer"):
+        handler(gloo)(None)
+    with pytest.raises(RuntimeError, match="^shape mismatch$"):  # anything else stays what it was (internal)
+        handler(RuntimeError("shape mismatch"))(None)

@@ -76,18 +76,18 @@ def _build_model_role(worker):
     context = worker.stage_context(device, placement, group)
     if placement.role(rank) == "encode":
         encoder = _stage(worker, "encode", context)
-        return device, _failing_on_lost_peers(_encoder_handlers(encoder, config.encode.max_batch_requests))
+        return device, failing_on_lost_peers(_encoder_handlers(encoder, config.encode.max_batch_requests))
     prefill = _stage(worker, "prefill", context)
     decode = _stage(worker, "decode", context)
     decode.bind(prefill.runner)
-    return device, _failing_on_lost_peers({ModelTaskReq: lambda task: decode.process(prefill.process(task))})
+    return device, failing_on_lost_peers({ModelTaskReq: lambda task: decode.process(prefill.process(task))})
 
 
 class PeerLostError(RuntimeError):
     """A model task failed because another model rank is gone (its process, or its node)."""
 
 
-def _failing_on_lost_peers(handlers: dict) -> dict:
+def failing_on_lost_peers(handlers: dict) -> dict:
     """Model handlers whose collective failures caused by a gone rank raise `PeerLostError` (the
     request's kind is then "worker_died", not "internal")."""
     from spava.comm.collectives import is_peer_failure
