@@ -77,14 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--connect", help="send the request to a pipeline served by `spava launch` at this address")
     run.set_defaults(handler=_run)
 
-    launch = commands.add_parser("launch", help="start a pipeline (one node or several) and serve requests")
+    launch = commands.add_parser(
+        "launch", help="start a pipeline (one node, or several through torchrun) and serve requests",
+        epilog="with --nnodes, runs `python -m torch.distributed.run ... -m spava.runtime.node` on this node; "
+               "the process of global rank 0 runs the scheduler and prints the address clients connect to")
     _add_config_args(launch)
-    launch.add_argument("--hostfile", help="deepspeed-style hostfile: 'host slots=N' per line, head first")
-    launch.add_argument("--nnodes", type=int, help="number of nodes (torchrun style)")
-    launch.add_argument("--node-rank", type=int, help="this node's rank (0 = head)")
-    launch.add_argument("--master-addr", help="the head node's address (its interface to bind)")
-    launch.add_argument("--master-port", type=int, default=29600, help="control port; model ranks meet at +1")
-    launch.add_argument("--nproc-per-node", type=int, help="model ranks per node (default: split evenly)")
+    launch.add_argument("--nnodes", type=_positive_int, help="number of machines: torchrun starts the model ranks")
+    launch.add_argument("--nproc-per-node", type=_positive_int,
+                        help="model ranks per machine (default: the YAML's ranks divided evenly)")
+    launch.add_argument("--rdzv-endpoint", help="HOST:PORT of torchrun's c10d rendezvous (the same on every node)")
+    launch.add_argument("--rdzv-conf", help="torchrun's c10d options, e.g. is_host=1 on the rendezvous host when "
+                                            "it is not known by the endpoint's name")
+    launch.add_argument("--node-rank", type=int, help="static rendezvous: this machine's rank (0 = the head)")
+    launch.add_argument("--master-addr", help="static rendezvous: the head machine's address")
+    launch.add_argument("--master-port", type=int, default=29500, help="static rendezvous: its port (default 29500)")
+    launch.add_argument("--local-addr", help="this machine's address for torchrun (c10d ranks nodes by it)")
+    launch.add_argument("--host", help="the head's address for clients and the other nodes (default: MASTER_ADDR)")
+    launch.add_argument("--port", type=int, default=29600,
+                        help="the head's control port (default 29600); on several nodes its data server uses +1")
     launch.set_defaults(handler=_launch)
 
     from spava.server.cli import add_serve_parser  # light: FastAPI is imported only when `serve` runs

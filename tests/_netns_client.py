@@ -1,4 +1,4 @@
-"""Client used by test_multinode: runs inside a network namespace, prints one JSON line per result."""
+"""Client used by test_multinode (inside a network namespace, or on this host): prints one JSON line per result."""
 
 from __future__ import annotations
 

@@ -156,6 +156,33 @@ def init_world(backend: str, address: str, port: int, rank: int, world_size: int
                             timeout=datetime.timedelta(seconds=timeout_s))
 
 
+def init_world_from_env(backend: str, rank: int, world_size: int, timeout_s: float) -> None:
+    """Join the world an external launcher (torchrun, deepspeed) set up: the rendezvous at
+    MASTER_ADDR:MASTER_PORT from the environment (`env://`), whose RANK / WORLD_SIZE must agree."""
+    import datetime
+    import os
+
+    launched = (os.environ.get("RANK"), os.environ.get("WORLD_SIZE"))
+    if launched != (str(rank), str(world_size)):
+        raise ValueError(f"the launcher's RANK / WORLD_SIZE are {launched}, but this worker is rank {rank} of "
+                         f"{world_size}")
+    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+
+
+# how gloo's TCP transport reports a peer whose process or machine went away
+_PEER_LOSS_TEXTS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether a collective failed because another rank is gone (NCCL and the store raise
+    torch.distributed's DistError; gloo a RuntimeError naming the closed connection)."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(error, dist_error):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in _PEER_LOSS_TEXTS)
+
+
 def new_group(ranks: list[int]) -> dist.ProcessGroup | None:
     """A sub-group (every world rank must call this, in the same order); None when it is the world."""
     if len(ranks) == dist.get_world_size():

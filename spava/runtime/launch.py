@@ -5,8 +5,9 @@
 the fork server (`spava.runtime.forkserver`), which imported torch and transformers once. Workers
 run in a session of their own, so the terminal's Ctrl-C (or Ctrl-Z) reaches only the pipeline's
 process, which stops them in order. Model
-ranks get a fresh rendezvous port every time the model group is (re)started. Multi-node launches
-(torchrun / deepspeed hostfiles) build on the same worker entry point.
+ranks get a fresh rendezvous port every time the model group is (re)started. Across machines
+torchrun or the deepspeed launcher starts the model ranks (`spava.runtime.node`); the head's
+launcher then starts its model rank into that world (`joins_launched_world`), and restarts none.
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ class WorkerSpec:
     rank: int
 
 
-def local_specs(config, node_layout=None) -> list[WorkerSpec]:
-    """The workers this node runs: all of them on one machine; per `NodeLayout` across nodes."""
+def local_specs(config, model_ranks=None) -> list[WorkerSpec]:
+    """The workers a pipeline starts: the video and layout workers and the model ranks in
+    `model_ranks` (all of them by default; on the head of a launcher-started world, its own)."""
     specs = worker_specs(config)
-    if node_layout is None:
+    if model_ranks is None:
         return specs
-    ranks = set(node_layout.model_ranks(node_layout.node_rank))
-    return [s for s in specs if (s.role == "model" and s.rank in ranks) or (s.role != "model" and node_layout.is_head)]
+    ranks = set(model_ranks)
+    return [s for s in specs if s.role != "model" or s.rank in ranks]
 
 
 def worker_specs(config) -> list[WorkerSpec]:
@@ -72,9 +74,11 @@ class LocalLauncher:
 
     def __init__(self, config_path: str, control_address: str, *, secret: str = "", is_quiet: bool = False,
                  log_path: str | None = None, owner: str | None = None, fork_server: bool = False,
-                 preload: tuple[str, ...] = ()):
+                 preload: tuple[str, ...] = (), joins_launched_world: bool = False):
         """`owner`: the pipeline's shared-memory owner tag, given to every worker (`SPAVA_SHM_OWNER`);
-        `preload`: modules the fork server imports before forking."""
+        `preload`: modules the fork server imports before forking; `joins_launched_world`: model
+        ranks join the world an external launcher started (RANK, MASTER_ADDR... in this process's
+        environment), so they cannot be restarted from here."""
         self.config_path = config_path
         self.control_address = control_address
         self.secret = secret
@@ -85,6 +89,8 @@ class LocalLauncher:
         self._fork_server: ForkServerClient | None = None
         self._uses_fork_server = fork_server
         self._preload = preload
+        self.joins_launched_world = joins_launched_world
+        self._joined_ids: set[str] = set()  # model ranks in the launcher's world: never restarted from here
         if fork_server:  # start importing now, while the rest of the pipeline gets ready
             self._fork_server = ForkServerClient(preload, self._environment(), log_path)
 
@@ -100,6 +106,9 @@ class LocalLauncher:
     def start(self, spec: WorkerSpec, dist_port: int = 0) -> None:
         argv = ["--role", spec.role, "--rank", str(spec.rank), "--worker-id", spec.worker_id, "--config",
                 self.config_path, "--control", self.control_address, "--dist-port", str(dist_port)]
+        if spec.role == "model" and self.joins_launched_world:
+            argv += ["--dist-init", "env"]
+            self._joined_ids.add(spec.worker_id)
         if self.is_quiet:
             argv.append("--quiet")
         if self._uses_fork_server and spec.role != "video":
@@ -116,8 +125,9 @@ class LocalLauncher:
             stderr.close()
 
     def is_local(self, worker_id: str) -> bool:
-        """Whether this launcher started (and can restart) the worker; others run on other nodes."""
-        return worker_id in self.processes
+        """Whether this launcher started the worker and can restart it; others run on other nodes,
+        and model ranks of a launcher-started world are never restarted from here."""
+        return worker_id in self.processes and worker_id not in self._joined_ids
 
     def exit_code(self, worker_id: str) -> int | None:
         """None while running; the exit code once the process ended."""

@@ -33,6 +33,7 @@ from spava.comm.shm import (new_pipeline_id, owner_prefix, owner_tag, sweep_orph
                             write_shared_bytes)
 from spava.config import PipelineConfig, config_hash, config_to_yaml, load_config
 from spava.runtime.client import ClientConnection, RequestError, RequestHandle, RunResult  # noqa: F401 - public
+from spava.runtime.nodes import HeadNode
 
 logger = logging.getLogger("spava.pipeline")
 URL_SCHEMES = ("http://", "https://")
@@ -87,11 +88,12 @@ class Pipeline:
     """Runs a YAML-defined spava pipeline; see the module docstring."""
 
     def __init__(self, config: PipelineConfig, *, is_quiet: bool = False, log_path: str | None = None,
-                 node_layout=None):
-        """`node_layout` (spava.runtime.nodes.NodeLayout): this process is the head node of a multi-node
-        pipeline and starts only the head's workers; the other nodes run `spava launch --node-rank R`."""
+                 head: HeadNode | None = None):
+        """`head`: this process is the head (global rank 0) of a world that torchrun or the deepspeed
+        launcher started (`python -m spava.runtime.node`): it starts the video and layout workers and
+        `head.model_ranks` only; the launcher's other processes are the other model ranks."""
         self.config = config
-        self.node_layout = node_layout
+        self.head = head
         self.is_quiet = is_quiet
         self.log_path = log_path
         self.control_address: str | None = None
@@ -174,18 +176,21 @@ class Pipeline:
         address = runtime.control_address if runtime.control_address != "auto" else f"ipc://{self._tmp}/control"
         self.control_address = address
         secret = resolve_secret(runtime.secret)
+        head = self.head
         launcher = LocalLauncher(config_path, address, secret=secret, is_quiet=self.is_quiet, log_path=self.log_path,
                                  owner=self._owner, fork_server=use_fork_server(self.config),
-                                 preload=preload_modules(self.config))
+                                 preload=preload_modules(self.config), joins_launched_world=head is not None)
         self._launcher = launcher
-        self.scheduler = Scheduler(self.config, address, launcher, config_hash=config_hash(self.config), secret=secret,
-                                   streams_frames=self.node_layout is None, owner=self._owner)
-        local = local_specs(self.config, self.node_layout) if self.node_layout is not None else None
-        self.scheduler.start_workers({spec.worker_id for spec in local} if local is not None else None)
-        if self.node_layout is not None:
+        # model ranks on other nodes read complete files only (fetched from the data server)
+        self.scheduler = Scheduler(self.config, address if head is None else head.control_bind, launcher,
+                                   config_hash=config_hash(self.config), secret=secret,
+                                   streams_frames=head is None or head.data_address is None, owner=self._owner)
+        local = None if head is None else {spec.worker_id for spec in local_specs(self.config, head.model_ranks)}
+        self.scheduler.start_workers(local)
+        if head is not None and head.data_address is not None:
             from spava.comm.data_server import DataServer
 
-            self._data_server = DataServer(self.node_layout.data_address, runtime.shm_dir, secret)
+            self._data_server = DataServer(head.data_bind, runtime.shm_dir, secret)
         self._scheduler_thread = threading.Thread(target=self.scheduler.run, args=(self._stop,), daemon=True,
                                                   name="spava-scheduler")
         self._scheduler_thread.start()

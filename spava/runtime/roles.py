@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 from spava.comm.messages import EncodeBatchReq, LayoutTaskReq, ModelTaskReq, VideoTaskReq
+from spava.runtime.nodes import LaunchedRank, launched_device
 from spava.stages.base import load_stage_class
 
 
@@ -22,8 +25,6 @@ def cpu_stage_threads(config, num_cores: int) -> int:
 
 
 def _build_cpu_role(worker, name: str, message_type):
-    import os
-
     if name != "video":  # the video worker decodes with PyAV threads of its own and needs no torch
         import torch
 
@@ -38,32 +39,71 @@ def _dist_backend(config, device: str) -> str:
     return "nccl" if device.startswith("cuda") else "gloo"
 
 
+def _launched_device(configured: str) -> str:
+    """`cuda:LOCAL_RANK` for a CUDA rank of a launcher-started world (`spava.runtime.nodes`)."""
+    local_rank = LaunchedRank.from_environ(os.environ).local_rank
+    device = launched_device(configured, local_rank)
+    if device.startswith("cuda"):
+        import torch
+
+        num_gpus = torch.cuda.device_count()
+        if local_rank >= num_gpus:
+            raise ValueError(f"LOCAL_RANK={local_rank} but this node sees {num_gpus} GPU(s) "
+                             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): start at most "
+                             f"{num_gpus} processes per node (--nproc-per-node, the hostfile's slots)")
+    return device
+
+
 def _build_model_role(worker):
     import torch
 
-    from spava.comm.collectives import init_world, new_group
+    from spava.comm.collectives import init_world, init_world_from_env, new_group
     from spava.plan.placement import placement_from_config
 
     config, rank = worker.config, worker.args.rank
     placement = placement_from_config(config)
-    device = placement.device(rank)
+    is_launched = worker.args.dist_init == "env"  # torchrun / deepspeed started the world
+    device = _launched_device(placement.device(rank)) if is_launched else placement.device(rank)
     if device.startswith("cuda"):  # GPU ranks need few host threads; many would oversubscribe the host
-        import os
-
         torch.set_num_threads(max(1, min(8, (os.cpu_count() or 1) // placement.world_size)))
-    if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-    init_world(_dist_backend(config, device), config.runtime.dist_address, worker.args.dist_port, rank,
-               placement.world_size, config.runtime.request_timeout_s)
+    backend, timeout_s = _dist_backend(config, device), config.runtime.request_timeout_s
+    if is_launched:
+        init_world_from_env(backend, rank, placement.world_size, timeout_s)
+    else:
+        init_world(backend, config.runtime.dist_address, worker.args.dist_port, rank, placement.world_size, timeout_s)
     group = new_group(placement.prefill_ranks())
     context = worker.stage_context(device, placement, group)
     if placement.role(rank) == "encode":
         encoder = _stage(worker, "encode", context)
-        return device, _encoder_handlers(encoder, config.encode.max_batch_requests)
+        return device, failing_on_lost_peers(_encoder_handlers(encoder, config.encode.max_batch_requests))
     prefill = _stage(worker, "prefill", context)
     decode = _stage(worker, "decode", context)
     decode.bind(prefill.runner)
-    return device, {ModelTaskReq: lambda task: decode.process(prefill.process(task))}
+    return device, failing_on_lost_peers({ModelTaskReq: lambda task: decode.process(prefill.process(task))})
+
+
+class PeerLostError(RuntimeError):
+    """A model task failed because another model rank is gone (its process, or its node)."""
+
+
+def failing_on_lost_peers(handlers: dict) -> dict:
+    """Model handlers whose collective failures caused by a gone rank raise `PeerLostError` (the
+    request's kind is then "worker_died", not "internal")."""
+    from spava.comm.collectives import is_peer_failure
+
+    def guarded(handler):
+        def run(task):
+            try:
+                return handler(task)
+            except Exception as error:
+                if is_peer_failure(error):
+                    raise PeerLostError(f"another model rank stopped answering (its process or its node is gone): "
+                                        f"{error}") from error
+                raise
+        return run
+
+    return {message_type: guarded(handler) for message_type, handler in handlers.items()}
 
 
 def _encoder_handlers(encoder, max_batch_requests: int) -> dict:

@@ -30,6 +30,7 @@ from spava.comm.messages import (
     decode_message, encode_message,
 )
 from spava.comm.security import resolve_secret, secure_client
+from spava.runtime.roles import PeerLostError, build_role
 from spava.stages.base import BadInputError, StageContext
 
 # model tasks always run, even cancelled: their point-to-point transfers must be matched on the peers
@@ -119,7 +120,7 @@ def _heartbeat_loop(context, address, worker_id, interval_s, stop: threading.Eve
     socket.close()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent exits (no orphans after a crash, even a
     stopped one), and exit now if the parent is already gone."""
     try:
@@ -156,8 +157,6 @@ class Worker:
 
     def build(self) -> str:
         """Build and set up the stage(s) of this role; returns the device string."""
-        from spava.runtime.roles import build_role
-
         device, self.handlers = build_role(self)
         return device
 
@@ -214,6 +213,10 @@ class Worker:
         except BadInputError as error:
             for request_id in request_ids:
                 self.channel.send(TaskError(request_id, self.worker_id, self.args.role, "bad_input", str(error)))
+        except PeerLostError as error:
+            self.logger.error("task %s failed: %s", ", ".join(request_ids), error)
+            for request_id in request_ids:
+                self.channel.send(TaskError(request_id, self.worker_id, self.args.role, "worker_died", str(error)))
         except Exception as error:  # noqa: BLE001 - a failing task must not kill the worker
             self.logger.error("task %s failed:\n%s", ", ".join(request_ids), traceback.format_exc())
             for request_id in request_ids:
@@ -233,13 +236,22 @@ def parse_args(argv=None):
     parser.add_argument("--config", required=True, help="resolved pipeline YAML")
     parser.add_argument("--control", required=True, help="scheduler ZMQ address")
     parser.add_argument("--dist-port", type=int, default=0)
+    parser.add_argument("--dist-init", choices=["tcp", "env"], default="tcp",
+                        help="model ranks: tcp = meet at runtime.dist_address:--dist-port; env = join the world a "
+                             "launcher (torchrun, deepspeed) set up, from RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT")
     parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)
 
 
+def configure_logging(config, role: str, rank: int) -> None:
+    """Log lines on stderr tagged with the worker's role and rank, at `runtime.log_level`."""
+    logging.basicConfig(level=config.runtime.log_level, stream=sys.stderr,
+                        format=f"%(asctime)s [{role} r{rank}] %(levelname)s %(message)s")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent, which shuts us down
     # no cleanup is owed on SIGTERM (the scheduler owns shared memory), and exiting at once avoids
     # tracebacks from torch.distributed / ZMQ teardown in the middle of a call
@@ -247,8 +259,7 @@ def main(argv=None) -> int:
     from spava.config import load_config
 
     config = load_config(args.config)
-    logging.basicConfig(level=config.runtime.log_level, stream=sys.stderr,
-                        format=f"%(asctime)s [{args.role} r{args.rank}] %(levelname)s %(message)s")
+    configure_logging(config, args.role, args.rank)
     try:
         Worker(args, config).serve()
     except Exception:  # noqa: BLE001 - report startup failures before exiting
