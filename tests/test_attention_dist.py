@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _dist import run_distributed
 from spava.attention.backend import get_backend
 from spava.attention.config import AttentionConfig
 from spava.attention.exact import decode_attention
@@ -107,5 +106,5 @@ def _cases(rank, world_size):
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
-def test_methods_match_dense_attention(world_size):
-    run_distributed(_cases, world_size, timeout=400)
+def test_methods_match_dense_attention(run_ranks, world_size):
+    run_ranks(_cases, world_size, timeout=400)

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from _dist import run_distributed
 from spava.attention import methods
 from spava.attention.backend import get_backend
 from spava.attention.config import AttentionConfig
@@ -120,8 +119,8 @@ def _forward_matches_dense(rank: int, world_size: int) -> None:
     assert not failures, "\n".join(failures)
 
 
-def test_the_registered_exact_method_equals_dense_attention():
-    run_distributed(_forward_matches_dense, 3, timeout=240)
+def test_the_registered_exact_method_equals_dense_attention(run_ranks):
+    run_ranks(_forward_matches_dense, 3, timeout=240)
 
 
 def test_the_registry_refuses_clashes_and_disagreements(toy):

@@ -21,7 +21,6 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from _dist import run_distributed
 from spava.attention.config import AttentionConfig
 from spava.attention.registry import get_method
 from spava.attention.selection_log import SelectionLog
@@ -236,8 +235,8 @@ def _all_cases(rank, world_size):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("world_size", [2, 3, 4])
-def test_selections_are_top_k_and_context_rows_attend_to_exactly_them(world_size):
-    run_distributed(_all_cases, world_size, timeout=400)
+def test_selections_are_top_k_and_context_rows_attend_to_exactly_them(run_ranks, world_size):
+    run_ranks(_all_cases, world_size, timeout=400)
 
 
 def test_reference_helpers():

@@ -21,7 +21,6 @@ from spava.models.generation import SamplingParams
 from spava.models.inputs import PromptInputs
 from spava.models.runner import ModelRunner
 
-from _dist import run_distributed
 from test_text_lm import hf_reference, prompt, tiny_model
 
 
@@ -104,21 +103,21 @@ def _stopping_agrees(rank, world_size):
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_tensor_parallel_mlp_and_lm_head_equal_the_full_modules(world_size):
-    run_distributed(_tensor_parallel_parts, world_size, timeout=120)
+def test_tensor_parallel_mlp_and_lm_head_equal_the_full_modules(run_ranks, world_size):
+    run_ranks(_tensor_parallel_parts, world_size, timeout=120)
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_split_decode_gives_the_tokens_of_hf(world_size):
-    run_distributed(_generation_agrees, world_size, timeout=180)
+def test_split_decode_gives_the_tokens_of_hf(run_ranks, world_size):
+    run_ranks(_generation_agrees, world_size, timeout=180)
 
 
-def test_every_rank_stops_at_the_same_step():
-    run_distributed(_stopping_agrees, 3, timeout=180)
+def test_every_rank_stops_at_the_same_step(run_ranks):
+    run_ranks(_stopping_agrees, 3, timeout=180)
 
 
-def test_one_rank_stops_on_eos_stop_string_and_cancel():
-    run_distributed(_stopping_agrees, 1, timeout=120)
+def test_one_rank_stops_on_eos_stop_string_and_cancel(run_ranks):
+    run_ranks(_stopping_agrees, 1, timeout=120)
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

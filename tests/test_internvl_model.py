@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _dist import run_distributed
 from _internvl_tiny import hf_reference, make_prompt, reset_hf_rope, save_tiny_checkpoint, tiny_model
 from spava.attention.config import AttentionConfig
 from spava.attention.registry import get_method
@@ -156,5 +155,5 @@ def _distributed_cases(rank, world_size, checkpoint):
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_sequence_parallel_methods_match_hf(checkpoint, world_size):
-    run_distributed(_distributed_cases, world_size, checkpoint, timeout=550)
+def test_sequence_parallel_methods_match_hf(run_ranks, checkpoint, world_size):
+    run_ranks(_distributed_cases, world_size, checkpoint, timeout=550)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _dist import run_distributed
 from spava.attention.config import AttentionConfig
 from spava.attention.registry import get_method
 from spava.comm.collectives import SPComm
@@ -71,8 +70,8 @@ def _every_rank_refuses_alike(rank, world_size):
 
 
 @pytest.mark.slow
-def test_every_rank_refuses_when_one_rank_is_short():
-    run_distributed(_every_rank_refuses_alike, 2)
+def test_every_rank_refuses_when_one_rank_is_short(run_ranks):
+    run_ranks(_every_rank_refuses_alike, 2)
 
 
 @pytest.mark.gpu

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _dist import run_distributed
 from _qwen3_tiny import hf_reference, make_prompt, tiny_model
 from spava.attention.config import AttentionConfig
 from spava.attention.registry import get_method
@@ -97,8 +96,8 @@ def _distributed_cases(rank, world_size):
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_sequence_parallel_methods_match_hf(world_size):
-    run_distributed(_distributed_cases, world_size, timeout=500)
+def test_sequence_parallel_methods_match_hf(run_ranks, world_size):
+    run_ranks(_distributed_cases, world_size, timeout=500)
 
 
 def test_rows_placed_in_blocks_give_the_same_additions_as_at_once():

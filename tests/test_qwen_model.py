@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _dist import run_distributed
 from _qwen_tiny import hf_reference, make_prompt, prompt_inputs, tiny_model
 from spava.attention.config import AttentionConfig
 from spava.attention.registry import get_method
@@ -57,5 +56,5 @@ def _distributed_cases(rank, world_size):
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 4])
-def test_sequence_parallel_methods_match_hf_tokens(world_size):
-    run_distributed(_distributed_cases, world_size, timeout=500)
+def test_sequence_parallel_methods_match_hf_tokens(run_ranks, world_size):
+    run_ranks(_distributed_cases, world_size, timeout=500)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _dist import run_distributed
 from _text_helpers import CharTokenizer
 from spava.attention.config import AttentionConfig
 from spava.attention.registry import get_method
@@ -93,8 +92,8 @@ def _distributed_cases(rank, world_size):
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_sequence_parallel_methods_match_hf_tokens(world_size):
-    run_distributed(_distributed_cases, world_size, timeout=120)
+def test_sequence_parallel_methods_match_hf_tokens(run_ranks, world_size):
+    run_ranks(_distributed_cases, world_size, timeout=120)
 
 
 def test_safetensors_round_trip_gives_identical_logits(tmp_path):
@@ -164,6 +163,6 @@ def _dynamic_rope_case(rank, world_size):
         assert torch.allclose(out.first_token_logits, ref_logits, atol=1e-8)
 
 
-def test_dynamic_ntk_rope_text_model_matches_hf_on_two_ranks():
+def test_dynamic_ntk_rope_text_model_matches_hf_on_two_ranks(run_ranks):
     """Every rank rescales RoPE from the whole prompt's length, as HF does for the request."""
-    run_distributed(_dynamic_rope_case, 2, timeout=120)
+    run_ranks(_dynamic_rope_case, 2, timeout=120)
