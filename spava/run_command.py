@@ -125,8 +125,7 @@ def _demo_video(directory: str) -> str:
 def _prepare(args, config, tmp: str) -> tuple[object, str, str | None, dict]:
     """Check and resolve the request before anything starts: (video, prompt, document, sampling).
     The demo's video is a `Future` of its path: it is written while the pipeline starts."""
-    from spava.config_checks import sampling_params
-    from spava.runtime.policy import media_path_error
+    from spava.runtime.policy import media_path_error, sampling_params
 
     prompt = DEMO_PROMPT if args.prompt is None else args.prompt
     if not prompt.strip():

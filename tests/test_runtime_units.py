@@ -4,15 +4,20 @@ is bounded, worker states say the truth, and every error kind the runtime sends 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import glob
+import typing
 from types import SimpleNamespace
 
 import pytest
 
-from spava.config import load_config
+from spava.comm.messages import VideoOptions, VideoTaskReq, decode_message, encode_message
+from spava.config import VideoConfig, load_config
+from spava.media.sampling import FrameSampling
+from spava.models import generation
 from spava.runtime.health import health
 from spava.runtime.launch import WorkerSpec, worker_specs
-from spava.runtime.policy import ERROR_KINDS, RestartBudget, sampling_params
+from spava.runtime.policy import ERROR_KINDS, RestartBudget, resolve_options, resolve_sampling, sampling_params
 from spava.runtime.state import WorkerState
 from spava.runtime.worker import RecentIds
 
@@ -88,6 +93,49 @@ def test_max_new_tokens_is_bounded_at_admission():
     assert sampling_params(decode, {"max_new_tokens": 100}).max_new_tokens == 100
     with pytest.raises(ValueError, match="decode.max_allowed_new_tokens=100"):
         sampling_params(decode, {"max_new_tokens": 101})
+
+
+def test_request_video_options_are_typed_and_checked_at_admission():
+    config = load_config()
+    options = resolve_options(config.video, {"fps": None, "num_frames": 8, "start_time": 1})
+    assert isinstance(options, VideoOptions) and options.num_frames == 8 and options.fps is None
+    assert options.start_time == 1.0 and isinstance(options.start_time, float)  # typed as the message says
+    assert options.max_frames == config.video.max_frames  # what the request leaves is the pipeline's
+    task = VideoTaskReq("r1", "path", "/v.mp4", None, options)
+    assert decode_message(encode_message(task)) == task  # msgpack, no pickle
+    for overrides, message in [({"backend": "pyav"}, "unknown video option(s) ['backend']"),
+                               ({"num_workers": 2}, "unknown video option(s) ['num_workers']"),
+                               ({"fps": -1.0}, "FrameSampling.fps must be a positive"),
+                               ({"num_frames": 8}, "mutually exclusive"),
+                               ({"min_decoded_fraction": "most"}, "VideoOptions.min_decoded_fraction: expected float"),
+                               ({"min_decoded_fraction": 1.5}, "min_decoded_fraction must lie in [0, 1]")]:
+        with pytest.raises(ValueError) as error:
+            resolve_options(config.video, overrides)
+        assert message in str(error.value)
+
+
+def test_video_options_are_the_video_settings_a_request_may_change():
+    """VideoOptions mirrors video.* less what is per pipeline (how and how many decoders), field by
+    field and type by type, and each of them is a frame-sampling field or the truncation threshold."""
+    per_pipeline = {"backend", "num_workers", "num_decoders"}
+    config_types = typing.get_type_hints(VideoConfig)
+    option_types = typing.get_type_hints(VideoOptions)
+    assert option_types == {name: hint for name, hint in config_types.items() if name not in per_pipeline}
+    sampling_names = {f.name for f in dataclasses.fields(FrameSampling)}
+    assert set(option_types) - sampling_names == {"min_decoded_fraction"}
+
+
+def test_sampling_overrides_merge_over_the_decode_defaults():
+    decode = load_config(None, ["decode.temperature=0.7"]).decode
+    params = generation.sampling_params(decode, {"stop_strings": ["END"], "top_k": 5})
+    assert (params.temperature, params.top_k, params.stop_strings) == (0.7, 5, ("END",))
+    assert params.max_new_tokens == decode.max_new_tokens
+    with pytest.raises(ValueError, match=r"unknown sampling option\(s\) \['nucleus'\]"):
+        generation.sampling_params(decode, {"nucleus": 0.5})
+    with pytest.raises(ValueError, match="top_p must lie in"):
+        generation.sampling_params(decode, {"top_p": 0.0})
+    assert resolve_sampling(decode, {"stop_strings": "END", "stop_token_ids": 7}) == {
+        "stop_strings": ["END"], "stop_token_ids": [7]}
 
 
 def _literal_kinds() -> list[tuple[str, str]]:

@@ -6,8 +6,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import types
 
-from spava.config_checks import frame_sampling, sampling_params
+from spava.comm.messages import MessageError, VideoOptions, from_fields
+from spava.media.sampling import FrameSampling
+from spava.models import generation
+from spava.models.generation import SamplingParams
 
 VIDEO_KINDS = ("path", "bytes", "frames", "none")
 MEDIA_TYPES = ("video", "image")
@@ -106,35 +110,49 @@ def _input_error(message, scheduler) -> str | None:
     return None
 
 
-PER_PIPELINE_VIDEO_KEYS = ("backend", "num_workers", "num_decoders")  # video.* a request may not change
+VIDEO_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(VideoOptions))  # the video.* a request may change
 
 
-def resolve_options(config, message) -> dict:
-    """video.* settings updated by the request's video_options, plus the layout budget."""
-    options = {f.name: getattr(config.video, f.name) for f in dataclasses.fields(config.video)}
-    valid = sorted(set(options) - set(PER_PIPELINE_VIDEO_KEYS))
-    unknown = set(message.video_options) - set(valid)
+def resolve_options(video, overrides: dict) -> VideoOptions:
+    """The pipeline's video.* settings (`video`) updated by a request's `video_options` overrides,
+    checked against the frame-sampling contract; ValueError naming the option."""
+    unknown = set(overrides) - set(VIDEO_OPTION_NAMES)
     if unknown:
-        raise ValueError(f"unknown video option(s) {sorted(unknown)}; valid: {valid}")
-    options.update(message.video_options)
-    options.pop("num_workers", None)
-    options.pop("num_decoders", None)
-    options["max_visual_tokens"] = config.layout.max_visual_tokens
-    try:
-        frame_sampling(options)
+        raise ValueError(f"unknown video option(s) {sorted(unknown)}; valid: {sorted(VIDEO_OPTION_NAMES)}")
+    values = {name: getattr(video, name) for name in VIDEO_OPTION_NAMES}
+    values.update(overrides)
+    try:  # first: its messages say which value to use
+        FrameSampling.from_settings(types.SimpleNamespace(**values))
     except (TypeError, ValueError) as error:
         raise ValueError(f"video sampling: {error}") from None
+    try:
+        options = from_fields(VideoOptions, values)
+    except MessageError as error:
+        raise ValueError(f"video options: {error}") from None
+    if not 0.0 <= options.min_decoded_fraction <= 1.0:
+        raise ValueError(f"video option min_decoded_fraction must lie in [0, 1], got {options.min_decoded_fraction}")
     return options
 
 
-def resolve_sampling(config, message) -> dict:
-    """The request's sampling overrides, validated against decode.* defaults and limits (one stop
-    string given alone becomes a list of one)."""
-    overrides = dict(message.sampling)
+def sampling_params(decode, overrides: dict) -> SamplingParams:
+    """decode.* defaults updated by a request's sampling overrides, as `SamplingParams`; ValueError
+    naming the option. `decode.max_allowed_new_tokens` bounds max_new_tokens."""
+    params = generation.sampling_params(decode, overrides)
+    limit = decode.max_allowed_new_tokens
+    if isinstance(params.max_new_tokens, int) and params.max_new_tokens > limit:
+        raise ValueError(f"max_new_tokens={params.max_new_tokens} is over decode.max_allowed_new_tokens={limit}; "
+                         "ask for fewer tokens or raise decode.max_allowed_new_tokens")
+    return params
+
+
+def resolve_sampling(decode, overrides: dict) -> dict:
+    """A request's sampling overrides, validated against decode.* defaults and limits (one stop string
+    or token id given alone becomes a list of one)."""
+    overrides = dict(overrides)
     for key in ("stop_strings", "stop_token_ids"):
         if isinstance(overrides.get(key), (str, int)) and not isinstance(overrides.get(key), bool):
             overrides[key] = [overrides[key]]
-    sampling_params(config.decode, overrides)
+    sampling_params(decode, overrides)
     return overrides
 
 

@@ -204,7 +204,8 @@ class Scheduler:
             self._send(identity, ErrorOutput(message.request_id, "admission", kind, error))
             return
         try:
-            options, sampling = resolve_options(self.config, message), resolve_sampling(self.config, message)
+            options = resolve_options(self.config.video, message.video_options)
+            sampling = resolve_sampling(self.config.decode, message.sampling)
         except ValueError as problem:
             unlink_shared(message.video_ref)
             self._send(identity, ErrorOutput(message.request_id, "admission", "bad_input", str(problem)))
