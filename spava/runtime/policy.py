@@ -1,12 +1,16 @@
-"""Admission rules, per-request option resolution, error kinds and the restart budget (pure: no
-sockets, no processes; the scheduler applies them)."""
+"""Admission (`Admission.check` -> `Decision`), per-request option resolution, error kinds and the
+restart budget. Pure: no sockets, no processes; the scheduler owns these objects and applies their
+decisions."""
 
 from __future__ import annotations
 
 import collections
-import dataclasses
+import math
 import os
 import types
+from collections.abc import Container
+from dataclasses import dataclass, field, fields
+from typing import Optional
 
 from spava.comm.messages import MessageError, VideoOptions, from_fields
 from spava.media.sampling import FrameSampling
@@ -49,9 +53,12 @@ class RestartBudget:
         self._times.append(now)
 
     def seconds_until_restart(self, now: float) -> float:
-        """0 when a restart is allowed now, else when the oldest restart leaves the window."""
+        """0 when a restart is allowed now, else when the oldest restart leaves the window (infinite
+        when no restart is ever allowed)."""
         if self.can_restart(now):
             return 0.0
+        if not self._times:
+            return math.inf
         return self._times[0] + self.window_s - now
 
     @property
@@ -59,20 +66,54 @@ class RestartBudget:
         return len(self._times)
 
 
-def admission_error(message, scheduler) -> tuple[str, str] | None:
-    """Why `message` (a SubmitReq) cannot be admitted, as (error kind, message), or None.
+@dataclass(frozen=True)
+class Decision:
+    """Admission's answer to one `SubmitReq`: admitted, with the request's resolved video options and
+    checked sampling overrides, or refused with an error kind and a message that says what to do."""
 
-    Kinds: "unhealthy" (the pipeline takes no work), "overloaded" (queue full: retry later),
-    "bad_input" (fix the request). Checked before any queueing.
+    kind: str = ""  # "" when admitted, else the ErrorOutput kind: unhealthy | overloaded | bad_input
+    message: str = ""
+    options: Optional[VideoOptions] = None
+    sampling: dict = field(default_factory=dict)
+
+    @property
+    def is_admitted(self) -> bool:
+        return not self.kind
+
+
+class Admission:
+    """Which submitted requests the scheduler takes, checked before any queueing (scheduler thread).
+
+    Refusals, in order: "unhealthy" (the pipeline takes no work: `health.status()` says why),
+    "overloaded" (`max_queued_requests` in flight: retry later), "bad_input" (fix the request: its
+    id, prompt, media or options). `video`, `decode`: the config sections requests override.
     """
-    if not scheduler.is_healthy:
-        return "unhealthy", (f"the pipeline is unhealthy and accepts no new requests for now: "
-                             f"{scheduler.health_detail or 'see the logs'}")
-    if len(scheduler.requests) >= scheduler.runtime.max_queued_requests:
-        return "overloaded", (f"too many requests in flight ({len(scheduler.requests)}, runtime.max_queued_requests="
-                              f"{scheduler.runtime.max_queued_requests}); retry later")
-    error = _input_error(message, scheduler)
-    return ("bad_input", error) if error is not None else None
+
+    def __init__(self, video, decode, max_queued_requests: int, health):
+        self.video, self.decode, self.max_queued_requests, self.health = video, decode, max_queued_requests, health
+
+    def check(self, message, *, num_in_flight: int, ids_in_use: Container[str]) -> Decision:
+        """The decision on `message` (a SubmitReq) while `num_in_flight` requests run and the ids
+        `ids_in_use` belong to requests that have not ended."""
+        is_healthy, detail = self.health.status()
+        if not is_healthy:
+            return Decision("unhealthy", f"the pipeline is unhealthy and accepts no new requests for now: "
+                                         f"{detail or 'see the logs'}")
+        if num_in_flight >= self.max_queued_requests:
+            return Decision("overloaded", f"too many requests in flight ({num_in_flight}, runtime.max_queued_requests="
+                                          f"{self.max_queued_requests}); retry later")
+        if message.request_id in ids_in_use:
+            return Decision("bad_input", f"request id {message.request_id!r} is already in use by a request that "
+                                         "has not ended; use another id")
+        error = input_error(message)
+        if error is not None:
+            return Decision("bad_input", error)
+        try:
+            options = resolve_options(self.video, message.video_options)
+            sampling = resolve_sampling(self.decode, message.sampling)
+        except ValueError as problem:
+            return Decision("bad_input", str(problem))
+        return Decision(options=options, sampling=sampling)
 
 
 def media_path_error(path: str, what: str) -> str | None:
@@ -90,10 +131,8 @@ def media_path_error(path: str, what: str) -> str | None:
     return None
 
 
-def _input_error(message, scheduler) -> str | None:
-    if message.request_id in scheduler.requests or message.request_id in scheduler.held_refs:
-        return (f"request id {message.request_id!r} is already in use by a request that has not ended; "
-                "use another id")
+def input_error(message) -> str | None:
+    """Why the prompt or media of `message` (a SubmitReq) cannot be used, or None."""
     if not message.prompt.strip():
         return "the prompt is empty; ask a question"
     if message.video_kind not in VIDEO_KINDS:
@@ -110,7 +149,7 @@ def _input_error(message, scheduler) -> str | None:
     return None
 
 
-VIDEO_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(VideoOptions))  # the video.* a request may change
+VIDEO_OPTION_NAMES = tuple(f.name for f in fields(VideoOptions))  # the video.* a request may change
 
 
 def resolve_options(video, overrides: dict) -> VideoOptions:
