@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from spava.comm.messages import EncodeBatchReq, LayoutTaskReq, ModelTaskReq, VideoTaskReq
+from spava.plan.placement import placement_from_config
 from spava.stages.base import load_stage_class
 
 
@@ -42,7 +43,6 @@ def _build_model_role(worker):
     import torch
 
     from spava.comm.collectives import init_world, new_group
-    from spava.plan.placement import placement_from_config
 
     config, rank = worker.config, worker.args.rank
     placement = placement_from_config(config)

@@ -30,6 +30,9 @@ from spava.comm.messages import (
     decode_message, encode_message,
 )
 from spava.comm.security import resolve_secret, secure_client
+from spava.config import load_config
+from spava.runtime.launch import PARENT_ENV
+from spava.runtime.roles import build_role
 from spava.stages.base import BadInputError, StageContext
 
 # model tasks always run, even cancelled: their point-to-point transfers must be matched on the peers
@@ -127,7 +130,6 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
-    from spava.runtime.launch import PARENT_ENV
 
     expected = int(os.environ.get(PARENT_ENV, "0") or 0)
     if os.getppid() == 1 or (expected and os.getppid() != expected):
@@ -156,8 +158,6 @@ class Worker:
 
     def build(self) -> str:
         """Build and set up the stage(s) of this role; returns the device string."""
-        from spava.runtime.roles import build_role
-
         device, self.handlers = build_role(self)
         return device
 
@@ -244,7 +244,6 @@ def main(argv=None) -> int:
     # no cleanup is owed on SIGTERM (the scheduler owns shared memory), and exiting at once avoids
     # tracebacks from torch.distributed / ZMQ teardown in the middle of a call
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    from spava.config import load_config
 
     config = load_config(args.config)
     logging.basicConfig(level=config.runtime.log_level, stream=sys.stderr,

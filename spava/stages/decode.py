@@ -11,6 +11,7 @@ import torch
 
 from spava.comm.messages import ModelTaskOutput, TokenOutput
 from spava.models import generation
+from spava.models.family import get_family
 from spava.models.generation import SamplingParams
 from spava.progress import ProgressBar
 from spava.stages.base import BadInputError, PrefillResult, Stage, StageContext
@@ -64,8 +65,6 @@ class DecodeWorker(Stage):
         return cls(context, config.decode, config.model)
 
     def setup(self) -> None:
-        from spava.models.family import get_family
-
         self.processor = get_family(self.model_config).processor()
         self.eos_token_ids = self.processor.eos_token_ids()
 

@@ -25,7 +25,10 @@ import numpy as np
 from spava.comm.messages import VideoOptions, VideoPlanOutput, VideoTaskOutput, VideoTaskReq, VisualItem
 from spava.comm.transport import (PROGRESS_FAILED, FrameProgress, create_shared_frames, new_ref_path, read_shared,
                                   read_shared_bytes, unlink_shared)
+from spava.media.images import ImageDecodeError, load_image
 from spava.media.sampling import FrameSampling, effective_max_pixels
+from spava.media.video import DecodeCancelled, VideoDecodeError, decode_video_into, plan_video_sampling, probe_video
+from spava.models.family import get_family
 from spava.stages.base import BadInputError, Stage, StageContext
 
 def frame_sampling(options: VideoOptions) -> FrameSampling:
@@ -58,8 +61,6 @@ class VideoDecoder(Stage):
 
     @classmethod
     def from_config(cls, config, context: StageContext) -> "VideoDecoder":
-        from spava.models.family import get_family
-
         return cls(context, get_family(config.model).vision_spec(), config.layout.max_visual_tokens,
                    backend=config.video.backend, num_decoders=config.video.num_decoders)
 
@@ -84,8 +85,6 @@ class VideoDecoder(Stage):
     # ----- videos ------------------------------------------------------------------------------
 
     def _video(self, task: VideoTaskReq) -> VideoTaskOutput:
-        from spava.media.video import VideoDecodeError, plan_video_sampling, probe_video
-
         start = time.perf_counter()
         sampling = frame_sampling(task.options)
         source = self._source(task)
@@ -134,8 +133,6 @@ class VideoDecoder(Stage):
         The decoders stop as soon as the stream is marked failed: the scheduler does that when the
         request ends early (cancelled, timed out, failed elsewhere), so no socket is polled here.
         """
-        from spava.media.video import DecodeCancelled, VideoDecodeError, decode_video_into
-
         try:
             report = decode_video_into(source, plan, array, info=info, num_workers=self.num_decoders,
                                        on_frames=progress.mark, backend=self.backend,
@@ -150,8 +147,6 @@ class VideoDecoder(Stage):
     # ----- images ------------------------------------------------------------------------------
 
     def _image(self, task: VideoTaskReq) -> VideoTaskOutput:
-        from spava.media.images import ImageDecodeError, load_image
-
         start = time.perf_counter()
         try:
             image = load_image(self._source(task))
