@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from spava.bench.e2e import main as e2e_main
+from spava.bench.stream import main as stream_main
+from spava.eval.cli import add_eval_parser
+from spava.run_command import DEMO_PROMPT, run
+from spava.server.cli import add_serve_parser
+from spava.server.options import DEFAULT_MAX_MEDIA_BYTES, DEFAULT_MEDIA_FETCH_TIMEOUT_S
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -22,8 +29,6 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from spava.run_command import run
-
     return run(args)
 
 
@@ -51,9 +56,6 @@ def _check_attention(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spava", description="Fast long-video understanding on several GPUs.")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    from spava.run_command import DEMO_PROMPT
-    from spava.server.options import DEFAULT_MAX_MEDIA_BYTES, DEFAULT_MEDIA_FETCH_TIMEOUT_S
 
     run = commands.add_parser(
         "run", help="answer one question about a video (no --config: the CPU demo)",
@@ -97,8 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the head's control port (default 29600); on several nodes its data server uses +1")
     launch.set_defaults(handler=_launch)
 
-    from spava.server.cli import add_serve_parser  # light: FastAPI is imported only when `serve` runs
-
     add_serve_parser(commands)
 
     commands.add_parser("bench", help="side-by-side time-to-first-token benchmark (see `spava bench --help`)")
@@ -106,8 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(see `spava bench-stream --help`)")
     commands.add_parser("bench-e2e", help="from a video file to the last token, per stage, against HF transformers "
                                           "(see `spava bench-e2e --help`)")
-
-    from spava.eval.cli import add_eval_parser
 
     add_eval_parser(commands)
 
@@ -128,12 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     if argv[:1] == ["bench-stream"]:  # so does `spava bench-stream`
-        from spava.bench.stream import main as stream_main
-
         return stream_main(argv[1:])
     if argv[:1] == ["bench-e2e"]:  # and `spava bench-e2e`
-        from spava.bench.e2e import main as e2e_main
-
         return e2e_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:

@@ -19,6 +19,7 @@ from typing import Optional
 from spava.attention.config import AttentionConfig
 from spava.config_checks import (check_attention, check_devices, check_short_input_method, frame_sampling,
                                  sampling_params)
+from spava.models.family import get_family
 
 DTYPES = ("bfloat16", "float16", "float32", "float64")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
@@ -52,8 +53,6 @@ class ModelConfig:
     vision_impl: str = "fast"  # vision tower forward: fast (spava's, same weights) | hf
 
     def __post_init__(self) -> None:
-        from spava.models.family import get_family
-
         if self.vision_impl not in ("fast", "hf"):
             raise ValueError(f"model.vision_impl must be 'fast' or 'hf', got {self.vision_impl!r}")
         if self.dtype not in DTYPES:
@@ -276,8 +275,6 @@ class PipelineConfig:
     stages: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_STAGES))
 
     def __post_init__(self) -> None:
-        from spava.models.family import get_family
-
         family = get_family(self.model)
         if not family.has_vision and self.encode.devices:
             raise ValueError(f"the {family.name} model has no vision encoder: set encode.devices=[]")

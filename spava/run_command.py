@@ -26,6 +26,11 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
+from spava.comm.shm import new_pipeline_id, owner_prefix, owner_tag
+from spava.config import load_config
+from spava.models.family import get_family
+from spava.runtime.policy import media_path_error, sampling_params
+
 DEMO_PROMPT = "What is happening in this video?"
 URL_SCHEMES = ("http://", "https://")
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
@@ -55,8 +60,6 @@ def _bad(message: str) -> RunFailure:
 
 
 def _read_document(path: str) -> str:
-    from spava.runtime.policy import media_path_error
-
     problem = media_path_error(path, "document")
     if problem:
         raise _bad(problem)
@@ -98,8 +101,6 @@ def fetch_url(url: str, directory: str, max_bytes: int, timeout_s: float) -> str
 
 
 def _load_config(args):
-    from spava.config import load_config
-
     overrides = list(args.overrides)
     if not args.verbose:
         overrides.append("runtime.log_level=WARNING")
@@ -111,8 +112,6 @@ def _load_config(args):
 
 def is_random_demo(config) -> bool:
     """A random-weight vision model: its answers are noise, and with no input it runs the demo video."""
-    from spava.models.family import get_family
-
     return config.model.path is None and config.model.gguf is None and get_family(config.model).has_vision
 
 
@@ -125,9 +124,6 @@ def _demo_video(directory: str) -> str:
 def _prepare(args, config, tmp: str) -> tuple[object, str, str | None, dict]:
     """Check and resolve the request before anything starts: (video, prompt, document, sampling).
     The demo's video is a `Future` of its path: it is written while the pipeline starts."""
-    from spava.config_checks import sampling_params
-    from spava.runtime.policy import media_path_error
-
     prompt = DEMO_PROMPT if args.prompt is None else args.prompt
     if not prompt.strip():
         raise _bad("the prompt is empty; pass --prompt with a question")
@@ -195,8 +191,6 @@ def _answer(args, config, tmp: str, emit) -> tuple[object, bool]:
 
 def run(args) -> int:
     """`spava run`; see the module docstring."""
-    from spava.comm.shm import new_pipeline_id, owner_prefix, owner_tag
-
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     is_lines = args.json and args.stream
 

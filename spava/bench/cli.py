@@ -18,6 +18,9 @@ import os
 from spava.bench.harness import BenchSpec, default_methods, method_choices
 from spava.bench.inputs import VideoCase
 from spava.bench.report import format_table, load_results, write_plot
+from spava.bench.worker import bench_rank
+from spava.config import ModelConfig
+from spava.runtime.launch import free_port
 
 
 def parse_args(argv):
@@ -44,8 +47,6 @@ def parse_args(argv):
 
 
 def _spec(args) -> BenchSpec:
-    from spava.config import ModelConfig
-
     ModelConfig(family=args.model, size=args.size)  # refuses an unknown family or size before spawning
     cases = [VideoCase(r, f) for r in args.resolutions for f in args.frames]
     return BenchSpec(model=args.model, size=args.size, cases=cases, methods=args.methods, world_sizes=args.world_sizes,
@@ -56,9 +57,6 @@ def _spec(args) -> BenchSpec:
 
 def main(argv=None) -> int:
     import torch.multiprocessing as mp
-
-    from spava.bench.worker import bench_rank
-    from spava.runtime.launch import free_port
 
     args = parse_args(argv)
     spec = _spec(args)

@@ -35,6 +35,10 @@ import statistics
 import sys
 import time
 
+from spava.bench.e2e_decoded import decoded_ttft
+from spava.bench.e2e_report import format_table, write_chart
+from spava.config import load_config
+
 DEFAULT_PROMPT = "Describe what happens in this video in detail."
 CLIENT_KEYS = ("ttft_s", "tpot_s", "total_s")
 STAGE_KEYS = ("probe_s", "video_decode_s", "frames_wait_s", "transfer_s", "preprocess_s", "encode_s", "prefill_s",
@@ -69,8 +73,6 @@ def parse_args(argv):
 
 def load_bench_config(args):
     """The pipeline config: YAML (or the demo) + overrides + what the benchmark needs."""
-    from spava.config import load_config
-
     overrides = list(args.overrides) + ["runtime.log_level=WARNING"]
     config = load_config(args.config, overrides)
     if args.device == "cpu":  # the same ranks, on the CPU
@@ -131,8 +133,6 @@ def run_pipeline(config, args) -> dict:
 
 
 def main(argv=None) -> int:
-    from spava.bench.e2e_report import format_table, write_chart
-
     args = parse_args(argv)
     config = load_bench_config(args)
     os.makedirs(args.out, exist_ok=True)
@@ -152,8 +152,6 @@ def main(argv=None) -> int:
             entry["hf"] = hf_file_to_answer(config, video, args)
             _write(results, path)
     if not args.no_decoded:
-        from spava.bench.e2e_decoded import decoded_ttft
-
         for video, entry in results["videos"].items():
             print(f"  {os.path.basename(video)}: decoded-input TTFT", file=sys.stderr, flush=True)
             entry["decoded"] = decoded_ttft(config, video, args)

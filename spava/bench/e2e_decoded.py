@@ -11,6 +11,9 @@ import os
 import tempfile
 
 from spava.bench.e2e_inputs import plan_video
+from spava.bench.report import load_results
+from spava.models.family import family_name
+from spava.runtime.launch import free_port
 
 
 def decoded_ttft(config, video: str, args) -> dict:
@@ -19,10 +22,7 @@ def decoded_ttft(config, video: str, args) -> dict:
 
     from spava.bench.harness import BenchSpec
     from spava.bench.inputs import GridCase
-    from spava.bench.report import load_results
     from spava.bench.worker import bench_rank
-    from spava.models.family import family_name
-    from spava.runtime.launch import free_port
 
     plan = plan_video(config, video)
     world_size = len(config.prefill.devices)

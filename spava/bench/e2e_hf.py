@@ -19,6 +19,9 @@ import time
 import torch
 
 from spava.bench.e2e_inputs import frame_sampling_of, plan_video
+from spava.comm.messages import TensorRef, VisualItem
+from spava.models.family import get_family
+from spava.models.loading import build_adapter
 
 
 class _TokenClock:
@@ -38,8 +41,6 @@ class _TokenClock:
 
 
 def _build_model(config, device: str):
-    from spava.models.loading import build_adapter
-
     adapter = build_adapter(config.model, ("vision", "text"), device)
     adapter.hf.config._attn_implementation = "sdpa"
     return adapter
@@ -51,7 +52,6 @@ def _sync(device: str) -> None:
 
 
 def _one_request(adapter, processor, config, plan, video: str, args, device: str) -> dict:
-    from spava.comm.messages import TensorRef, VisualItem
     from spava.media.video import decode_video
 
     start = time.perf_counter()
@@ -88,7 +88,6 @@ def hf_file_to_answer(config, video: str, args) -> dict:
     if device.startswith("cuda") and not torch.cuda.is_available():
         return {"skipped": "no CUDA device"}
     plan = plan_video(config, video)
-    from spava.models.family import get_family
 
     processor = get_family(config.model).processor()
     adapter = _build_model(config, device)

@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from spava.media.sampling import FrameSampling, effective_max_pixels
+from spava.models.family import get_family
+
 
 @dataclass(frozen=True)
 class VideoPlan:
@@ -27,8 +30,6 @@ class VideoPlan:
 
 def frame_sampling_of(config):
     """The config's `video` section as a `FrameSampling`."""
-    from spava.media.sampling import FrameSampling
-
     names = {field.name for field in dataclasses.fields(FrameSampling)}
     return FrameSampling(**{f.name: getattr(config.video, f.name) for f in dataclasses.fields(config.video)
                             if f.name in names})
@@ -36,9 +37,7 @@ def frame_sampling_of(config):
 
 def plan_video(config, path: str) -> VideoPlan:
     """Probe `path` and plan its frames and grid as the pipeline does."""
-    from spava.media.sampling import effective_max_pixels
     from spava.media.video import plan_video_sampling, probe_video
-    from spava.models.family import get_family
 
     sampling, spec = frame_sampling_of(config), get_family(config.model).vision_spec()
     info = probe_video(path)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from spava.comm.messages import TensorRef, VisualItem
 from spava.models.inputs import PromptInputs
 
 RESOLUTIONS = {360: (360, 640), 720: (720, 1280), 1080: (1080, 1920), 1440: (1440, 2560)}
@@ -69,8 +70,6 @@ def make_inputs(case: VideoCase | GridCase, processor, spec, *, seed: int = 0, d
                 pixel_dtype=torch.float32, system_prompt: str = "You are a helpful assistant.") -> PromptInputs:
     """PromptInputs of one synthetic request through the family's `processor` (`Processor`) for the
     tower of `spec` (`VisionSpec`); pixel rows `[t*h*w, patch_dim]` are created directly on `device`."""
-    from spava.comm.messages import TensorRef, VisualItem
-
     grid = case.grid_thw(spec)
     num_frames = grid[0] * spec.temporal_patch_size
     resized = [grid[1] * spec.patch_size, grid[2] * spec.patch_size]

@@ -42,6 +42,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from spava.bench.stream_report import add_speedups, environment, format_table, shm_check, target_summary, write_json
+from spava.config import load_config
+
 PROMPT = "What happens in this video?"
 RESOLUTIONS = {360: (360, 640), 720: (720, 1280), 1080: (1080, 1920), 1440: (1440, 2560)}
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -211,8 +214,6 @@ def request_rows(run: dict, tracked: list[Tracked], start: float) -> list[dict]:
 
 def build_config(args, layout: Layout):
     """The base YAML with this layout's devices and the benchmark's settings as overrides."""
-    from spava.config import load_config
-
     encode, prefill = layout.devices(args.device)
     overrides = [
         f"encode.devices=[{','.join(repr(d) for d in encode)}]", f"prefill.devices=[{','.join(repr(d) for d in prefill)}]",
@@ -297,8 +298,6 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     """Run every layout of `--layouts`; print the table; 0 if every request of every run finished."""
-    from spava.bench.stream_report import add_speedups, environment, format_table, shm_check, target_summary, write_json
-
     args = parse_args(argv)
     counts = frame_schedule(args.frames, args.num_requests)
     try:

@@ -14,15 +14,14 @@ from spava.bench.harness import (
     matmul_tflops, measure, profile_once,
 )
 from spava.bench.inputs import make_inputs
-from spava.comm.collectives import SPComm, end_spawned_rank
+from spava.comm.collectives import SPComm, end_spawned_rank, new_group
+from spava.config import ModelConfig
+from spava.models.family import get_family
 from spava.models.vision_parallel import assign_units, plan_vision_units
 
 
 def _build_model(spec: BenchSpec, device: str):
     """(family, adapter on `device`): random weights of `spec.size`, or the checkpoint `spec.model_path`."""
-    from spava.config import ModelConfig
-    from spava.models.family import get_family
-
     config = ModelConfig(family=spec.model, path=spec.model_path, size=spec.size, dtype=spec.dtype,
                          vision_impl=spec.encoder)
     family = get_family(config)
@@ -107,7 +106,6 @@ def bench_rank(rank: int, world_size: int, spec: BenchSpec, init_method: str, ou
     if spec.device == "cuda":
         torch.cuda.set_device(rank)
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
-    from spava.comm.collectives import new_group
 
     groups = {size: new_group(list(range(size))) for size in sorted({1, *spec.world_sizes})}
     family, adapter = _build_model(spec, device)

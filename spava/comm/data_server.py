@@ -15,7 +15,7 @@ import threading
 import msgpack
 import zmq
 
-from spava.comm.security import secure_client, secure_server
+from spava.comm.security import resolve_secret, secure_client, secure_server
 from spava.comm.shm import new_ref_path
 
 CHUNK_BYTES = 64 << 20
@@ -68,8 +68,6 @@ class DataServer:
 
 def fetch_file(address: str, path: str, directory: str, timeout_s: float = 60.0) -> str:
     """Copy a remote spava shared file into a new file under `directory`; returns the local path."""
-    from spava.comm.security import resolve_secret
-
     context = zmq.Context.instance()
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import msgpack
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class MessageError(ValueError):
@@ -141,12 +141,29 @@ class HeartbeatReq:
 
 
 @dataclass
+class VideoOptions:
+    """One request's video settings: the pipeline's video.* updated by the request's `video_options`
+    (resolved and checked at admission). The frame-sampling contract is `spava.media.sampling`."""
+
+    fps: Optional[float]  # sampling rate, frames per second (None: exactly num_frames)
+    num_frames: Optional[int]  # exact frame count (needs fps None)
+    min_frames: int  # fewest frames in fps mode
+    max_frames: int  # most frames in both modes
+    min_pixels: int  # smallest frame area (H*W) a frame is resized to
+    max_pixels: int  # largest frame area (H*W) a frame is resized to
+    total_pixels: Optional[int]  # pixel budget of all frames together (None: none)
+    start_time: Optional[float]  # clip start, seconds (None: the video's start)
+    end_time: Optional[float]  # clip end, seconds, exclusive (None: the video's end)
+    min_decoded_fraction: float  # a truncated file fails below this share of its declared length
+
+
+@dataclass
 class VideoTaskReq:
     request_id: str
     video_kind: str
     video_path: Optional[str]
     video_ref: Optional[TensorRef]
-    options: dict[str, Any]  # resolved video.* settings for this request
+    options: VideoOptions  # the request's resolved video settings
     media_type: str = "video"  # "video" | "image"
 
 
@@ -192,7 +209,7 @@ class LayoutTaskReq:
     request_id: str
     prompt: str
     items: list[VisualItem]
-    options: dict[str, Any]  # resolved video.* and layout.* settings
+    options: VideoOptions  # the request's resolved video settings (the frames were planned with them)
     document: Optional[str] = None
 
 
@@ -283,6 +300,12 @@ def decode_message(data: bytes) -> Any:
     if cls is None:
         raise MessageError(f"unknown message type {envelope['t']!r}")
     return _build(cls, envelope["f"], envelope["t"])
+
+
+def from_fields(cls: type, fields_: dict[str, Any]) -> Any:
+    """The dataclass `cls` of this module (a message or a part of one) built from a map of its fields,
+    each checked against its type as `decode_message` does; raises MessageError naming the field."""
+    return _build(cls, fields_, cls.__name__)
 
 
 def _build(cls: type, fields_: Any, where: str) -> Any:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import sys
 
+from spava.eval.videobench import run_benchmark, write_results
+
 
 def run_eval(args) -> int:
-    from spava.eval.videobench import run_benchmark
     from spava.runtime.pipeline import Pipeline, RequestError
 
     errors: dict[str, str] = {}
@@ -32,7 +33,6 @@ def run_eval(args) -> int:
 
         results = run_benchmark(args.benchmark, args.annotations, args.video_dir, answer, limit=args.limit)
     results["errors"] = errors
-    from spava.eval.videobench import write_results
 
     write_results(results, args.out)
     print(f"{args.benchmark}: {results['accuracy']:.2f}% over {results['num_items']} items "

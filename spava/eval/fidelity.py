@@ -20,12 +20,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from spava.attention.registry import method_class
+from spava.config import ModelConfig
 from spava.eval.fidelity_configs import (CONTROL_LABELS, NamedConfig, default_configs, describe, kept_fractions,
                                          reference_fractions)
 from spava.eval.fidelity_run import RunSettings, load_result, run_ranks
 from spava.eval.fidelity_stats import (background_units, log_probs, paired_interval, position_scores,
                                        selection_coverage, unit_sums)
 from spava.eval.fidelity_tasks import TASKS, FidelityCase, build_case, natural_text
+from spava.models.family import get_family
 
 RECALL_TASKS = ("multikey", "multivalue", "vartrack", "magicword")
 
@@ -96,9 +98,6 @@ def build_cases(processor, spec: FidelitySpec) -> tuple[list[FidelityCase], list
 
 def _load_model(spec: FidelitySpec):
     """(model config with its path resolved, family, processor)."""
-    from spava.config import ModelConfig
-    from spava.models.family import get_family
-
     model_config = ModelConfig(**spec.model)
     family = get_family(model_config)
     family.prepare()  # a GGUF is converted once into a cached checkpoint; model.path then points at it

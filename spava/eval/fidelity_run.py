@@ -31,8 +31,10 @@ import torch.multiprocessing as mp
 from spava.attention.registry import get_method
 from spava.attention.selection_log import SelectionLog
 from spava.comm.collectives import SPComm, end_spawned_rank
+from spava.config import ModelConfig
 from spava.eval.fidelity_configs import NamedConfig
 from spava.eval.fidelity_tasks import FidelityCase
+from spava.models.family import get_family
 from spava.models.generation import SamplingParams
 from spava.models.runner import ModelRunner
 
@@ -91,9 +93,6 @@ def run_case(runner: ModelRunner, case: FidelityCase, settings: RunSettings, rec
 
 def _rank_main(rank: int, world_size: int, init_file: str, settings: RunSettings, configs: list[NamedConfig],
                cases: list[FidelityCase], work_dir: str, log_prefix: str) -> None:
-    from spava.config import ModelConfig
-    from spava.models.family import get_family
-
     is_cuda = settings.device == "cuda"
     device = f"cuda:{rank}" if is_cuda else "cpu"
     torch.set_num_threads(settings.num_threads)

@@ -88,7 +88,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from spava.media.pixel_budget import effective_max_pixels  # noqa: F401 -- re-exported: rule 6 of this contract
 
@@ -152,6 +152,13 @@ class FrameSampling:
         self._check_frame_bounds()
         self._check_window()
         self._check_pixels()
+
+    @classmethod
+    def from_settings(cls, settings: object) -> "FrameSampling":
+        """The sampling that `settings` asks for: any object with (some of) this class's field names as
+        attributes, such as the `video` config section or a request's `VideoOptions`; fields it lacks
+        keep their defaults. ValueError naming the field when a value breaks the contract."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)})
 
     def _check_mode(self) -> None:
         if self.fps is not None and self.num_frames is not None:

@@ -3,7 +3,7 @@ when generation stops."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -33,3 +33,22 @@ class SamplingParams:
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
 
+
+
+def sampling_params(defaults: object, overrides: dict) -> SamplingParams:
+    """`defaults` (an object with some of `SamplingParams`' field names as attributes, e.g. the decode
+    config section) updated by a request's `overrides`; lists become tuples. ValueError naming the
+    option when one is unknown or has a bad value."""
+    names = [f.name for f in fields(SamplingParams)]
+    unknown = set(overrides) - set(names)
+    if unknown:
+        raise ValueError(f"unknown sampling option(s) {sorted(unknown)}; valid: {sorted(names)}")
+    values = {name: getattr(defaults, name) for name in names if hasattr(defaults, name)}
+    values.update(overrides)
+    for key in ("stop_token_ids", "stop_strings"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
+    try:
+        return SamplingParams(**values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"sampling: {error}") from None

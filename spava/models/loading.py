@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from spava.models.family import get_family
+from spava.models.smollm2_weights import find_smollm2_gguf
+
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 
@@ -25,21 +28,17 @@ def resolve_text_model_dir(model_config) -> str:
 
     from pathlib import Path
 
-    from spava.models.text_lm import _is_cache_of, convert_gguf
+    from spava.models.text_lm import convert_gguf, is_cache_of
 
     gguf = model_config.gguf
     if gguf == "smollm2":
-        from spava.eval.smollm2 import find_smollm2_gguf
-
         gguf = find_smollm2_gguf()
     cache_dir = Path(os.path.expanduser("~/.cache/spava/gguf")) / Path(gguf).stem
-    if not _is_cache_of(cache_dir, Path(gguf)):
+    if not is_cache_of(cache_dir, Path(gguf)):
         convert_gguf(Path(gguf), cache_dir, torch_dtype(model_config.dtype))
     return str(cache_dir)
 
 
 def build_adapter(model_config, parts: tuple[str, ...], device: str):
     """The model adapter of this rank (its family's, with only `parts` kept) on `device`."""
-    from spava.models.family import get_family
-
     return get_family(model_config).build(parts, device)

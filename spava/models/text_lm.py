@@ -82,7 +82,7 @@ class TextLM(HFAdapter):
         gguf_path, cache_dir = Path(gguf_path), Path(cache_dir)
         if not gguf_path.is_file() or gguf_path.suffix != ".gguf":
             raise ValueError(f"gguf_path {str(gguf_path)!r} is not a .gguf file")
-        if not _is_cache_of(cache_dir, gguf_path):
+        if not is_cache_of(cache_dir, gguf_path):
             # The cache is float32 whatever `dtype` asks now, so later loads at any dtype lose nothing.
             convert_gguf(gguf_path, cache_dir, torch.float32)
         return cls.from_pretrained(cache_dir, dtype=dtype, device=device)
@@ -140,7 +140,8 @@ def _cache_stamp(gguf_path: Path) -> str:
     return f"{gguf_path.resolve()}\n{gguf_path.stat().st_size}\n"
 
 
-def _is_cache_of(cache_dir: Path, gguf_path: Path) -> bool:
+def is_cache_of(cache_dir: Path, gguf_path: Path) -> bool:
+    """Whether `cache_dir` holds a finished conversion of this very `gguf_path` (same path and size)."""
     marker = cache_dir / _CACHE_DONE
     return marker.is_file() and marker.read_text() == _cache_stamp(gguf_path)
 

@@ -31,6 +31,7 @@ from spava.comm.messages import (
     CancelReq, ErrorOutput, MessageError, ResultOutput, StatusOutput, StatusReq, SubmitReq, TensorRef, TokenOutput,
     decode_message, encode_message,
 )
+from spava.comm.security import secure_client
 from spava.comm.shm import unlink_shared
 
 logger = logging.getLogger("spava.client")
@@ -120,8 +121,6 @@ class ClientConnection:
     def open(self, timeout_s: float) -> None:
         """Connect and wait for the scheduler's first answer; ConnectionError naming the address if
         the address is invalid or nothing answers within `timeout_s`."""
-        from spava.comm.security import secure_client
-
         context = zmq.Context()
         socket = context.socket(zmq.DEALER)
         socket.setsockopt(zmq.IDENTITY, f"client-{uuid.uuid4().hex[:8]}".encode())

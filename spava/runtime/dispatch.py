@@ -2,11 +2,14 @@
 
 Video and layout tasks go to idle workers of their role, video only while fewer than
 `max_prepared` admitted requests hold frames the model stage has not taken yet (the
-back-pressure); model tasks go to the model groups in sequence order (`model_groups`). No sockets
-of its own: it sends through the scheduler.
+back-pressure); model tasks go to the model groups in sequence order (`model_groups`). It marks
+the assignments in the scheduler's bookkeeping and returns the messages to send; the scheduler
+sends them.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from spava.comm.messages import EncodeBatchReq, LayoutTaskReq, ModelTaskReq, VideoTaskReq
 from spava.runtime.model_groups import Handout, num_patches
@@ -23,14 +26,16 @@ def _idle(scheduler, role: str) -> list[WorkerState]:
     return [w for w in scheduler.workers.values() if w.spec.role == role and w.is_idle]
 
 
-def dispatch(scheduler) -> None:
+def dispatch(scheduler) -> list[tuple[bytes, Any]]:
+    """Assign what can start now; returns (worker identity, task message) pairs to send."""
+    sends: list[tuple[bytes, Any]] = []
     queues = scheduler.queues
     for state in _idle(scheduler, "video"):
         if not queues["video"] or num_prepared(scheduler) >= scheduler.max_prepared:
             break
         request = scheduler.requests[queues["video"].popleft()]
         submit = request.submit
-        _assign(scheduler, state, request, "video", VideoTaskReq(
+        sends += _assign(state, request, "video", VideoTaskReq(
             request.request_id, submit.video_kind, submit.video_path, submit.video_ref, request.options,
             submit.media_type))
     for state in _idle(scheduler, "layout"):
@@ -38,7 +43,7 @@ def dispatch(scheduler) -> None:
             break
         request = scheduler.requests[queues["layout"].popleft()]
         items = list(request.video.items) if request.video is not None else []
-        _assign(scheduler, state, request, "layout", LayoutTaskReq(
+        sends += _assign(state, request, "layout", LayoutTaskReq(
             request.request_id, request.submit.prompt, items, request.options, request.submit.document))
 
     def model_task(request_id: str, seq: int) -> ModelTaskReq:
@@ -49,21 +54,21 @@ def dispatch(scheduler) -> None:
         return num_patches(scheduler.requests[request_id].layout.grid_thw)
 
     for handout in scheduler.model_groups.next_tasks(queues["model"], model_task, patches_of):
-        _send_model_work(scheduler, handout)
+        sends += _model_work(scheduler, handout)
+    return sends
 
 
-def _send_model_work(scheduler, handout: Handout) -> None:
+def _model_work(scheduler, handout: Handout) -> list[tuple[bytes, Any]]:
     """One task as its `ModelTaskReq`, an encoder batch of several as one `EncodeBatchReq`."""
     if handout.is_new:
         for task in handout.tasks:
             scheduler.requests[task.request_id].enter("model")
     message = handout.tasks[0] if len(handout.tasks) == 1 else EncodeBatchReq(list(handout.tasks))
-    for state in handout.group.workers:
-        scheduler._send(state.spec.worker_id.encode(), message)
+    return [(state.spec.worker_id.encode(), message) for state in handout.group.workers]
 
 
-def _assign(scheduler, state: WorkerState, request: Request, stage: str, task) -> None:
+def _assign(state: WorkerState, request: Request, stage: str, task) -> list[tuple[bytes, Any]]:
     state.request_id = request.request_id
     request.worker_id = state.spec.worker_id
     request.enter(stage)
-    scheduler._send(state.spec.worker_id.encode(), task)
+    return [(state.spec.worker_id.encode(), task)]

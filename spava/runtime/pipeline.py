@@ -28,12 +28,17 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from spava.comm.data_server import DataServer
 from spava.comm.messages import StatusOutput, StatusReq, SubmitReq
+from spava.comm.security import resolve_secret
 from spava.comm.shm import (new_pipeline_id, owner_prefix, owner_tag, sweep_orphans, sweep_owner, write_shared_array,
                             write_shared_bytes)
 from spava.config import PipelineConfig, config_hash, config_to_yaml, load_config
+from spava.models.family import get_family
 from spava.runtime.client import ClientConnection, RequestError, RequestHandle, RunResult  # noqa: F401 - public
 from spava.runtime.nodes import HeadNode
+from spava.runtime.launch import LocalLauncher, local_specs, preload_modules, use_fork_server
+from spava.runtime.scheduler import Scheduler
 
 logger = logging.getLogger("spava.pipeline")
 URL_SCHEMES = ("http://", "https://")
@@ -159,11 +164,6 @@ class Pipeline:
         return self
 
     def _start_local(self) -> None:
-        from spava.comm.security import resolve_secret
-        from spava.models.family import get_family
-        from spava.runtime.launch import LocalLauncher, local_specs, preload_modules, use_fork_server
-        from spava.runtime.scheduler import Scheduler
-
         runtime = self.config.runtime
         removed = sweep_orphans(runtime.shm_dir, tempfile.gettempdir())
         if removed:
@@ -188,8 +188,6 @@ class Pipeline:
         local = None if head is None else {spec.worker_id for spec in local_specs(self.config, head.model_ranks)}
         self.scheduler.start_workers(local)
         if head is not None and head.data_address is not None:
-            from spava.comm.data_server import DataServer
-
             self._data_server = DataServer(head.data_bind, runtime.shm_dir, secret)
         self._scheduler_thread = threading.Thread(target=self.scheduler.run, args=(self._stop,), daemon=True,
                                                   name="spava-scheduler")
@@ -202,8 +200,6 @@ class Pipeline:
                               "the scheduler thread stopped (see the log above)")
 
     def _open_connection(self, address: str, check) -> None:
-        from spava.comm.security import resolve_secret
-
         runtime = self.config.runtime
         self.control_address = address
         self._connection = ClientConnection(address, resolve_secret(runtime.secret),

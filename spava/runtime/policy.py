@@ -1,13 +1,21 @@
-"""Admission rules, per-request option resolution, error kinds and the restart budget (pure: no
-sockets, no processes; the scheduler applies them)."""
+"""Admission (`Admission.check` -> `Decision`), per-request option resolution, error kinds and the
+restart budget. Pure: no sockets, no processes; the scheduler owns these objects and applies their
+decisions."""
 
 from __future__ import annotations
 
 import collections
-import dataclasses
+import math
 import os
+import types
+from collections.abc import Container
+from dataclasses import dataclass, field, fields
+from typing import Optional
 
-from spava.config_checks import frame_sampling, sampling_params
+from spava.comm.messages import MessageError, VideoOptions, from_fields
+from spava.media.sampling import FrameSampling
+from spava.models import generation
+from spava.models.generation import SamplingParams
 
 VIDEO_KINDS = ("path", "bytes", "frames", "none")
 MEDIA_TYPES = ("video", "image")
@@ -45,9 +53,12 @@ class RestartBudget:
         self._times.append(now)
 
     def seconds_until_restart(self, now: float) -> float:
-        """0 when a restart is allowed now, else when the oldest restart leaves the window."""
+        """0 when a restart is allowed now, else when the oldest restart leaves the window (infinite
+        when no restart is ever allowed)."""
         if self.can_restart(now):
             return 0.0
+        if not self._times:
+            return math.inf
         return self._times[0] + self.window_s - now
 
     @property
@@ -55,20 +66,54 @@ class RestartBudget:
         return len(self._times)
 
 
-def admission_error(message, scheduler) -> tuple[str, str] | None:
-    """Why `message` (a SubmitReq) cannot be admitted, as (error kind, message), or None.
+@dataclass(frozen=True)
+class Decision:
+    """Admission's answer to one `SubmitReq`: admitted, with the request's resolved video options and
+    checked sampling overrides, or refused with an error kind and a message that says what to do."""
 
-    Kinds: "unhealthy" (the pipeline takes no work), "overloaded" (queue full: retry later),
-    "bad_input" (fix the request). Checked before any queueing.
+    kind: str = ""  # "" when admitted, else the ErrorOutput kind: unhealthy | overloaded | bad_input
+    message: str = ""
+    options: Optional[VideoOptions] = None
+    sampling: dict = field(default_factory=dict)
+
+    @property
+    def is_admitted(self) -> bool:
+        return not self.kind
+
+
+class Admission:
+    """Which submitted requests the scheduler takes, checked before any queueing (scheduler thread).
+
+    Refusals, in order: "unhealthy" (the pipeline takes no work: `health.status()` says why),
+    "overloaded" (`max_queued_requests` in flight: retry later), "bad_input" (fix the request: its
+    id, prompt, media or options). `video`, `decode`: the config sections requests override.
     """
-    if not scheduler.is_healthy:
-        return "unhealthy", (f"the pipeline is unhealthy and accepts no new requests for now: "
-                             f"{scheduler.health_detail or 'see the logs'}")
-    if len(scheduler.requests) >= scheduler.runtime.max_queued_requests:
-        return "overloaded", (f"too many requests in flight ({len(scheduler.requests)}, runtime.max_queued_requests="
-                              f"{scheduler.runtime.max_queued_requests}); retry later")
-    error = _input_error(message, scheduler)
-    return ("bad_input", error) if error is not None else None
+
+    def __init__(self, video, decode, max_queued_requests: int, health):
+        self.video, self.decode, self.max_queued_requests, self.health = video, decode, max_queued_requests, health
+
+    def check(self, message, *, num_in_flight: int, ids_in_use: Container[str]) -> Decision:
+        """The decision on `message` (a SubmitReq) while `num_in_flight` requests run and the ids
+        `ids_in_use` belong to requests that have not ended."""
+        is_healthy, detail = self.health.status()
+        if not is_healthy:
+            return Decision("unhealthy", f"the pipeline is unhealthy and accepts no new requests for now: "
+                                         f"{detail or 'see the logs'}")
+        if num_in_flight >= self.max_queued_requests:
+            return Decision("overloaded", f"too many requests in flight ({num_in_flight}, runtime.max_queued_requests="
+                                          f"{self.max_queued_requests}); retry later")
+        if message.request_id in ids_in_use:
+            return Decision("bad_input", f"request id {message.request_id!r} is already in use by a request that "
+                                         "has not ended; use another id")
+        error = input_error(message)
+        if error is not None:
+            return Decision("bad_input", error)
+        try:
+            options = resolve_options(self.video, message.video_options)
+            sampling = resolve_sampling(self.decode, message.sampling)
+        except ValueError as problem:
+            return Decision("bad_input", str(problem))
+        return Decision(options=options, sampling=sampling)
 
 
 def media_path_error(path: str, what: str) -> str | None:
@@ -86,10 +131,8 @@ def media_path_error(path: str, what: str) -> str | None:
     return None
 
 
-def _input_error(message, scheduler) -> str | None:
-    if message.request_id in scheduler.requests or message.request_id in scheduler.held_refs:
-        return (f"request id {message.request_id!r} is already in use by a request that has not ended; "
-                "use another id")
+def input_error(message) -> str | None:
+    """Why the prompt or media of `message` (a SubmitReq) cannot be used, or None."""
     if not message.prompt.strip():
         return "the prompt is empty; ask a question"
     if message.video_kind not in VIDEO_KINDS:
@@ -106,35 +149,49 @@ def _input_error(message, scheduler) -> str | None:
     return None
 
 
-PER_PIPELINE_VIDEO_KEYS = ("backend", "num_workers", "num_decoders")  # video.* a request may not change
+VIDEO_OPTION_NAMES = tuple(f.name for f in fields(VideoOptions))  # the video.* a request may change
 
 
-def resolve_options(config, message) -> dict:
-    """video.* settings updated by the request's video_options, plus the layout budget."""
-    options = {f.name: getattr(config.video, f.name) for f in dataclasses.fields(config.video)}
-    valid = sorted(set(options) - set(PER_PIPELINE_VIDEO_KEYS))
-    unknown = set(message.video_options) - set(valid)
+def resolve_options(video, overrides: dict) -> VideoOptions:
+    """The pipeline's video.* settings (`video`) updated by a request's `video_options` overrides,
+    checked against the frame-sampling contract; ValueError naming the option."""
+    unknown = set(overrides) - set(VIDEO_OPTION_NAMES)
     if unknown:
-        raise ValueError(f"unknown video option(s) {sorted(unknown)}; valid: {valid}")
-    options.update(message.video_options)
-    options.pop("num_workers", None)
-    options.pop("num_decoders", None)
-    options["max_visual_tokens"] = config.layout.max_visual_tokens
-    try:
-        frame_sampling(options)
+        raise ValueError(f"unknown video option(s) {sorted(unknown)}; valid: {sorted(VIDEO_OPTION_NAMES)}")
+    values = {name: getattr(video, name) for name in VIDEO_OPTION_NAMES}
+    values.update(overrides)
+    try:  # first: its messages say which value to use
+        FrameSampling.from_settings(types.SimpleNamespace(**values))
     except (TypeError, ValueError) as error:
         raise ValueError(f"video sampling: {error}") from None
+    try:
+        options = from_fields(VideoOptions, values)
+    except MessageError as error:
+        raise ValueError(f"video options: {error}") from None
+    if not 0.0 <= options.min_decoded_fraction <= 1.0:
+        raise ValueError(f"video option min_decoded_fraction must lie in [0, 1], got {options.min_decoded_fraction}")
     return options
 
 
-def resolve_sampling(config, message) -> dict:
-    """The request's sampling overrides, validated against decode.* defaults and limits (one stop
-    string given alone becomes a list of one)."""
-    overrides = dict(message.sampling)
+def sampling_params(decode, overrides: dict) -> SamplingParams:
+    """decode.* defaults updated by a request's sampling overrides, as `SamplingParams`; ValueError
+    naming the option. `decode.max_allowed_new_tokens` bounds max_new_tokens."""
+    params = generation.sampling_params(decode, overrides)
+    limit = decode.max_allowed_new_tokens
+    if isinstance(params.max_new_tokens, int) and params.max_new_tokens > limit:
+        raise ValueError(f"max_new_tokens={params.max_new_tokens} is over decode.max_allowed_new_tokens={limit}; "
+                         "ask for fewer tokens or raise decode.max_allowed_new_tokens")
+    return params
+
+
+def resolve_sampling(decode, overrides: dict) -> dict:
+    """A request's sampling overrides, validated against decode.* defaults and limits (one stop string
+    or token id given alone becomes a list of one)."""
+    overrides = dict(overrides)
     for key in ("stop_strings", "stop_token_ids"):
         if isinstance(overrides.get(key), (str, int)) and not isinstance(overrides.get(key), bool):
             overrides[key] = [overrides[key]]
-    sampling_params(config.decode, overrides)
+    sampling_params(decode, overrides)
     return overrides
 
 

@@ -6,6 +6,7 @@ import os
 
 from spava.comm.messages import EncodeBatchReq, LayoutTaskReq, ModelTaskReq, VideoTaskReq
 from spava.runtime.nodes import LaunchedRank, launched_device
+from spava.plan.placement import placement_from_config
 from spava.stages.base import load_stage_class
 
 
@@ -58,7 +59,6 @@ def _build_model_role(worker):
     import torch
 
     from spava.comm.collectives import init_world, init_world_from_env, new_group
-    from spava.plan.placement import placement_from_config
 
     config, rank = worker.config, worker.args.rank
     placement = placement_from_config(config)

@@ -10,7 +10,8 @@ stream in (on one host; model ranks on other nodes wait for the whole video). Di
 overlap: while the model ranks run request i, layout runs i+1 and video decoding i+2. The number
 of admitted but not yet running requests whose frames are held in memory is bounded
 (`runtime.max_prepared_requests`, at least `encode.max_batch_requests` when disaggregated): that is
-the back-pressure (`dispatch`). Worker liveness, restarts and health are `health`'s.
+the back-pressure (`dispatch`). Worker liveness, restarts and health are its `Health`'s, which
+reports what they mean for requests; which requests it takes are its `Admission`'s decisions.
 
 Failures stay per request: bad input, a timeout, a cancellation or a dead worker fail that request
 with an `ErrorOutput` naming the stage and the kind (`policy.ERROR_KINDS`); dead workers are
@@ -27,7 +28,6 @@ import collections
 import logging
 import threading
 import time
-from functools import partial
 
 import zmq
 
@@ -41,13 +41,11 @@ from spava.comm.security import secure_server
 from spava.comm.shm import (adopt_shared, current_owner, fail_progress, request_file_key, sweep_request,
                             unlink_shared)
 from spava.runtime.dispatch import dispatch
-from spava.runtime.health import (check_deadlines, check_startup, check_workers, forgive_silence, health, on_heartbeat,
-                                  on_ready)
-from spava.runtime.launch import free_port, worker_specs
+from spava.runtime.health import Health, HealthReport, WorkerLoss
+from spava.runtime.launch import worker_specs
 from spava.runtime.metrics import Metrics
 from spava.runtime.model_groups import EncodeBatchLimits, ModelGroups
-from spava.runtime.policy import (ERROR_KINDS, RestartBudget, admission_error, max_prepared_requests, resolve_options,
-                                  resolve_sampling)
+from spava.runtime.policy import ERROR_KINDS, Admission, max_prepared_requests
 from spava.runtime.state import Request, WorkerState, item_refs
 
 logger = logging.getLogger("spava.scheduler")
@@ -75,16 +73,15 @@ class Scheduler:
         self.authenticator = secure_server(self.zmq_context, self.socket, secret)
         self.socket.bind(control_address)
         self.workers = {spec.worker_id: WorkerState(spec) for spec in worker_specs(config)}
+        self.health = Health(self.workers, launcher, config.runtime)
+        self.admission = Admission(config.video, config.decode, config.runtime.max_queued_requests, self.health)
         self.requests: dict[str, Request] = {}
         self.queues = {stage: collections.deque() for stage in ("video", "layout", "model")}
         limits = EncodeBatchLimits(config.encode.max_batch_requests, config.encode.max_batch_patches)
-        self.model_groups = ModelGroups.from_workers(self._model_workers(), len(config.encode.devices), limits)
+        self.model_groups = ModelGroups.from_workers(self.health.model_workers(), len(config.encode.devices), limits)
         self.max_prepared = max_prepared_requests(config)
         # shared memory of ended requests that model ranks may still read (see _forget)
         self.held_refs: dict[str, list[TensorRef]] = {}
-        self.restart_budgets = {key: RestartBudget(config.runtime.max_worker_restarts, config.runtime.restart_window_s)
-                                for key in [w for w in self.workers if not w.startswith("model-")] + ["model"]}
-        self.lost_detail = ""  # set when model ranks of another node are lost (they cannot be restarted here)
         self.ready = threading.Event()
         self.startup_error: str | None = None
         self.metrics = Metrics(config.runtime.metrics_port)
@@ -93,24 +90,7 @@ class Scheduler:
 
     def start_workers(self, local_ids: set[str] | None = None) -> None:
         """Start this node's workers (all by default); the others connect from their own nodes."""
-        port = self.runtime.dist_port or free_port(self.runtime.dist_address)
-        for state in self.workers.values():
-            if local_ids is None or state.spec.worker_id in local_ids:
-                self.launcher.start(state.spec, dist_port=port)
-
-    def start_model_group(self) -> None:
-        """Start every model rank again, with a fresh rendezvous port."""
-        port = free_port(self.runtime.dist_address)
-        for state in self._model_workers():
-            self.launcher.start(state.spec, dist_port=port)
-
-    @property
-    def is_healthy(self) -> bool:
-        return health(self)[0]
-
-    @property
-    def health_detail(self) -> str:
-        return health(self)[1]
+        self.health.start_workers(local_ids)
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set or a ShutdownReq arrives."""
@@ -120,18 +100,26 @@ class Scheduler:
                 if self.socket.poll(50):
                     self._receive_all()
                 if not self.ready.is_set():
-                    check_startup(self, started)
+                    self._check_startup(started)
                     continue
                 now = time.monotonic()
                 if now - last_turn > self.runtime.heartbeat_timeout_s / 2:
-                    forgive_silence(self, now)
+                    self.health.forgive_silence(now)
                 last_turn = now
-                check_workers(self)
-                check_deadlines(self)
-                dispatch(self)
-                self.metrics.update(self.queues, self.is_healthy)
+                self._check_workers()
+                self._check_deadlines()
+                for identity, message in dispatch(self):
+                    self._send(identity, message)
+                self.metrics.update(self.queues, self.health.is_healthy())
         finally:
             self.shutdown()
+
+    def _check_startup(self, started: float) -> None:
+        """Until every worker is ready: a worker that exits, or a start past the timeout, is the
+        pipeline's startup error."""
+        self.startup_error = self.startup_error or self.health.startup_error(started, time.monotonic())
+        if self.startup_error or self.health.is_every_worker_ready:
+            self.ready.set()
 
     def _receive_all(self, max_messages: int = 1000) -> None:
         """Every message waiting (up to a bound), so heartbeats that queued up are seen before the
@@ -181,8 +169,9 @@ class Scheduler:
     def _handlers(self):
         return {
             SubmitReq: self._on_submit, CancelReq: self._on_cancel, StatusReq: self._on_status,
-            ShutdownReq: self._on_shutdown, ReadyReq: partial(on_ready, self),
-            HeartbeatReq: partial(on_heartbeat, self),
+            ShutdownReq: self._on_shutdown,
+            ReadyReq: lambda identity, message: self.health.on_ready(identity, message, time.monotonic()),
+            HeartbeatReq: lambda identity, message: self.health.on_heartbeat(message, time.monotonic()),
             VideoPlanOutput: self._on_video_plan, VideoTaskOutput: self._on_video, LayoutTaskOutput: self._on_layout,
             ModelTaskOutput: self._on_model,
             TokenOutput: self._on_token, TaskError: self._on_task_error,
@@ -197,20 +186,14 @@ class Scheduler:
                                                  f"the request's {message.media_type} data is gone from shared "
                                                  f"memory ({error.strerror}); submit it again"))
                 return
-        refusal = admission_error(message, self)
-        if refusal is not None:
-            kind, error = refusal
+        decision = self.admission.check(message, num_in_flight=len(self.requests),
+                                        ids_in_use=self.requests.keys() | self.held_refs.keys())
+        if not decision.is_admitted:
             unlink_shared(message.video_ref)  # a refused request's encoded video / frames: nobody else frees them
-            self._send(identity, ErrorOutput(message.request_id, "admission", kind, error))
-            return
-        try:
-            options, sampling = resolve_options(self.config, message), resolve_sampling(self.config, message)
-        except ValueError as problem:
-            unlink_shared(message.video_ref)
-            self._send(identity, ErrorOutput(message.request_id, "admission", "bad_input", str(problem)))
+            self._send(identity, ErrorOutput(message.request_id, "admission", decision.kind, decision.message))
             return
         timeout = message.timeout_s or self.runtime.request_timeout_s
-        request = Request(message, identity, time.monotonic() + timeout, options, sampling)
+        request = Request(message, identity, time.monotonic() + timeout, decision.options, decision.sampling)
         if message.video_ref is not None:
             request.refs.append(message.video_ref)
         self.requests[message.request_id] = request
@@ -234,7 +217,7 @@ class Scheduler:
     def _on_status(self, identity: bytes, message: StatusReq) -> None:
         workers = {wid: w.status_word() for wid, w in self.workers.items()}
         queued = {stage: len(queue) for stage, queue in self.queues.items()}
-        is_healthy, detail = health(self)
+        is_healthy, detail = self.health.status()
         self._send(identity, StatusOutput(message.request_id, is_healthy, workers, queued, len(self.requests), detail))
 
     def _on_shutdown(self, identity: bytes, message: ShutdownReq) -> None:
@@ -307,14 +290,14 @@ class Scheduler:
         if request is None:
             return
         request.model_outputs[message.worker_id] = message
-        if len(request.model_outputs) == len(self._model_workers()):
+        if len(request.model_outputs) == len(self.health.model_workers()):
             self._complete(request)
 
     def _on_task_error(self, identity: bytes, message: TaskError) -> None:
         if message.stage == "model" and message.kind == "internal":
             # a collective error on one rank is usually a dead peer: report (and restart) that first
             time.sleep(0.2)
-            check_workers(self)
+            self._check_workers()
         if message.stage == "model":
             self._on_model(identity, ModelTaskOutput(message.request_id, message.worker_id, [], "error", {}, False))
         else:
@@ -411,17 +394,60 @@ class Scheduler:
         if removed:
             logger.warning("removed %d unannounced file(s) of ended request %s", len(removed), request_id)
 
-    # ----- dispatch and health (see policy.py for the pure rules) -------------------------------
+    # ----- health and deadlines -----------------------------------------------------------------
 
-    def _model_workers(self) -> list[WorkerState]:
-        return [w for w in self.workers.values() if w.spec.role == "model"]
+    def _check_workers(self) -> None:
+        """Let `Health` find and restart dead workers, then end the requests that this costs."""
+        report: HealthReport = self.health.check(time.monotonic())
+        for loss in report.losses:
+            self._on_worker_lost(loss)
+        if report.is_model_group_killed:
+            self._end_model_group()
+        for request in list(self.requests.values()):
+            if request.stage in report.down_stages:
+                self._fail(request, request.stage.removesuffix("_queue"), "unhealthy",
+                           f"the pipeline is unhealthy: {report.unhealthy_reason}")
+
+    def _on_worker_lost(self, loss: WorkerLoss) -> None:
+        request = self.requests.get(loss.request_id) if loss.request_id else None
+        if loss.role != "model":
+            if request is not None:
+                self._fail(request, loss.role, "worker_died",
+                           f"worker {loss.worker_id} ({loss.role}) {loss.problem} while processing this request")
+            self.sweep_request_files(loss.request_id)  # what it wrote before dying, even for a request that had ended
+            return
+        where = f"on host {loss.host or '?'} {loss.problem}"
+        if request is not None:
+            self._fail(request, "model", "worker_died",
+                       f"worker {loss.worker_id} (model) {where} while processing this request")
+        for other in list(self.requests.values()):  # disaggregated: a second request may be in flight
+            if other.stage == "model":
+                self._fail(other, "model", "worker_died", f"model rank {loss.worker_id} {where}")
+
+    def _end_model_group(self) -> None:
+        """The model ranks were killed: nothing they held is in use any more."""
+        self.model_groups.reset()
+        self._free_held_refs()
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for request in list(self.requests.values()):
+            if now <= request.deadline:
+                continue
+            if request.stage == "model":
+                self._broadcast_model(CancelReq(request.request_id))
+            self._fail(request, request.stage.removesuffix("_queue"), "timeout",
+                       f"timed out after {now - request.created:.1f} s (timeout_s / runtime.request_timeout_s)")
+        for group in self.model_groups.busy_groups():
+            is_dead = not any(r in self.requests for r in group.request_ids)  # every request of its batch failed
+            if is_dead and now - group.since > self.runtime.request_timeout_s + 30.0:
+                logger.error("%s ranks still busy with failed request(s) %s; restarting the model ranks",
+                             group.name, ", ".join(group.request_ids))
+                if self.health.can_restart_model_group():
+                    self.health.restart_model_group(now)
+                    self._end_model_group()
+                return
 
     def _broadcast_model(self, message) -> None:
-        for state in self._model_workers():
+        for state in self.health.model_workers():
             self._send(state.spec.worker_id.encode(), message)
-
-    def can_restart_model_group(self) -> bool:
-        """Whether every model rank runs here (the launcher can restart them) and no node is lost."""
-        return not self.lost_detail and all(self.launcher.is_local(w.spec.worker_id) or w.phase == "dead"
-                                            for w in self._model_workers())
-

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from spava.comm.messages import LayoutTaskOutput, ModelTaskOutput, SubmitReq, TensorRef, VideoPlanOutput
+from spava.comm.messages import LayoutTaskOutput, ModelTaskOutput, SubmitReq, TensorRef, VideoOptions, VideoPlanOutput
 from spava.runtime.launch import WorkerSpec
 
 STAGES = ("video", "layout", "model")
@@ -19,8 +19,8 @@ class Request:
     submit: SubmitReq
     client: bytes  # ZMQ identity of the client that submitted it
     deadline: float
-    options: dict  # resolved video.* + layout budget options
-    sampling: dict
+    options: VideoOptions  # the request's resolved video settings
+    sampling: dict  # its checked overrides of decode.*
     stage: str = "video_queue"  # {video,layout,model}_queue -> {video,layout,model} -> done
     created: float = field(default_factory=time.monotonic)
     stage_started: float = field(default_factory=time.monotonic)

@@ -30,6 +30,8 @@ from spava.comm.messages import (
     decode_message, encode_message,
 )
 from spava.comm.security import resolve_secret, secure_client
+from spava.config import load_config
+from spava.runtime.launch import PARENT_ENV
 from spava.runtime.roles import PeerLostError, build_role
 from spava.stages.base import BadInputError, StageContext
 
@@ -128,7 +130,6 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
-    from spava.runtime.launch import PARENT_ENV
 
     expected = int(os.environ.get(PARENT_ENV, "0") or 0)
     if os.getppid() == 1 or (expected and os.getppid() != expected):
@@ -256,7 +257,6 @@ def main(argv=None) -> int:
     # no cleanup is owed on SIGTERM (the scheduler owns shared memory), and exiting at once avoids
     # tracebacks from torch.distributed / ZMQ teardown in the middle of a call
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    from spava.config import load_config
 
     config = load_config(args.config)
     configure_logging(config, args.role, args.rank)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import sys
 
+from spava.server.options import DEFAULT_MAX_MEDIA_BYTES, DEFAULT_MEDIA_FETCH_TIMEOUT_S
+from spava.server.run import serve
+
 SERVE_MODULES = ("fastapi", "uvicorn", "httpx", "prometheus_client")
 
 
 def add_serve_parser(commands) -> None:
-    from spava.server.options import DEFAULT_MAX_MEDIA_BYTES, DEFAULT_MEDIA_FETCH_TIMEOUT_S
-
     parser = commands.add_parser("serve", help="OpenAI-compatible HTTP server in front of a pipeline "
                                                "(no --config: the CPU demo)")
     parser.add_argument("--config", help="pipeline YAML (default: the built-in CPU demo); with --connect it "
@@ -59,7 +60,6 @@ def run_serve(args) -> int:
     if missing:
         print(f"spava serve needs {', '.join(missing)}: pip install \"spava[serve]\"", file=sys.stderr)
         return 2
-    from spava.server.run import serve
 
     try:
         return serve(args)

@@ -12,6 +12,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from spava.models.family import family_name, get_family
+
 DEFAULT_MAX_MEDIA_BYTES = 512 * 1024 * 1024
 DEFAULT_MEDIA_FETCH_TIMEOUT_S = 30.0
 
@@ -64,15 +66,12 @@ def model_id_from_config(config) -> str:
         return os.path.basename(os.path.normpath(model.path))
     if model.gguf:
         return os.path.splitext(os.path.basename(model.gguf))[0]
-    from spava.models.family import family_name
 
     return f"{family_name(model)}-{model.size}"
 
 
 def describe_pipeline(pipeline, options: ServerOptions) -> ServedModel:
     """The `ServedModel` of a `Pipeline` (started here or connected to with the same config)."""
-    from spava.models.family import get_family
-
     config = pipeline.config
     return ServedModel(
         model_id=options.served_model_name or model_id_from_config(config),

@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 
+from spava.config import load_config
 from spava.server.options import ServerOptions
 
 
@@ -24,7 +25,6 @@ def options_from_args(args) -> ServerOptions:
 
 
 def _pipeline_from_args(args):
-    from spava.config import load_config
     from spava.runtime.pipeline import Pipeline
 
     config = load_config(args.config, list(args.overrides))

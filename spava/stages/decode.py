@@ -7,11 +7,11 @@ all prefill ranks step together. Returns the `ModelTaskOutput` of the request.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from spava.comm.messages import ModelTaskOutput, TokenOutput
+from spava.models import generation
+from spava.models.family import get_family
 from spava.models.generation import SamplingParams
 from spava.progress import ProgressBar
 from spava.stages.base import BadInputError, PrefillResult, Stage, StageContext
@@ -19,19 +19,10 @@ from spava.stages.base import BadInputError, PrefillResult, Stage, StageContext
 
 def sampling_params(defaults, overrides: dict) -> SamplingParams:
     """decode.* defaults updated by a request's sampling overrides; bad values are a BadInputError."""
-    names = {f.name for f in dataclasses.fields(SamplingParams)}
-    values = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults) if f.name in names}
-    unknown = set(overrides) - names
-    if unknown:
-        raise BadInputError(f"unknown sampling option(s) {sorted(unknown)}")
-    values.update(overrides)
-    for key in ("stop_token_ids", "stop_strings"):
-        if key in values:
-            values[key] = tuple(values[key])
     try:
-        return SamplingParams(**values)
-    except (TypeError, ValueError) as error:
-        raise BadInputError(f"sampling: {error}") from None
+        return generation.sampling_params(defaults, overrides)
+    except ValueError as error:
+        raise BadInputError(str(error)) from None
 
 
 class TextStream:
@@ -74,8 +65,6 @@ class DecodeWorker(Stage):
         return cls(context, config.decode, config.model)
 
     def setup(self) -> None:
-        from spava.models.family import get_family
-
         self.processor = get_family(self.model_config).processor()
         self.eos_token_ids = self.processor.eos_token_ids()
 

@@ -38,6 +38,7 @@ from spava.models.loading import build_adapter
 from spava.models.timing import StageTimer
 from spava.models.vision_inputs import VisualSource
 from spava.models.vision_parallel import RouteTable, encode_units_batch, route_for, transfer_tag
+from spava.progress import ProgressBar
 from spava.stages.base import BadInputError, Stage, StageContext
 
 
@@ -74,7 +75,6 @@ class VisionEncoder(Stage):
     def _progress(self):
         if self.context.is_quiet or self.context.rank != 0:
             return None
-        from spava.progress import ProgressBar
 
         return ProgressBar("encode grids")
 

@@ -14,6 +14,7 @@ import time
 
 from spava.comm.messages import LayoutTaskOutput, LayoutTaskReq
 from spava.comm.transport import write_shared
+from spava.models.family import get_family
 from spava.stages.base import BadInputError, Stage, StageContext
 
 
@@ -32,8 +33,6 @@ class LayoutPlanner(Stage):
         return cls(context, config.model, config.layout.system_prompt, config.layout.max_prompt_tokens)
 
     def setup(self) -> None:
-        from spava.models.family import get_family
-
         self.processor = get_family(self.model_config).processor()
 
     def process(self, task: LayoutTaskReq) -> LayoutTaskOutput:

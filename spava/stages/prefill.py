@@ -20,6 +20,7 @@ from spava.models.loading import build_adapter
 from spava.models.memory import OverBudgetError
 from spava.models.runner import ModelRunner
 from spava.models.vision_parallel import route_for, transfer_tag
+from spava.progress import ProgressBar
 from spava.stages.base import BadInputError, PrefillResult, Stage, StageContext
 
 
@@ -61,7 +62,6 @@ class PrefillWorker(Stage):
         """A progress bar on the first prefill rank only (one bar per request, not W)."""
         if self.context.is_quiet or self.context.rank != self.context.placement.num_encoders:
             return None
-        from spava.progress import ProgressBar
 
         return ProgressBar(description)
 

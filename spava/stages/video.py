@@ -1,11 +1,11 @@
 """`video` stage: probe, plan and budget-check a video (or image), then decode its frames into shared memory.
 
-Input `VideoTaskReq` (a path, encoded bytes or raw frames in shared memory, the resolved video.*
-options and whether the item is a video or an image). The stage:
+Input `VideoTaskReq` (a path, encoded bytes or raw frames in shared memory, the request's resolved
+`VideoOptions` and whether the item is a video or an image). The stage:
 
 1. probes the source and plans the sampled frames (`spava.media.sampling`) and their grid (the
-   model family's `VisionSpec`) from metadata, and rejects an over-budget request before decoding
-   anything, naming the estimate and the setting to change;
+   model family's `VisionSpec`) from metadata, and rejects an item over `layout.max_visual_tokens`
+   before decoding anything, naming the estimate and the setting to change;
 2. creates the frames file `[T, H, W, 3]` uint8 and its progress file, and sends `VideoPlanOutput`
    at once, so the layout and model stages start while frames decode;
 3. decodes the frames into the file, marking each one written (`FrameProgress`), and returns
@@ -22,20 +22,19 @@ import time
 
 import numpy as np
 
-from spava.comm.messages import VideoPlanOutput, VideoTaskOutput, VideoTaskReq, VisualItem
+from spava.comm.messages import VideoOptions, VideoPlanOutput, VideoTaskOutput, VideoTaskReq, VisualItem
 from spava.comm.transport import (PROGRESS_FAILED, FrameProgress, create_shared_frames, new_ref_path, read_shared,
                                   read_shared_bytes, unlink_shared)
+from spava.media.images import ImageDecodeError, load_image
+from spava.media.sampling import FrameSampling, effective_max_pixels
+from spava.media.video import DecodeCancelled, VideoDecodeError, decode_video_into, plan_video_sampling, probe_video
+from spava.models.family import get_family
 from spava.stages.base import BadInputError, Stage, StageContext
 
-SAMPLING_KEYS = ("fps", "num_frames", "min_frames", "max_frames", "start_time", "end_time", "min_pixels", "max_pixels",
-                 "total_pixels")
-
-
-def frame_sampling(options: dict):
-    from spava.media.sampling import FrameSampling
-
+def frame_sampling(options: VideoOptions) -> FrameSampling:
+    """The request's frame sampling (checked at admission already; a user stage may skip that)."""
     try:
-        return FrameSampling(**{key: options[key] for key in SAMPLING_KEYS if key in options})
+        return FrameSampling.from_settings(options)
     except ValueError as error:
         raise BadInputError(f"video sampling: {error}") from None
 
@@ -52,18 +51,18 @@ def check_budget(num_tokens: int, grid, what: str, max_visual_tokens: int) -> No
 class VideoDecoder(Stage):
     name = "video"
 
-    def __init__(self, context: StageContext, vision_spec, backend: str = "auto", num_decoders: int = 0):
+    def __init__(self, context: StageContext, vision_spec, max_visual_tokens: int, backend: str = "auto",
+                 num_decoders: int = 0):
         self.context = context
         self.vision_spec = vision_spec
+        self.max_visual_tokens = max_visual_tokens  # layout.max_visual_tokens: larger items are refused here
         self.backend = backend
         self.num_decoders = num_decoders  # parallel decoders per video (0: from the cores and the plan)
 
     @classmethod
     def from_config(cls, config, context: StageContext) -> "VideoDecoder":
-        from spava.models.family import get_family
-
-        return cls(context, get_family(config.model).vision_spec(), backend=config.video.backend,
-                   num_decoders=config.video.num_decoders)
+        return cls(context, get_family(config.model).vision_spec(), config.layout.max_visual_tokens,
+                   backend=config.video.backend, num_decoders=config.video.num_decoders)
 
     def _source(self, task: VideoTaskReq):
         if task.video_kind == "path":
@@ -86,9 +85,6 @@ class VideoDecoder(Stage):
     # ----- videos ------------------------------------------------------------------------------
 
     def _video(self, task: VideoTaskReq) -> VideoTaskOutput:
-        from spava.media.sampling import effective_max_pixels
-        from spava.media.video import VideoDecodeError, plan_video_sampling, probe_video
-
         start = time.perf_counter()
         sampling = frame_sampling(task.options)
         source = self._source(task)
@@ -103,7 +99,7 @@ class VideoDecoder(Stage):
         except ValueError as error:
             raise BadInputError(f"video sampling: {error}") from None
         check_budget(visual.num_tokens, visual.grid_thw, f"video ({plan.num_frames} frames of "
-                     f"{info.width}x{info.height})", task.options["max_visual_tokens"])
+                     f"{info.width}x{info.height})", self.max_visual_tokens)
         frames_ref, array = create_shared_frames(self.context.shm_dir, task.request_id, plan.num_frames,
                                                  info.height, info.width)
         progress_path = new_ref_path(self.context.shm_dir, task.request_id, "progress")
@@ -117,7 +113,7 @@ class VideoDecoder(Stage):
         self.context.send(VideoPlanOutput(task.request_id, [item], time.perf_counter() - start))
         decode_start = time.perf_counter()
         try:
-            warnings = self._decode_into(source, info, plan, array, progress, task.options["min_decoded_fraction"])
+            warnings = self._decode_into(source, info, plan, array, progress, task.options.min_decoded_fraction)
             progress.finish(is_ok=True)
         except Exception:
             progress.finish(is_ok=False)
@@ -137,8 +133,6 @@ class VideoDecoder(Stage):
         The decoders stop as soon as the stream is marked failed: the scheduler does that when the
         request ends early (cancelled, timed out, failed elsewhere), so no socket is polled here.
         """
-        from spava.media.video import DecodeCancelled, VideoDecodeError, decode_video_into
-
         try:
             report = decode_video_into(source, plan, array, info=info, num_workers=self.num_decoders,
                                        on_frames=progress.mark, backend=self.backend,
@@ -153,8 +147,6 @@ class VideoDecoder(Stage):
     # ----- images ------------------------------------------------------------------------------
 
     def _image(self, task: VideoTaskReq) -> VideoTaskOutput:
-        from spava.media.images import ImageDecodeError, load_image
-
         start = time.perf_counter()
         try:
             image = load_image(self._source(task))
@@ -166,7 +158,7 @@ class VideoDecoder(Stage):
             visual = spec.plan_image(height, width)
         except ValueError as error:
             raise BadInputError(f"image: {error}") from None
-        check_budget(visual.num_tokens, visual.grid_thw, f"image ({width}x{height})", task.options["max_visual_tokens"])
+        check_budget(visual.num_tokens, visual.grid_thw, f"image ({width}x{height})", self.max_visual_tokens)
         frames = spec.image_frames(image, visual)  # [T, h, w, 3]: the resized image, or its tiles
         frames_ref, array = create_shared_frames(self.context.shm_dir, task.request_id, *frames.shape[:3])
         array[:] = frames

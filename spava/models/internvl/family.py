@@ -10,7 +10,9 @@ import json
 import os
 
 from spava.models.family import ModelFamily, Processor
-from spava.models.internvl.presets import PRESETS, config_dict
+from spava.models.internvl.presets import PRESETS, config_dict, internvl_config
+from spava.models.internvl.tokenizer import load_internvl_tokenizer
+from spava.models.internvl.vision import make_vision_spec
 
 
 def _read_json(path: str) -> dict:
@@ -54,8 +56,6 @@ class InternVLFamily(ModelFamily):
                                  "model; spava runs the Qwen2 / Llama-style InternVL3 checkpoints")
 
     def vision_spec(self):
-        from spava.models.internvl.vision import make_vision_spec
-
         config = checkpoint_config(self.model_config)
         return make_vision_spec(config.get("vision_config") or {}, float(config.get("downsample_ratio", 0.5)),
                                 _processor_config(self.model_config))
@@ -65,7 +65,6 @@ class InternVLFamily(ModelFamily):
 
     def build(self, parts: tuple[str, ...], device: str):
         from spava.models.internvl.model import InternVL
-        from spava.models.internvl.presets import internvl_config
         from spava.models.loading import resolve_device, torch_dtype
 
         config = self.model_config
@@ -81,7 +80,6 @@ class InternVLProcessor(Processor):
 
     def __init__(self, model_config, vision_spec):
         from spava.models.internvl.prompt import InternVLSpecialTokens
-        from spava.models.internvl.tokenizer import load_internvl_tokenizer
 
         self.tokenizer = load_internvl_tokenizer(model_config.tokenizer or model_config.path)
         self.vision_spec = vision_spec

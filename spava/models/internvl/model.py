@@ -19,6 +19,7 @@ from spava.models.adapter import HFAdapter
 from spava.models.decoder import DecoderModules
 from spava.models.dynamic_rope import dynamic_rotary
 from spava.models.internvl.pixels import rows_to_images
+from spava.models.internvl.vision import make_vision_spec
 
 PARTS = ("vision", "text")
 MAX_TILES_PER_CALL = 64  # tiles per tower call: bounds the activations ([tiles, 1025, width] per layer)
@@ -64,8 +65,6 @@ class InternVL(HFAdapter):
         self.config = hf_model.config
         self.parts = tuple(parts)
         if vision_spec is None:
-            from spava.models.internvl.vision import make_vision_spec
-
             vision_spec = make_vision_spec(self.config.vision_config.to_dict(), self.config.downsample_ratio)
         self.vision_spec = vision_spec  # preprocessing of streamed frames (an InternVisionSpec)
         self._decoder_modules = None

@@ -9,7 +9,8 @@ import json
 import os
 
 from spava.models.family import ModelFamily, Processor
-from spava.models.qwen2_5_vl.presets import PRESETS, vision_preset
+from spava.models.qwen2_5_vl.presets import PRESETS, qwen2_5_vl_config, vision_preset
+from spava.models.vision_spec import VisionSpec
 
 # CLIP normalisation of Qwen2-VL / Qwen2.5-VL (transformers' OPENAI_CLIP_MEAN / STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -42,8 +43,6 @@ def _image_pixel_bounds(model_config) -> tuple[int, int]:
 def make_vision_spec(vision: dict, image_min_pixels: int = IMAGE_MIN_PIXELS,
                      image_max_pixels: int = IMAGE_MAX_PIXELS):
     """The `VisionSpec` of a Qwen2.5-VL vision config (a dict of config.json's `vision_config`)."""
-    from spava.models.vision_spec import VisionSpec
-
     return VisionSpec(
         patch_size=int(vision.get("patch_size", 14)), temporal_patch_size=int(vision.get("temporal_patch_size", 2)),
         merge_size=int(vision.get("spatial_merge_size", 2)), image_mean=CLIP_MEAN, image_std=CLIP_STD,
@@ -67,7 +66,6 @@ class Qwen25VLFamily(ModelFamily):
     def build(self, parts: tuple[str, ...], device: str):
         from spava.models.loading import resolve_device, torch_dtype
         from spava.models.qwen2_5_vl.model import Qwen25VL
-        from spava.models.qwen2_5_vl.presets import qwen2_5_vl_config
 
         config = self.model_config
         dtype, target = torch_dtype(config.dtype), resolve_device(device)

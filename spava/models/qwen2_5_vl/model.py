@@ -15,6 +15,9 @@ import torch
 
 from spava.models.adapter import HFAdapter, hf_visual_inputs
 from spava.models.decoder import DecoderModules
+from spava.models.qwen2_5_vl.family import make_vision_spec
+from spava.models.qwen2_5_vl.presets import qwen2_5_vl_config
+from spava.models.qwen2_5_vl.vision_fast import FastQwen25Vision
 
 PARTS = ("vision", "text")
 VISION_IMPLS = ("fast", "hf")  # spava's fused vision forward (same weights and numerics) or HF's own
@@ -50,8 +53,6 @@ def vision_token_ids(config) -> VisionTokenIds:
 def load_hf_config(path: str | None, size: str):
     """The model's `Qwen2_5_VLConfig` without loading weights: config.json of `path`, else a preset."""
     if path is None:
-        from spava.models.qwen2_5_vl.presets import qwen2_5_vl_config
-
         return qwen2_5_vl_config(size)
     from transformers import Qwen2_5_VLConfig
 
@@ -72,8 +73,6 @@ class Qwen25VL(HFAdapter):
         self.parts = tuple(parts)
         self.vision_impl = vision_impl
         if vision_spec is None:
-            from spava.models.qwen2_5_vl.family import make_vision_spec
-
             vision_spec = make_vision_spec(self.config.vision_config.to_dict())
         self.vision_spec = vision_spec  # the family's VisionSpec: preprocessing of streamed frames
         self._fast_vision = None  # built on first use (it copies the MLP weights once)
@@ -132,8 +131,6 @@ class Qwen25VL(HFAdapter):
         if self.vision_impl == "hf":
             return visual(pixel_rows.to(visual.dtype), grid_thw=grid_thw).pooler_output
         if self._fast_vision is None:
-            from spava.models.qwen2_5_vl.vision_fast import FastQwen25Vision
-
             self._fast_vision = FastQwen25Vision(visual)
         return self._fast_vision.encode(pixel_rows, grid_thw)
 

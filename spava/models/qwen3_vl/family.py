@@ -10,7 +10,8 @@ import json
 import os
 
 from spava.models.family import ModelFamily, Processor
-from spava.models.qwen3_vl.presets import EOS_TOKEN_IDS, PRESETS, SPECIAL_TOKENS, vision_preset
+from spava.models.qwen3_vl.presets import EOS_TOKEN_IDS, PRESETS, SPECIAL_TOKENS, qwen3_vl_config, vision_preset
+from spava.models.vision_spec import VisionSpec
 
 # Qwen3-VL's preprocessor_config.json (image_mean / image_std 0.5: [-1, 1] inputs).
 IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)
@@ -45,8 +46,6 @@ def _image_pixel_bounds(model_config) -> tuple[int, int]:
 
 def make_vision_spec(vision: dict, image_min_pixels: int = IMAGE_MIN_PIXELS, image_max_pixels: int = IMAGE_MAX_PIXELS):
     """The `VisionSpec` of a Qwen3-VL vision config (a dict of config.json's `vision_config`)."""
-    from spava.models.vision_spec import VisionSpec
-
     return VisionSpec(
         patch_size=int(vision.get("patch_size", 16)), temporal_patch_size=int(vision.get("temporal_patch_size", 2)),
         merge_size=int(vision.get("spatial_merge_size", 2)), image_mean=IMAGE_MEAN, image_std=IMAGE_STD,
@@ -86,7 +85,6 @@ class Qwen3VLFamily(ModelFamily):
     def build(self, parts: tuple[str, ...], device: str):
         from spava.models.loading import resolve_device, torch_dtype
         from spava.models.qwen3_vl.model import Qwen3VL
-        from spava.models.qwen3_vl.presets import qwen3_vl_config
 
         config = self.model_config
         options = dict(dtype=torch_dtype(config.dtype), device=resolve_device(device), parts=parts,

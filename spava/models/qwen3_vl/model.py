@@ -26,6 +26,8 @@ import torch
 
 from spava.models.adapter import HFAdapter, hf_visual_inputs
 from spava.models.decoder import DecoderModules
+from spava.models.family import read_model_type
+from spava.models.qwen3_vl.family import make_vision_spec
 from spava.models.qwen3_vl.inputs import Qwen3VLTokenIds
 
 PARTS = ("vision", "text")
@@ -53,8 +55,6 @@ class Qwen3VL(HFAdapter):
         self.config = hf_model.config
         self.parts = tuple(parts)
         if vision_spec is None:
-            from spava.models.qwen3_vl.family import make_vision_spec
-
             vision_spec = make_vision_spec(self.config.vision_config.to_dict())
         self.vision_spec = vision_spec  # the family's VisionSpec: preprocessing of streamed frames
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (local rows, features) of this request
@@ -70,8 +70,6 @@ class Qwen3VL(HFAdapter):
                         vision_spec=None) -> "Qwen3VL":
         """Load a local HF directory (config.json + *.safetensors); nothing is downloaded."""
         from transformers import Qwen3VLForConditionalGeneration
-
-        from spava.models.family import read_model_type
 
         path = os.fspath(path)
         model_type = read_model_type(path)
