@@ -91,6 +91,9 @@ def dirs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipeline(dirs):
     config = load_config("configs/demo_cpu.yaml", [*OVERRIDES, f"runtime.shm_dir={dirs['shm']}"])
+    # processes this test process already had (e.g. multiprocessing's resource tracker, left by
+    # earlier tests that spawned ranks) are not the pipeline's
+    dirs["preexisting"] = _descendants(os.getpid())
     with Pipeline.from_config(config, is_quiet=True) as pipe:
         yield pipe
 
@@ -111,7 +114,8 @@ def _target(pipeline, role: str, rng: random.Random) -> tuple[str, int]:
 def _check_clean(pipeline, dirs, signalled: int) -> None:
     assert not is_process_alive(signalled), "the signalled worker is gone"
     launcher = pipeline.scheduler.launcher
-    _wait(lambda: _descendants(os.getpid()) == launcher.pids(), 15, "no process besides the pipeline's own")
+    _wait(lambda: _descendants(os.getpid()) - dirs["preexisting"] == launcher.pids(), 15,
+          "no process besides the pipeline's own")
     assert not [name for name in os.listdir(dirs["shm"]) if name.startswith("spava-")]
     ours = f"spava-p{os.getpid()}-"
     import tempfile
