@@ -156,24 +156,21 @@ def _remove(path: str) -> None:
 
 def sweep_owner(directory: str, owner: str) -> list[str]:
     """Remove every file and folder of `owner` under `directory`; returns what was removed."""
-    prefix = owner_prefix(owner)
-    removed = []
-    for name in _names(directory):
-        if name.startswith(prefix):
-            _remove(os.path.join(directory, name))
-            removed.append(name)
-    return removed
+    return _sweep_prefix(directory, owner_prefix(owner), _remove)
 
 
 def sweep_request(directory: str, owner: str, request_id: str) -> list[str]:
     """Remove every file of `owner` for `request_id` under `directory` (also those a worker created
     but died before announcing); returns their names. Call it only once no live request of the
     owner has this id, nor one that names its files the same (`request_file_key`)."""
-    prefix = f"{owner_prefix(owner)}{request_file_key(request_id)}-"
+    return _sweep_prefix(directory, f"{owner_prefix(owner)}{request_file_key(request_id)}-", _unlink)
+
+
+def _sweep_prefix(directory: str, prefix: str, remove) -> list[str]:
     removed = []
     for name in _names(directory):
         if name.startswith(prefix):
-            _unlink(os.path.join(directory, name))
+            remove(os.path.join(directory, name))
             removed.append(name)
     return removed
 
