@@ -1,9 +1,10 @@
 """Shared test set-up: the `slow` marker applied by rule, and fixtures used across modules.
 
-`pytest -m "not slow"` is the quick inner loop (single-process tests, about a minute on 2 cores);
+`pytest -m "not slow"` is the quick inner loop (in-process tests: 2.5 min on 2 busy cores);
 `pytest` runs everything, as CI does. A test is slow when it spawns processes: its module runs gloo
 ranks (it takes the `run_ranks` fixture) or its module starts a pipeline's workers (it imports
-`Pipeline`), or it is marked `@pytest.mark.slow` itself. GPU tests are marked `gpu` and skip without CUDA.
+`Pipeline`), or it is marked `@pytest.mark.slow` itself (modules that run spava's CLI, servers or
+launchers, Triton's interpreter). GPU tests are marked `gpu` and skip without CUDA.
 
 Helpers shared by several modules live in `tests/_*.py` (tiny model builders, the multi-process
 harness, server helpers); pytest puts this folder on `sys.path`, so modules import them by name.

@@ -8,6 +8,8 @@ import pytest
 
 from spava.bench.stream import Layout, frame_schedule, main, parse_layout, parse_resolution, plan_runs, warmup_schedule
 
+pytestmark = pytest.mark.slow  # starts spava processes (pipelines, CLI, servers)
+
 
 def test_layout_names_and_run_plan():
     assert parse_layout("colocated4") == Layout("colocated4", 0, 4)

@@ -10,6 +10,8 @@ import pytest
 
 from spava.media.synthetic import write_synthetic_video
 
+pytestmark = pytest.mark.slow  # starts spava processes (pipelines, CLI, servers)
+
 
 def test_spava_eval_on_a_tiny_longvideobench_file(tmp_path):
     for name in ("a.mp4", "b.mp4"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from _internvl_tiny import reset_hf_rope, tiny_model
@@ -56,6 +57,7 @@ def test_vision_flops_count_each_layer_once_and_the_embedding_and_projector_per_
     assert one_layer == added // 2 + embedding + projector
 
 
+@pytest.mark.slow  # spawns the benchmark's ranks
 def test_spava_bench_runs_internvl_on_cpu(tmp_path):
     from spava.bench.cli import main
 

@@ -308,6 +308,7 @@ def interpreted_results():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # Triton's interpreter: minutes on 2 cores
 @pytest.mark.parametrize("name", list(INTERPRETED))
 def test_triton_kernel_in_interpreter(interpreted_results, name):
     assert interpreted_results[name] == "ok", interpreted_results[name]

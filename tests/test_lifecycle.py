@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts spava processes (pipelines, CLI, servers)
+
 STARTER = """
 import sys, time
 from spava.runtime.pipeline import Pipeline

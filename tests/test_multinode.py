@@ -29,6 +29,8 @@ import pytest
 
 from spava.runtime.launch import free_port
 
+pytestmark = pytest.mark.slow  # starts spava processes (pipelines, CLI, servers)
+
 HEAD, OTHER = ("spava-h0", "veth-h0", "10.231.0.1"), ("spava-h1", "veth-h1", "10.231.0.2")
 RDZV_PORT, PORT, SECRET = 29640, 29650, "netns-test-secret"
 # two model ranks, colocated: one per host, so the sequence-parallel prefill talks across the hosts

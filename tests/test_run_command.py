@@ -20,6 +20,8 @@ from spava.cli import main
 from spava.media.synthetic import write_synthetic_video
 from spava.run_command import RunFailure, fetch_url
 
+pytestmark = pytest.mark.slow  # starts spava processes (pipelines, CLI, servers)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -13,6 +13,8 @@ import pytest
 
 from spava.cli import build_parser, main
 
+pytestmark = pytest.mark.slow  # starts spava processes (pipelines, CLI, servers)
+
 
 def test_spava_and_its_cli_do_not_import_the_server_stack():
     code = ("import sys, spava, spava.cli; spava.cli.build_parser(); heavy = [m for m in ('fastapi', 'uvicorn', "
