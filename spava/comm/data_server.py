@@ -59,7 +59,8 @@ class DataServer:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started (Ctrl-C may land between creating and starting it)
+            self._thread.join(timeout=5)
         self.socket.close()
         if self.authenticator is not None:
             self.authenticator.stop()

@@ -154,8 +154,10 @@ class ClientConnection:
             if not request_id.startswith("status-"):
                 self._outbox.put(CancelReq(request_id))
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
+        # ident is None until start(): Ctrl-C can land between creating the thread and starting it
+        thread = self._thread
+        if thread is not None and thread.ident is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
         self._drain_outbox()
 
     @property

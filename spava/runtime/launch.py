@@ -318,4 +318,5 @@ class ForkServerClient:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
-        self._reader.join(timeout=5)
+        if self._reader.ident is not None:  # started (Ctrl-C may land between creating and starting it)
+            self._reader.join(timeout=5)

@@ -221,6 +221,8 @@ class Pipeline:
         if self._connection is not None:
             self._connection.close("cancelled", "the pipeline was closed before this request finished")
         self._stop.set()
+        if self._scheduler_thread is not None and self._scheduler_thread.ident is None:  # never started
+            self._scheduler_thread = None
         if self._scheduler_thread is not None:
             self._scheduler_thread.join(timeout=60)
             self._scheduler_thread = None
