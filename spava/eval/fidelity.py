@@ -125,7 +125,7 @@ def run_fidelity(spec: FidelitySpec, log=print) -> dict:
         log("scoring")
         adapter = family.build(("text",), "cuda:0" if device == "cuda" else "cpu")
         scored = score_runs(adapter, processor, configs, cases, work_dir)
-    return {"spec": asdict(spec), "model_path": model_config.path, "text_sources": sources,
+    return {"spec": asdict(spec), "model_path": _shareable_path(model_config.path), "text_sources": sources,
             "num_parameters": sum(p.numel() for p in adapter.hf.parameters()) if hasattr(adapter, "hf") else None,
             "wall_s_per_world_size": walls,
             "cases": [_case_row(c) for c in cases],
@@ -242,3 +242,11 @@ def summarize(units: dict, answers: dict, configs: list[NamedConfig], num_resamp
                        for task in RECALL_TASKS if task in spava},
                 }
     return summaries
+
+
+def _shareable_path(path: str | None) -> str | None:
+    """`path` with the home folder written as ~, so reports name no user's folders."""
+    if not path:
+        return path
+    home = os.path.expanduser("~")
+    return "~" + path[len(home):] if path.startswith(home + os.sep) else path
