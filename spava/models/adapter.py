@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -27,6 +29,24 @@ class HFAdapter:
         """Per-layer additions kept by `place_visual` since the last call, then forgotten:
         {layer i: (local rows `[n]`, values `[n, d]`)} added to layer i's output (DeepStack), or None."""
         return None
+
+
+def load_local_hf(hf_class, path: str | os.PathLike, dtype: torch.dtype, hint: str) -> torch.nn.Module:
+    """`hf_class.from_pretrained` on a local directory (config.json + *.safetensors) with sdpa
+    attention; nothing is downloaded. `hint` ends the error for a folder without config.json."""
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(f"{path!r} is not a Hugging Face model directory (no config.json); {hint}")
+    return hf_class.from_pretrained(path, dtype=dtype, local_files_only=True, attn_implementation="sdpa")
+
+
+def random_hf(build, config, dtype: torch.dtype, device: str | torch.device, seed: int) -> torch.nn.Module:
+    """`build(config, dtype=dtype)` with sdpa attention and seeded random weights, created on `device`
+    (speed does not depend on weight values)."""
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return build(config, dtype=dtype)
 
 
 def hf_visual_inputs(config, device: torch.device, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,

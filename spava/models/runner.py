@@ -112,7 +112,7 @@ class ModelRunner:
         """Vision (colocated or received) + every decoder layer over this rank's tokens.
 
         The state's timings hold this rank's `frames_wait_s`, `transfer_s`, `preprocess_s`,
-        `encode_s` (see `spava.models.vision_inputs`) and `prefill_s` (device time of the LLM layers).
+        `encode_s` (see `spava.models.vision_inputs`) and `prefill_s` (GPU time of the LLM layers, from CUDA events).
         `keep_hidden` keeps the local final hidden states in the state; `selections` records the
         approximate methods' passing choices (both for evaluation; off by default).
         """

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from spava.models.adapter import HFAdapter, common_prefix_length
+from spava.models.adapter import HFAdapter, common_prefix_length, load_local_hf, random_hf
 from spava.models.decoder import DecoderModules
 from spava.models.dynamic_rope import dynamic_rotary
 from spava.models.inputs import PromptInputs
@@ -49,13 +49,9 @@ class TextLM(HFAdapter):
         """Load a local HF directory (config.json + *.safetensors [+ tokenizer]); nothing is downloaded."""
         from transformers import AutoModelForCausalLM
 
-        path = os.fspath(path)
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ValueError(f"{path!r} is not a Hugging Face model directory (no config.json); pass the "
-                             "local directory of a text checkpoint, or use TextLM.from_gguf for a .gguf file")
-        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True,
-                                                        attn_implementation="sdpa")
-        return cls(hf_model.to(device), load_local_tokenizer(path) if load_tokenizer else None)
+        hf_model = load_local_hf(AutoModelForCausalLM, path, dtype, "pass the local directory of a text "
+                                 "checkpoint, or use TextLM.from_gguf for a .gguf file")
+        return cls(hf_model.to(device), load_local_tokenizer(os.fspath(path)) if load_tokenizer else None)
 
     @classmethod
     def from_config(cls, config, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -63,11 +59,7 @@ class TextLM(HFAdapter):
         """Random weights from an HF config (e.g. a tiny `LlamaConfig` in tests)."""
         from transformers import AutoModelForCausalLM
 
-        config._attn_implementation = "sdpa"
-        torch.manual_seed(seed)
-        with torch.device(device):
-            hf_model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        return cls(hf_model, tokenizer)
+        return cls(random_hf(AutoModelForCausalLM.from_config, config, dtype, device, seed), tokenizer)
 
     @classmethod
     def from_gguf(cls, gguf_path: str | os.PathLike, cache_dir: str | os.PathLike,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spava.models.adapter import HFAdapter
+from spava.models.adapter import HFAdapter, load_local_hf, random_hf
 from spava.models.decoder import DecoderModules
 from spava.models.dynamic_rope import dynamic_rotary
 from spava.models.internvl.pixels import rows_to_images
@@ -82,12 +82,8 @@ class InternVL(HFAdapter):
         """Load a local HF directory (config.json + *.safetensors); nothing is downloaded."""
         from transformers import InternVLForConditionalGeneration
 
-        path = os.fspath(path)
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ValueError(f"{path!r} is not a Hugging Face model directory (no config.json); set model.path to "
-                             "a local InternVL3 -hf checkpoint, or model.size for random weights")
-        hf_model = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True,
-                                                                    attn_implementation="sdpa")
+        hf_model = load_local_hf(InternVLForConditionalGeneration, path, dtype,
+                                 "set model.path to a local InternVL3 -hf checkpoint, or model.size for random weights")
         return cls(hf_model.to(device), parts, vision_spec)
 
     @classmethod
@@ -96,11 +92,8 @@ class InternVL(HFAdapter):
         """Random weights for any size (speed does not depend on weight values)."""
         from transformers import InternVLForConditionalGeneration
 
-        config._attn_implementation = "sdpa"
-        torch.manual_seed(seed)
-        with torch.device(device):
-            hf_model = InternVLForConditionalGeneration._from_config(config, dtype=dtype)
-        return cls(hf_model, parts, vision_spec)
+        return cls(random_hf(InternVLForConditionalGeneration._from_config, config, dtype, device, seed), parts,
+                   vision_spec)
 
     def token_ids(self) -> InternVLTokenIds:
         return internvl_token_ids(self.config)

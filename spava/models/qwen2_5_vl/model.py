@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spava.models.adapter import HFAdapter, hf_visual_inputs
+from spava.models.adapter import HFAdapter, hf_visual_inputs, load_local_hf, random_hf
 from spava.models.decoder import DecoderModules
 from spava.models.qwen2_5_vl.family import make_vision_spec
 from spava.models.qwen2_5_vl.presets import qwen2_5_vl_config
@@ -89,13 +89,8 @@ class Qwen25VL(HFAdapter):
         """Load a local HF directory (config.json + *.safetensors); nothing is downloaded."""
         from transformers import Qwen2_5_VLForConditionalGeneration
 
-        path = os.fspath(path)
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ValueError(f"{path!r} is not a Hugging Face model directory (no config.json); "
-                             "set model.path to a local Qwen2.5-VL checkpoint, or model.size for random weights")
-        hf_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            path, dtype=dtype, local_files_only=True, attn_implementation="sdpa"
-        )
+        hf_model = load_local_hf(Qwen2_5_VLForConditionalGeneration, path, dtype,
+                                 "set model.path to a local Qwen2.5-VL checkpoint, or model.size for random weights")
         return cls(hf_model.to(device), parts, vision_impl, vision_spec)
 
     @classmethod
@@ -105,11 +100,8 @@ class Qwen25VL(HFAdapter):
         """Random weights for any size (speed does not depend on weight values)."""
         from transformers import Qwen2_5_VLForConditionalGeneration
 
-        config._attn_implementation = "sdpa"
-        torch.manual_seed(seed)
-        with torch.device(device):
-            hf_model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
-        return cls(hf_model, parts, vision_impl, vision_spec)
+        return cls(random_hf(Qwen2_5_VLForConditionalGeneration._from_config, config, dtype, device, seed), parts,
+                   vision_impl, vision_spec)
 
     def token_ids(self) -> VisionTokenIds:
         return vision_token_ids(self.config)

@@ -24,7 +24,7 @@ import os
 
 import torch
 
-from spava.models.adapter import HFAdapter, hf_visual_inputs
+from spava.models.adapter import HFAdapter, hf_visual_inputs, load_local_hf, random_hf
 from spava.models.decoder import DecoderModules
 from spava.models.family import read_model_type
 from spava.models.qwen3_vl.family import make_vision_spec
@@ -76,8 +76,8 @@ class Qwen3VL(HFAdapter):
         if model_type != MODEL_TYPE:
             raise ValueError(f"{path!r} is a {model_type!r} checkpoint, not a Qwen3-VL one ({MODEL_TYPE!r}); "
                              "set model.family=auto")
-        hf_model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True,
-                                                                   attn_implementation="sdpa")
+        hf_model = load_local_hf(Qwen3VLForConditionalGeneration, path, dtype,
+                                 "set model.path to a local Qwen3-VL checkpoint, or model.size for random weights")
         return cls(hf_model.to(device), parts, vision_spec)
 
     @classmethod
@@ -86,11 +86,8 @@ class Qwen3VL(HFAdapter):
         """Random weights for any size (speed does not depend on weight values)."""
         from transformers import Qwen3VLForConditionalGeneration
 
-        config._attn_implementation = "sdpa"
-        torch.manual_seed(seed)
-        with torch.device(device):
-            hf_model = Qwen3VLForConditionalGeneration._from_config(config, dtype=dtype)
-        return cls(hf_model, parts, vision_spec)
+        return cls(random_hf(Qwen3VLForConditionalGeneration._from_config, config, dtype, device, seed), parts,
+                   vision_spec)
 
     def token_ids(self) -> Qwen3VLTokenIds:
         return token_ids_of(self.config)
