@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("bench-e2e", help="from a video file to the last token, per stage, against HF transformers "
                                           "(see `spava bench-e2e --help`)")
 
+    commands.add_parser("bench-decode", help="time per output token at a given KV length, per decode variant "
+                                             "(see `spava bench-decode --help`)")
+
     add_eval_parser(commands)
 
     check = commands.add_parser(
@@ -129,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         return stream_main(argv[1:])
     if argv[:1] == ["bench-e2e"]:  # and `spava bench-e2e`
         return e2e_main(argv[1:])
+    if argv[:1] == ["bench-decode"]:  # and `spava bench-decode`
+        from spava.bench.decode import main as decode_main
+
+        return decode_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

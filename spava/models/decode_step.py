@@ -132,10 +132,12 @@ class DecodeEngine:
         first_position: position id of the first generated token (N + rope_delta).
         use_graph: replay the layers as a CUDA graph (CUDA only).
         use_tensor_parallel: split the MLP and LM head over the ranks (W > 1).
+        eager_steps: steps run eagerly before the graph is captured (they compile the ops for one
+            row and create cuBLAS's workspace); None: 1 for the decoder's first capture, then 0.
     """
 
     def __init__(self, decoder, state, comm: SPComm, params: SamplingParams, first_position: int, *,
-                 use_graph: bool = False, use_tensor_parallel: bool = True):
+                 use_graph: bool = False, use_tensor_parallel: bool = True, eager_steps: int | None = None):
         self.decoder, self.state, self.comm, self.params = decoder, state, comm, params
         self.modules = decoder.m
         self.device = self.modules.embed_tokens.weight.device
@@ -159,7 +161,9 @@ class DecodeEngine:
 
         self.attention = DecodeAttention()  # the split-KV kernel and its workspace, shared by the layers
         self.use_graph = use_graph and device.type == "cuda"
+        self.eager_steps = eager_steps if eager_steps is not None else (0 if decoder.has_captured_decode else 1)
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.num_capture_failures = 0
         self.num_steps = 0
         if self.cache.is_owner and any(layer.capacity < cache.num_tokens + params.max_new_tokens - 1
                                        for layer in cache.layers):
@@ -180,16 +184,35 @@ class DecodeEngine:
         partial.share(out, lse)
         return partial.finish()[0].to(q.dtype)
 
-    def _mlp(self, index: int, layer, x: torch.Tensor) -> torch.Tensor:
-        ops = self.decoder.ops
-        if self.tp is None:
-            return ops.mlp(layer.mlp, x)
-        gate, up = self.tp.gate_up[index]
-        partial = F.linear(ops.silu_mul(F.linear(x, gate), F.linear(x, up)), self.tp.down[index])
-        return self.comm.all_reduce(partial)
+    def _qkv(self, index: int, layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Normed `[1, d]` -> q `[1, Hq, D]`, k and v `[1, Hkv, D]` (RoPE applied); one GEMV when fused."""
+        fused = self.decoder.fused[index]
+        if fused is None:
+            return self.decoder._qkv(layer, x, cos, sin)
+        modules = self.modules
+        q, k, v = F.linear(x, fused.qkv_weight, fused.qkv_bias).split(fused.qkv_sizes, dim=-1)
+        q = q.view(1, modules.num_heads, modules.head_dim)
+        k = k.view(1, modules.num_kv_heads, modules.head_dim)
+        attn = layer.self_attn
+        if hasattr(attn, "q_norm"):  # Qwen3-style per-head RMSNorm before RoPE
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        return (*self.decoder.ops.rope_qk(q, k, cos, sin), v.view(1, modules.num_kv_heads, modules.head_dim))
 
-    def _logits(self, hidden: torch.Tensor) -> None:
-        normed = self.decoder.ops.norm(self.modules.norm, hidden)
+    def _mlp(self, index: int, layer, x: torch.Tensor) -> torch.Tensor:
+        """Normed `[1, d]` -> the MLP's output `[1, d]` (this rank's share summed over the ranks)."""
+        ops = self.decoder.ops
+        if self.tp is not None:
+            gate, up = self.tp.gate_up[index]
+            partial = F.linear(ops.silu_mul(F.linear(x, gate), F.linear(x, up)), self.tp.down[index])
+            return self.comm.all_reduce(partial)
+        fused = self.decoder.fused[index]
+        if fused is None or fused.gate_up is None:
+            return ops.mlp(layer.mlp, x)
+        gate_up = F.linear(x, fused.gate_up)
+        return layer.mlp.down_proj(ops.silu_mul(gate_up[:, : fused.intermediate], gate_up[:, fused.intermediate:]))
+
+    def _logits(self, normed: torch.Tensor) -> None:
+        """Final-normed `[1, d]` -> `self.logits` (the sampling rank's; all of them with tensor parallel)."""
         if self.tp is None:
             if self.is_sampler:
                 self.logits.copy_(self.modules.lm_head(normed)[0].float())
@@ -204,22 +227,29 @@ class DecodeEngine:
         self.logits.copy_(torch.cat(chunks))
 
     def _layers(self) -> None:
-        """Every layer for the token in `self.token` at `self.position`; logits into `self.logits`."""
+        """Every layer for the token in `self.token` at `self.position`; logits into `self.logits`.
+
+        Each residual add runs with the norm after it (`FusedOps.add_norm`): one kernel for both.
+        """
         decoder, modules = self.decoder, self.modules
+        ops, layers = decoder.ops, modules.layers
         if self.cache.is_owner:
             self.write_index.copy_(self.num_valid)
             self.num_valid.add_(1)
         hidden = decoder.embed(self.token)
         ids = self.position.expand(3, 1) if modules.is_mrope else self.position
         cos, sin = decoder.rope(hidden, ids)
-        for index, layer in enumerate(modules.layers):
-            q, k, v = decoder._qkv(layer, decoder.ops.norm(layer.input_layernorm, hidden), cos, sin)
+        normed = ops.norm(layers[0].input_layernorm, hidden)
+        for index, layer in enumerate(layers):
+            q, k, v = self._qkv(index, layer, normed, cos, sin)
             if self.cache.is_owner:
                 self.cache.layers[index].write(self.write_index, k, v)
             out = self._attention(index, q)
-            hidden = hidden + layer.self_attn.o_proj(out.reshape(1, -1))
-            hidden = hidden + self._mlp(index, layer, decoder.ops.norm(layer.post_attention_layernorm, hidden))
-        self._logits(hidden)
+            hidden, normed = ops.add_norm(layer.post_attention_layernorm, hidden,
+                                          layer.self_attn.o_proj(out.reshape(1, -1)))
+            next_norm = layers[index + 1].input_layernorm if index + 1 < len(layers) else modules.norm
+            hidden, normed = ops.add_norm(next_norm, hidden, self._mlp(index, layer, normed))
+        self._logits(normed)
         self.position.add_(1)
 
     def _sample_and_share(self, is_cancelled: bool) -> None:
@@ -247,7 +277,7 @@ class DecodeEngine:
         """Queue the next step: the layers for the last token, then sampling and the broadcast."""
         if self.graph is not None:
             self.graph.replay()
-        elif self.use_graph and self.num_steps >= 2:  # after eager steps warmed up compiled ops and cuBLAS
+        elif self.use_graph and self.num_steps > self.eager_steps:
             self._capture()
         else:
             self._layers()
@@ -255,18 +285,24 @@ class DecodeEngine:
         self._publish()
 
     def _capture(self) -> None:
-        """Capture the layers once and replay them; if capturing fails, log it and stay eager."""
+        """Capture the layers once and replay them. If capturing fails, run this step eagerly (which
+        also warms up whatever the capture lacked) and try once more at the next step; after a second
+        failure, log it and stay eager."""
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
                 self._layers()
         except Exception as error:  # noqa: BLE001 - a capture problem must not fail the request
-            logger.warning("capturing the decode step in a CUDA graph failed (%s: %s); decoding eagerly",
-                           type(error).__name__, error)
-            self.use_graph = False
+            self.num_capture_failures += 1
+            self.decoder.has_captured_decode = False  # the next request warms up before capturing
+            if self.num_capture_failures > 1:
+                logger.warning("capturing the decode step in a CUDA graph failed (%s: %s); decoding eagerly",
+                               type(error).__name__, error)
+                self.use_graph = False
             self._layers()
             return
         self.graph = graph
+        self.decoder.has_captured_decode = True
         graph.replay()
 
     def _publish(self) -> None:

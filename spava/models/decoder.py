@@ -21,6 +21,7 @@ from torch import nn
 
 from spava.attention.base import AttentionMethod, AttnContext
 from spava.models.fused_ops import FusedOps, is_compile_default
+from spava.models.fused_weights import FusedLayer, fuse_layers
 from spava.models.kv_cache import DistributedKVCache
 
 
@@ -46,8 +47,11 @@ class ShardedDecoder:
     """Runs prefill and decode steps of one request on this rank's tokens."""
 
     def __init__(self, modules: DecoderModules, method: AttentionMethod, mlp_chunk_size: int = 8192,
-                 progress: Callable[[int, int], None] | None = None, compile: bool | None = None):
-        """`compile`: fuse the elementwise ops with torch.compile (None: on CUDA with Triton)."""
+                 progress: Callable[[int, int], None] | None = None, compile: bool | None = None,
+                 fuse_weights: bool = True):
+        """`compile`: fuse the elementwise ops with torch.compile (None: on CUDA with Triton).
+        `fuse_weights`: store each layer's Q/K/V and gate/up weights side by side, shared with the
+        modules (`spava.models.fused_weights`), so a decode step runs one GEMV for each group."""
         self.m = modules
         self.method = method
         self.mlp_chunk_size = mlp_chunk_size
@@ -55,6 +59,9 @@ class ShardedDecoder:
         if compile is None:
             compile = is_compile_default(modules.embed_tokens.weight.device)
         self.ops = FusedOps(bool(compile))
+        self.fused: list[FusedLayer | None] = (fuse_layers(modules.layers) if fuse_weights
+                                               else [None] * len(modules.layers))
+        self.has_captured_decode = False  # a decode step was captured (compiled ops and kernels are warm)
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         """`[S]` ids -> `[S, hidden]`."""

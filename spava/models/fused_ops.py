@@ -1,4 +1,5 @@
-"""Fused elementwise pieces of a decoder layer: RMSNorm, rotary embedding, SwiGLU.
+"""Fused elementwise pieces of a decoder layer: RMSNorm (alone or after the residual add), rotary
+embedding, SwiGLU.
 
 HF's modules run them eagerly: RMSNorm alone is six kernels over float32 copies of `[S, hidden]`,
 RoPE five over `[S, H, D]`, SwiGLU two over `[S, intermediate]`. On a 4xH200 profile of Qwen2.5-VL-7B
@@ -36,6 +37,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     hidden = x.to(torch.float32)
     hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + eps)
     return weight * hidden.to(x.dtype)
+
+
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float):
+    """The residual add and the next RMSNorm: (x + delta, rms_norm(x + delta)), both `[S, C]`."""
+    total = x + delta
+    return total, rms_norm(total, weight, eps)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -99,6 +106,7 @@ class FusedOps:
         self.is_compiled = is_compiled
         wrap = _dynamic_rows if is_compiled else (lambda fn: fn)
         self._rms_norm = wrap(rms_norm)
+        self._add_rms_norm = wrap(add_rms_norm)
         self._rope_qk = wrap(rope_qk)
         self._silu_mul = wrap(silu_mul)
 
@@ -108,6 +116,13 @@ class FusedOps:
             return self._rms_norm(x, module.weight, module.variance_epsilon)
         return module(x)
 
+    def add_norm(self, module: nn.Module, x: torch.Tensor, delta: torch.Tensor):
+        """(x + delta, module(x + delta)) for an RMSNorm module, one fused kernel when its type is known."""
+        if type(module).__name__ in RMS_NORM_TYPES:
+            return self._add_rms_norm(x, delta, module.weight, module.variance_epsilon)
+        total = x + delta
+        return total, module(total)
+
     def rope_qk(self, q, k, cos, sin):
         return self._rope_qk(q, k, cos, sin)
 
@@ -116,10 +131,11 @@ class FusedOps:
 
     def mlp(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """module(x) for an MLP module; SwiGLU's elementwise part fused when its type is known."""
-        if type(module).__name__ in SWIGLU_MLP_TYPES and _is_silu(module.act_fn):
+        if type(module).__name__ in SWIGLU_MLP_TYPES and is_silu(module.act_fn):
             return module.down_proj(self._silu_mul(module.gate_proj(x), module.up_proj(x)))
         return module(x)
 
 
-def _is_silu(act: nn.Module) -> bool:
+def is_silu(act: nn.Module) -> bool:
+    """The activation module is SiLU (torch's or transformers')."""
     return isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"
