@@ -123,13 +123,30 @@ def test_one_rank_stops_on_eos_stop_string_and_cancel(run_ranks):
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+def _forced_logits(runner, state, inputs, forced: list[int], **engine_options) -> list[torch.Tensor]:
+    """Logits `[V]` of the decode steps fed `forced` tokens (teacher forcing: the engine's own
+    choice is overwritten before each step), from one `DecodeEngine` over `state`."""
+    from spava.models.decode_step import DecodeEngine
+
+    params = SamplingParams(max_new_tokens=len(forced) + 1, ignore_eos=True)
+    engine = DecodeEngine(runner.decoder, state, runner.comm, params, inputs.num_tokens, **engine_options)
+    engine.launch_first()
+    logits = []
+    for token in forced:
+        engine.token.fill_(token)
+        engine.launch_step()
+        logits.append(engine.logits.clone())
+    return logits
+
+
 @pytest.mark.gpu
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_graph_decode_matches_eager_and_hf(dtype):
-    """On CUDA: the split-KV kernel (head_dim 64) and graph-replayed steps give the eager steps'
-    tokens; the prompt's last-token logits match HF's forward. (Greedy tokens are not compared with
-    HF's: random weights give nearly tied logits, which float32 rounding differences may reorder.)"""
+    """On CUDA, with the same forced tokens: every decode step's logits (the split-KV kernel at head_dim
+    64, fused weights, compiled ops) equal HF's forward over prompt + tokens, eagerly, replayed from a
+    graph captured after an eager step, and from a graph captured at the first step of a warm decoder.
+    (Forced tokens, because random weights give nearly tied logits that rounding may reorder.)"""
     from transformers import LlamaConfig
 
     from spava.models.text_lm import TextLM
@@ -138,15 +155,23 @@ def test_cuda_graph_decode_matches_eager_and_hf(dtype):
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
                          tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
     model = TextLM.from_config(config, dtype=dtype, device="cuda", seed=0)
-    ids = torch.randint(3, 512, (1500,), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 512, (1500,), generator=generator)
+    forced = torch.randint(3, 512, (12,), generator=generator).tolist()
     inputs = PromptInputs(input_ids=ids, position_ids=torch.arange(ids.numel()), num_query_tokens=9)
-    params = SamplingParams(max_new_tokens=24, ignore_eos=True)
-    method = get_method(AttentionConfig(method="full"))
-    outputs = [ModelRunner(model, method, SPComm.single(), use_cuda_graph=use_graph).generate(inputs, params)
-               for use_graph in (False, True)]
-    assert outputs[0].token_ids == outputs[1].token_ids
+    runner = ModelRunner(model, get_method(AttentionConfig(method="full")), SPComm.single())
     with torch.inference_mode():
-        reference = model.hf(ids.cuda()[None]).logits[0, -1].float()
+        reference = model.hf(torch.cat([ids, torch.tensor(forced)]).cuda()[None]).logits[0, ids.numel() - 1:].float()
+        state = runner.prefill(inputs, max_new_tokens=len(forced) + 1)
+        runs = {"eager": _forced_logits(runner, state, inputs, forced, use_graph=False),
+                "graph after an eager step": _forced_logits(runner, state, inputs, forced, use_graph=True,
+                                                            eager_steps=1)}
+        assert runner.decoder.has_captured_decode
+        runs["graph at the first step"] = _forced_logits(runner, state, inputs, forced, use_graph=True)
     scale = reference.abs().max().item()
     tolerance = 1e-4 if dtype == torch.float32 else 3e-2
-    assert (outputs[1].first_token_logits - reference).abs().max().item() <= tolerance * scale
+    assert (state.logits - reference[0]).abs().max().item() <= tolerance * scale
+    for name, logits in runs.items():
+        for step, row in enumerate(logits):
+            error = (row - reference[step + 1]).abs().max().item()
+            assert error <= tolerance * scale, f"{name}, step {step}: {error:.3g} > {tolerance * scale:.3g}"

@@ -7,8 +7,9 @@ memory, model ranks) `--warmup` times unmeasured, then `--repeats` times, and re
 what the user waits for and where it goes:
 
   ttft_s         submit -> first streamed token (client clock)
-  tpot_s         mean time per output token after the first (client clock)
-  total_s        submit -> last token (client clock)
+  tpot_s         mean time per output token after the first: first to last streamed token, over
+                 the number of tokens after the first (client clock)
+  total_s        submit -> the finished result (client clock)
   probe_s, video_decode_s            the video worker: probe + plan, decoding the frames
   frames_wait_s, transfer_s, preprocess_s, encode_s
                                      the model ranks: waiting for decoded frames, reading them to the
@@ -87,16 +88,17 @@ def _timed_request(pipeline, video: str, args) -> dict:
     """One request, streamed: client-clock TTFT / TPOT / total plus the pipeline's stage timings."""
     start = time.perf_counter()
     handle = pipeline.submit(video, args.prompt, stream=True, max_new_tokens=args.max_new_tokens, ignore_eos=True)
-    first = None
+    first = last = None
     for _ in handle.tokens():
+        last = time.perf_counter()
         if first is None:
-            first = time.perf_counter()
+            first = last
     result = handle.result()
     end = time.perf_counter()
     num_tokens = len(result.token_ids)
     timings = result.timings
     row = {"ttft_s": first - start, "total_s": end - start,
-           "tpot_s": (end - first) / max(num_tokens - 1, 1), "num_new_tokens": num_tokens,
+           "tpot_s": (last - first) / max(num_tokens - 1, 1), "num_new_tokens": num_tokens,
            "num_frames": result.num_frames, "num_prompt_tokens": result.num_prompt_tokens,
            "num_visual_tokens": result.num_visual_tokens, "peak_gpu_gb": timings.get("peak_gpu_gb", 0.0),
            "method": result.method, "world_size": result.world_size, "warnings": result.warnings}

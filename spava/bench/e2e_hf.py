@@ -78,7 +78,7 @@ def _one_request(adapter, processor, config, plan, video: str, args, device: str
     first = clock.times[0]
     return {"video_decode_s": decoded_at - start, "preprocess_s": preprocessed_at - decoded_at,
             "transfer_s": transferred_at - preprocessed_at, "ttft_s": first - start, "total_s": end - start,
-            "tpot_s": (end - first) / max(len(clock.times) - 1, 1), "num_new_tokens": len(clock.times),
+            "tpot_s": (clock.times[-1] - first) / max(len(clock.times) - 1, 1), "num_new_tokens": len(clock.times),
             "num_prompt_tokens": int(ids.shape[1]), "num_frames": int(decoded.frames.shape[0])}
 
 

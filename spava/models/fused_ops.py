@@ -77,7 +77,8 @@ def _dynamic_rows(fn: Callable) -> Callable:
     (static widths and head counts keep the generated kernels as fast as hand-written ones).
 
     If compiling fails (an unsupported toolchain, say), a warning is logged once and the eager
-    function is used from then on: slower, never wrong.
+    function is used from then on: slower, never wrong. A failure while a CUDA graph is being
+    captured is raised instead: the capture is retried after an eager step.
     """
     compiled = torch.compile(fn, dynamic=None)
     state = {"failed": False}  # per wrapper, not module level
@@ -91,6 +92,10 @@ def _dynamic_rows(fn: Callable) -> Callable:
         try:
             return compiled(*args)
         except Exception as error:  # noqa: BLE001 - compilation problems must not fail a request
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                # compiling a new shape inside a CUDA graph capture is not allowed; the capture fails,
+                # the caller runs the step eagerly (which compiles it) and captures again
+                raise
             state["failed"] = True
             logger.warning("torch.compile of %s failed (%s: %s); running it eagerly",
                            fn.__name__, type(error).__name__, error)
