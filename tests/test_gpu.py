@@ -36,6 +36,18 @@ def test_cuda_backend_matches_reference(backend, num_q, num_k, is_causal, heads)
     assert (lse.double() - ref_lse).abs().max() < 1e-3, "LSE must be the natural-log log-sum-exp"
 
 
+@pytest.mark.parametrize("num_q,num_k,is_causal", [(113, 203, True), (203, 203, True), (1, 977, True), (77, 301, False)])
+def test_torch_cuda_backend_in_float32(num_q, num_k, is_causal):
+    """float32 (which cuDNN and FA2 do not compute) goes to the memory-efficient kernel: output and LSE
+    against float64 within float32 accumulation error (TF32 is off for it)."""
+    q, k, v = _qkv(num_q, num_k, 28, 4, 128, torch.float32)
+    ref_out, ref_lse = get_backend("math").attend(q.double(), k.double(), v.double(), is_causal=is_causal)
+    out, lse = get_backend("torch_cuda").attend(q, k, v, is_causal=is_causal)
+    assert out.dtype == torch.float32 and lse.dtype == torch.float32
+    assert (out.double() - ref_out).abs().max() < 1e-4
+    assert (lse.double() - ref_lse).abs().max() < 1e-4
+
+
 def _methods_over_nccl(rank, world_size):
     from spava.attention.config import AttentionConfig
     from spava.attention.registry import get_method

@@ -76,14 +76,23 @@ def _aten_flash(qb, kb, vb, is_causal, scale):
     return torch.ops.aten._scaled_dot_product_flash_attention(qb, kb, vb, 0.0, is_causal, False, scale=scale)
 
 
+def _aten_efficient(qb, kb, vb, is_causal, scale):
+    """Memory-efficient attention (float32 too); its LSE rows are padded, cut to the queries."""
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(qb, kb, vb, None, True, 0.0, is_causal,
+                                                                       scale=scale)[:2]
+    return out, lse[..., : qb.shape[2]]
+
+
 class TorchCudaKernel:
-    """cuDNN attention through torch (fastest dense kernel on Hopper), else torch's FA2.
+    """cuDNN attention through torch (fastest dense kernel on Hopper), else torch's FA2; for float32
+    (which cuDNN and FA2 do not compute) torch's memory-efficient kernel.
 
     Tries cuDNN with native GQA first; if this torch/cuDNN rejects unequal head counts, KV heads are
     expanded. The working mode is remembered per backend instance (no global state).
     """
 
     MODES = ("cudnn_gqa", "cudnn", "flash")
+    HALF_DTYPES = (torch.float16, torch.bfloat16)
 
     def __init__(self):
         self.mode: str | None = None
@@ -91,10 +100,13 @@ class TorchCudaKernel:
     def _call(self, mode, q, k, v, is_causal, scale):
         if mode != "cudnn_gqa":
             k, v = expand_kv_heads(k, q.shape[1]), expand_kv_heads(v, q.shape[1])
-        run = _aten_flash if mode == "flash" else _cudnn
+        run = {"flash": _aten_flash, "efficient": _aten_efficient}.get(mode, _cudnn)
         return run(_to_bhsd(q), _to_bhsd(k), _to_bhsd(v), is_causal, scale)
 
     def __call__(self, q, k, v, is_causal, scale):
+        if q.dtype not in self.HALF_DTYPES:
+            out, lse = self._call("efficient", q, k, v, is_causal, scale)
+            return out[0].transpose(0, 1), lse.reshape(q.shape[1], q.shape[0]).transpose(0, 1)
         modes = (self.mode,) if self.mode else self.MODES
         for mode in modes:
             try:

@@ -151,7 +151,7 @@ class ModelRunner:
             free_bytes = free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
         num_owned = sum(stop - start for start, stop in plan.owned_local_ranges())
         need = estimate_prefill_memory(self.decoder_shape(hidden), plan.num_local_tokens, num_owned,
-                                       extra_capacity, self.decoder.mlp_chunk_size)
+                                       extra_capacity, self.decoder.mlp_chunk_size, self.decoder.ops.is_compiled)
         mine = torch.tensor([need.kv_cache_bytes, need.activation_bytes, free_bytes], dtype=torch.int64,
                             device=self.device)
         every, pending = self.comm.all_gather_stacked(mine)
