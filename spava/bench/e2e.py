@@ -15,7 +15,7 @@ what the user waits for and where it goes:
                                      the model ranks: waiting for decoded frames, reading them to the
                                      device, resize/patchify/normalise there, the vision tower
   prefill_s                          the LLM layers over the prompt (GPU time, slowest rank)
-  num_frames, num_prompt_tokens, peak_gpu_gb
+  num_frames, num_prompt_tokens, peak_gpu_gb (GiB: torch.cuda.max_memory_allocated / 2**30)
 
 Stages overlap (the vision tower starts while frames still decode), so they do not add up to ttft_s.
 After the pipeline it measures, in the same run, the decoded-input time to first token of the same

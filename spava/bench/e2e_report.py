@@ -23,7 +23,7 @@ def format_table(results: dict) -> str:
     for video, entry in results["videos"].items():
         row, decoded, hf = entry["spava"], entry.get("decoded", {}), entry.get("hf", {})
         lines.append(f"\n{os.path.basename(video)}: {row['num_frames']} frames, {row['num_prompt_tokens']} prompt "
-                     f"tokens ({row['num_visual_tokens']} visual), peak {row['peak_gpu_gb']:.1f} GB")
+                     f"tokens ({row['num_visual_tokens']} visual), peak {row['peak_gpu_gb']:.1f} GiB")
         lines.append(f"  {'':<22} {'TTFT s':>9} {'TPOT ms':>9} {'total s':>9}")
         lines.append(f"  {'spava, from the file':<22} {row['ttft_s']:>9.3f} {row['tpot_s'] * 1e3:>9.2f} "
                      f"{row['total_s']:>9.3f}")

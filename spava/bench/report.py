@@ -27,7 +27,7 @@ def format_table(header: dict, entries: list[dict]) -> str:
     lines = [f"device: {header.get('device')} | torch {header.get('torch')} | measured bf16 matmul "
              f"{header.get('matmul_tflops', 0):.0f} TFLOP/s per GPU",
              f"{'model':<5} {'case':<13} {'tokens':>7} {'method':<12} {'W':>2} {'TTFT s':>8} {'ViT s':>7} "
-             f"{'vs full':>8} {'vs HF':>7} {'peak GB':>8} {'TFLOP/s':>8} {'roofline':>8}"]
+             f"{'vs full':>8} {'vs HF':>7} {'peak GiB':>8} {'TFLOP/s':>8} {'roofline':>8}"]
     for entry in entries:
         prefix = (f"{entry['size']:<5} {entry['case']:<13} {entry['num_tokens']:>7} {entry['method']:<12} "
                   f"{entry['world_size']:>2}")
