@@ -115,6 +115,19 @@ def test_streaming_yields_each_token(pipeline, video_path):
     assert len(pieces) == 5
 
 
+def test_frames_are_freed_once_read_while_the_request_goes_on(pipeline, video_path):
+    """Every model worker reports when it has read its frames; the scheduler frees them then, during
+    the prefill, and the layout's files when the request ends."""
+    handle = pipeline.submit(video_path, "Describe it.", stream=True, max_new_tokens=4, request_id="frees-early")
+    during = None
+    for _ in handle.tokens():
+        if during is None:  # the first token: the decode runs, the request still holds its layout
+            during = [os.path.basename(path) for path in _shm_files(pipeline, "frees-early")]
+    handle.result()
+    assert during and not any("-frames-" in name for name in during), during
+    assert not _shm_files(pipeline, "frees-early")
+
+
 def test_document_prompt_splits_context_from_question(pipeline):
     result = pipeline.run(None, "What is the pass key?", document="The pass key is 1234. " * 40)
     assert result.num_prompt_tokens > 200 and result.num_visual_tokens == 0

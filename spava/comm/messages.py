@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import msgpack
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 class MessageError(ValueError):
@@ -260,6 +260,17 @@ class ModelTaskOutput:
 
 
 @dataclass
+class FramesDoneOutput:
+    """A model worker will not read the request's frames (nor its encoded video) again. When every
+    model worker said so, or answered the request, the scheduler frees them while the request goes
+    on: their memory (hundreds of MB per long video) comes back during the prefill, not after the
+    answer."""
+
+    request_id: str
+    worker_id: str
+
+
+@dataclass
 class TaskError:
     request_id: str
     worker_id: str
@@ -273,7 +284,7 @@ MESSAGE_TYPES: dict[str, type] = {
     for cls in (
         SubmitReq, CancelReq, StatusReq, ShutdownReq, TokenOutput, ResultOutput, ErrorOutput, StatusOutput,
         ReadyReq, HeartbeatReq, VideoTaskReq, VideoPlanOutput, VideoTaskOutput, LayoutTaskReq, LayoutTaskOutput,
-        ModelTaskReq, EncodeBatchReq, ModelTaskOutput, TaskError,
+        ModelTaskReq, EncodeBatchReq, ModelTaskOutput, FramesDoneOutput, TaskError,
     )
 }
 

@@ -108,13 +108,16 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prefill(self, inputs: PromptInputs, max_new_tokens: int = 256, *, keep_hidden: bool = False,
-                selections: SelectionLog | None = None) -> PrefillState:
+                selections: SelectionLog | None = None,
+                on_visual_done: Callable[[], None] | None = None) -> PrefillState:
         """Vision (colocated or received) + every decoder layer over this rank's tokens.
 
         The state's timings hold this rank's `frames_wait_s`, `transfer_s`, `preprocess_s`,
         `encode_s` (see `spava.models.vision_inputs`) and `prefill_s` (GPU time of the LLM layers, from CUDA events).
         `keep_hidden` keeps the local final hidden states in the state; `selections` records the
         approximate methods' passing choices (both for evaluation; off by default).
+        `on_visual_done()` is called once this rank has every visual row it needs (its frames are not
+        read again), before the decoder layers run.
         """
         timer = StageTimer(self.device)
         method = self.method_for(inputs.num_tokens)
@@ -127,6 +130,8 @@ class ModelRunner:
         finally:
             if inputs.visual is not None:
                 inputs.visual.close()
+        if on_visual_done is not None and inputs.has_vision:
+            on_visual_done()
         self.check_memory(plan, hidden, extra_capacity=max_new_tokens + 1)
         positions = plan.slice_local(inputs.position_ids, dim=-1).to(self.device)
         with timer.span("prefill_s"):

@@ -32,7 +32,7 @@ import time
 import zmq
 
 from spava.comm.messages import (
-    CancelReq, ErrorOutput, HeartbeatReq, LayoutTaskOutput, MessageError,
+    CancelReq, ErrorOutput, FramesDoneOutput, HeartbeatReq, LayoutTaskOutput, MessageError,
     ModelTaskOutput, ReadyReq, ResultOutput, ShutdownReq, StatusOutput, StatusReq, SubmitReq,
     TaskError, TensorRef, TokenOutput, VideoPlanOutput, VideoTaskOutput, decode_message,
     encode_message,
@@ -173,7 +173,7 @@ class Scheduler:
             ReadyReq: lambda identity, message: self.health.on_ready(identity, message, time.monotonic()),
             HeartbeatReq: lambda identity, message: self.health.on_heartbeat(message, time.monotonic()),
             VideoPlanOutput: self._on_video_plan, VideoTaskOutput: self._on_video, LayoutTaskOutput: self._on_layout,
-            ModelTaskOutput: self._on_model,
+            ModelTaskOutput: self._on_model, FramesDoneOutput: self._on_frames_done,
             TokenOutput: self._on_token, TaskError: self._on_task_error,
         }
 
@@ -254,6 +254,7 @@ class Scheduler:
         request.video_worker_id = None
         request.is_video_done = True
         request.timings["video_decode_s"] = message.decode_s
+        self._free_frames_if_read(request)
         request.warnings.extend(message.warnings)
         if request.video is None:  # nothing was planned (a text-only request)
             request.enter("layout_queue")
@@ -292,6 +293,31 @@ class Scheduler:
         request.model_outputs[message.worker_id] = message
         if len(request.model_outputs) == len(self.health.model_workers()):
             self._complete(request)
+            return
+        request.frames_done.add(message.worker_id)  # an encoder's answer: it sent its rows
+        self._free_frames_if_read(request)
+
+    def _on_frames_done(self, identity: bytes, message: FramesDoneOutput) -> None:
+        request = self.requests.get(message.request_id)
+        if request is not None:
+            request.frames_done.add(message.worker_id)
+            self._free_frames_if_read(request)
+
+    def _free_frames_if_read(self, request: Request) -> None:
+        """Free the request's frames and encoded video once every frame is decoded (the video worker
+        writes them until then) and every model worker is done reading them; the layout's files stay
+        until the request ends."""
+        if request.is_frames_freed or not request.is_video_done or request.video is None:
+            return
+        if any(w.spec.worker_id not in request.frames_done for w in self.health.model_workers()):
+            return
+        request.is_frames_freed = True
+        frames = {ref.path for item in request.video.items for ref in item_refs(item)}
+        if request.submit.video_ref is not None:
+            frames.add(request.submit.video_ref.path)
+        for ref in [r for r in request.refs if r.path in frames]:
+            unlink_shared(ref)
+        request.refs = [r for r in request.refs if r.path not in frames]
 
     def _on_task_error(self, identity: bytes, message: TaskError) -> None:
         if message.stage == "model" and message.kind == "internal":

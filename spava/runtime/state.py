@@ -32,6 +32,8 @@ class Request:
     layout: Optional[LayoutTaskOutput] = None
     worker_id: Optional[str] = None
     model_outputs: dict[str, ModelTaskOutput] = field(default_factory=dict)
+    frames_done: set[str] = field(default_factory=set)  # model workers that will not read the frames again
+    is_frames_freed: bool = False
     is_cancelled: bool = False
     warnings: list[str] = field(default_factory=list)
 

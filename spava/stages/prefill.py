@@ -14,7 +14,7 @@ import torch
 
 from spava.attention.registry import ShortInputRule, get_method
 from spava.comm.collectives import Pending, SPComm, recv_async
-from spava.comm.messages import ModelTaskReq
+from spava.comm.messages import FramesDoneOutput, ModelTaskReq
 from spava.models.inputs import PromptInputs, read_prompt_inputs
 from spava.models.loading import build_adapter
 from spava.models.memory import OverBudgetError
@@ -89,8 +89,10 @@ class PrefillWorker(Stage):
         placement = self.context.placement
         inputs = read_prompt_inputs(task.layout, self.runner.adapter.vision_spec if placement.is_colocated else None)
         max_new_tokens = int(task.sampling.get("max_new_tokens", self.decode_config.max_new_tokens))
+        frames_done = FramesDoneOutput(task.request_id, self.context.worker_id)  # frees them during the prefill
         try:
-            state = self.runner.prefill(inputs, max_new_tokens=max_new_tokens)
+            state = self.runner.prefill(inputs, max_new_tokens=max_new_tokens,
+                                        on_visual_done=lambda: self.context.send(frames_done))
         except OverBudgetError as error:
             raise BadInputError(str(error)) from None
         return PrefillResult(task, inputs, state, time.perf_counter() - start)
