@@ -1,8 +1,7 @@
 """The Qwen3-VL family (dense 2B / 4B / 8B / 32B): vision contract, chat prompt, model on the ranks.
 
 Importing this module is light (no torch, no transformers): the registry resolves it at config load.
-`model.vision_impl`: `fast` (default) runs spava's forward of the vision tower over HF's modules
-(`spava.models.qwen3_vl.vision_fast`), `hf` HF's own forward.
+The vision tower is HF's own for both `model.vision_impl` values (spava's fused tower is Qwen2.5-VL's).
 """
 
 from __future__ import annotations
@@ -89,7 +88,7 @@ class Qwen3VLFamily(ModelFamily):
 
         config = self.model_config
         options = dict(dtype=torch_dtype(config.dtype), device=resolve_device(device), parts=parts,
-                       vision_spec=self.vision_spec(), vision_impl=config.vision_impl)
+                       vision_spec=self.vision_spec())
         if config.path is not None:
             return Qwen3VL.from_pretrained(config.path, **options)
         return Qwen3VL.from_config(qwen3_vl_config(config.size), seed=config.seed, **options)

@@ -3,9 +3,8 @@
 `Qwen3VL` wraps a `Qwen3VLForConditionalGeneration` (a local HF directory with config.json +
 safetensors, or random weights from a config) and exposes:
 
-* `encode(pixel_rows, grid_thw)`: the vision tower (patch 16, learned position embeddings
-  interpolated to each grid, 2-D rotary, attention cut per temporal grid): spava's forward over HF's
-  modules (`vision_fast.FastQwen3Vision`, `model.vision_impl: fast`, the default) or HF's own (`hf`). Each output row is
+* `encode(pixel_rows, grid_thw)`: HF's own vision tower (patch 16, learned position embeddings
+  interpolated to each grid, 2-D rotary, attention cut per temporal grid). Each output row is
   `[embedding | deepstack_1 | ... | deepstack_K]`, width `d * (1 + K)` (`visual_width`): the
   DeepStack features of intermediate ViT layers travel with their token's embedding, so the
   frame-parallel routing delivers them only to the ranks holding that token.
@@ -30,7 +29,6 @@ from spava.models.decoder import DecoderModules
 from spava.models.family import read_model_type
 from spava.models.qwen3_vl.family import make_vision_spec
 from spava.models.qwen3_vl.inputs import Qwen3VLTokenIds
-from spava.models.qwen3_vl.vision_fast import FastQwen3Vision, has_layout_helpers
 
 PARTS = ("vision", "text")
 MODEL_TYPE = "qwen3_vl"
@@ -49,7 +47,7 @@ def token_ids_of(config) -> Qwen3VLTokenIds:
 class Qwen3VL(HFAdapter):
     """Adapter over an HF Qwen3-VL model (any dense size)."""
 
-    def __init__(self, hf_model, parts: tuple[str, ...] = PARTS, vision_spec=None, vision_impl: str = "fast"):
+    def __init__(self, hf_model, parts: tuple[str, ...] = PARTS, vision_spec=None):
         unknown = set(parts) - set(PARTS)
         if unknown or not parts:
             raise ValueError(f"parts must be a non-empty subset of {PARTS}, got {parts}")
@@ -60,10 +58,6 @@ class Qwen3VL(HFAdapter):
             vision_spec = make_vision_spec(self.config.vision_config.to_dict())
         self.vision_spec = vision_spec  # the family's VisionSpec: preprocessing of streamed frames
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (local rows, features) of this request
-        if vision_impl not in ("fast", "hf"):
-            raise ValueError(f"model.vision_impl must be 'fast' or 'hf', got {vision_impl!r}")
-        self.vision_impl = vision_impl
-        self._fast_visual = None  # `FastQwen3Vision`, made on the first `encode` with vision_impl "fast"
         if "vision" not in parts:
             self.hf.model.visual = None
         if "text" not in parts:
@@ -73,7 +67,7 @@ class Qwen3VL(HFAdapter):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.bfloat16,
                         device: str | torch.device = "cpu", parts: tuple[str, ...] = PARTS,
-                        vision_spec=None, vision_impl: str = "fast") -> "Qwen3VL":
+                        vision_spec=None) -> "Qwen3VL":
         """Load a local HF directory (config.json + *.safetensors); nothing is downloaded."""
         from transformers import Qwen3VLForConditionalGeneration
 
@@ -84,17 +78,16 @@ class Qwen3VL(HFAdapter):
                              "set model.family=auto")
         hf_model = load_local_hf(Qwen3VLForConditionalGeneration, path, dtype,
                                  "set model.path to a local Qwen3-VL checkpoint, or model.size for random weights")
-        return cls(hf_model.to(device), parts, vision_spec, vision_impl)
+        return cls(hf_model.to(device), parts, vision_spec)
 
     @classmethod
     def from_config(cls, config, *, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-                    seed: int = 0, parts: tuple[str, ...] = PARTS, vision_spec=None,
-                    vision_impl: str = "fast") -> "Qwen3VL":
+                    seed: int = 0, parts: tuple[str, ...] = PARTS, vision_spec=None) -> "Qwen3VL":
         """Random weights for any size (speed does not depend on weight values)."""
         from transformers import Qwen3VLForConditionalGeneration
 
         return cls(random_hf(Qwen3VLForConditionalGeneration._from_config, config, dtype, device, seed), parts,
-                   vision_spec, vision_impl)
+                   vision_spec)
 
     def token_ids(self) -> Qwen3VLTokenIds:
         return token_ids_of(self.config)
@@ -118,10 +111,6 @@ class Qwen3VL(HFAdapter):
         visual = self.hf.model.visual
         if visual is None:
             raise RuntimeError("this rank loaded the model without its vision part (parts excludes 'vision')")
-        if self.vision_impl == "fast" and has_layout_helpers():
-            if self._fast_visual is None:
-                self._fast_visual = FastQwen3Vision(visual)
-            return self._fast_visual.encode(pixel_rows, grid_thw)
         out = visual(pixel_rows.to(visual.dtype), grid_thw=grid_thw, return_dict=True)
         return torch.cat([out.pooler_output, *out.deepstack_features], dim=1)
 
