@@ -199,13 +199,18 @@ def end_spawned_rank() -> None:
     """Successful end of a spawned rank: barrier, leave the group, exit without interpreter teardown.
 
     gloo's background threads can abort the process while Python tears down ("terminate called
-    without an active exception"), which would turn a finished run into a crashed one.
+    without an active exception"), which would turn a finished run into a crashed one. Skipping the
+    teardown also skips multiprocessing's finalizers, which unlink the named semaphores this process
+    made (tqdm's lock, made by torch.compile's progress bar): they run first, or the parent's
+    resource tracker reports them as leaked when it exits.
     """
+    import multiprocessing.util
     import os
     import sys
 
     dist.barrier()
     dist.destroy_process_group()
+    multiprocessing.util._run_finalizers(0)  # the atexit hook's own call, minus the teardown
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
