@@ -8,10 +8,17 @@ the same way whatever it holds) and serves `--repeats` requests of `--new-tokens
 through `DecodeEngine`, the path every request takes, after `--warmup` requests. Each variant runs on
 the same model and cache, one after the other:
 
-* `default`: fused Q/K/V and gate/up weights, compiled elementwise ops, CUDA graph;
+* `default`: fused Q/K/V and gate/up weights, compiled elementwise ops, CUDA graph (one rank) or
+  the MLP and LM head split over the ranks (several);
 * `unfused`: the modules' own projections (three Q/K/V GEMVs, two for gate/up);
-* `eager`: no CUDA graph;
-* `warm-step`: as `default`, but every request runs one eager step before capturing.
+* `eager`: no CUDA graph (one rank);
+* `warm-step`: as `default`, but every request runs one eager step before capturing (one rank);
+* `no-tp`: every rank runs the whole MLP and LM head (several ranks).
+
+With `--world-size W` it spawns W ranks (NCCL on CUDA, one GPU each; gloo on the CPU) that hold the
+KV cache as a W-rank prefill leaves it (zigzag chunks; the last rank stores new tokens) and decode
+as a pipeline request does: attention over each rank's shard, LSE-merged, and (by default) the MLP
+and LM head split over the ranks.
 
 Per variant (median over requests): `tpot_s` (mean time per token after the first, what
 `spava bench-e2e` reports), the first three step times, the steady step time (median from step 4
@@ -24,12 +31,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
 import torch
 
-VARIANTS = ("default", "unfused", "eager", "warm-step")
+VARIANTS = ("default", "unfused", "eager", "warm-step", "no-tp")
+ONE_RANK_VARIANTS = ("default", "unfused", "eager", "warm-step")
+MULTI_RANK_VARIANTS = ("default", "unfused", "no-tp")
 
 
 def parse_args(argv):
@@ -40,16 +50,29 @@ def parse_args(argv):
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens per request")
     parser.add_argument("--repeats", type=int, default=3, help="measured requests per variant")
     parser.add_argument("--warmup", type=int, default=1, help="requests per variant before measuring")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS,
+                        help=f"default: {' '.join(ONE_RANK_VARIANTS)} on one rank, {' '.join(MULTI_RANK_VARIANTS)} on several")
+    parser.add_argument("--world-size", type=int, default=1, help="decode ranks (one GPU each on CUDA)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--profile", default="", help="directory for a kernel table per variant (CUDA)")
     parser.add_argument("--json", default="", help="write the results to this file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    allowed = ONE_RANK_VARIANTS if args.world_size == 1 else MULTI_RANK_VARIANTS
+    if args.variants is None:
+        args.variants = list(allowed)
+    wrong = [v for v in args.variants if v not in allowed]
+    if args.world_size < 1:
+        parser.error("--world-size must be at least 1")
+    if wrong:
+        parser.error(f"--variants {' '.join(wrong)}: not measured with --world-size {args.world_size} (the CUDA graph "
+                     f"is one rank's, the tensor-parallel split several ranks'); choose from {' '.join(allowed)}")
+    return args
 
 
-def _build(args):
-    """(runner, modules) of the family's language model with random weights on args.device."""
+def _build(args, device: str):
+    """(runner, modules) of the family's language model with random weights on `device`: `full` on one
+    rank, or this rank of a `zigzag_ring` world (whose plan places the KV cache as a prefill would)."""
     from spava.attention.config import AttentionConfig
     from spava.attention.registry import get_method
     from spava.comm.collectives import SPComm
@@ -58,22 +81,26 @@ def _build(args):
     from spava.models.runner import ModelRunner
 
     family = get_family(ModelConfig(family=args.model, size=args.size, dtype=args.dtype))
-    adapter = family.build(("text",), args.device)
-    runner = ModelRunner(adapter, get_method(AttentionConfig(method="full")), SPComm.single())
+    adapter = family.build(("text",), device)
+    method, comm = ("full", SPComm.single()) if args.world_size == 1 else ("zigzag_ring", SPComm())
+    runner = ModelRunner(adapter, get_method(AttentionConfig(method=method)), comm)
     return runner, runner.decoder.m
 
 
 def _state(runner, modules, num_tokens: int, extra: int):
-    """A PrefillState over `num_tokens` random KV rows per layer (and random last-token logits)."""
+    """This rank's PrefillState of a `num_tokens` prompt: random K/V for the rows its plan owns in
+    every layer, random last-token logits."""
     from spava.models.kv_cache import DistributedKVCache
     from spava.models.runner import PrefillState
 
     device, dtype = runner.device, modules.embed_tokens.weight.dtype
-    plan = runner.method.plan(num_tokens, 1, 1, 0)
-    ctx = runner.method.context(plan, runner.comm, device)
-    cache = DistributedKVCache(is_owner=True, extra_capacity=extra)
-    generator = torch.Generator(device=device).manual_seed(0)
-    shape = (num_tokens, modules.num_kv_heads, modules.head_dim)
+    comm = runner.comm
+    plan = runner.method.plan(num_tokens, 1, comm.world_size, comm.rank)
+    ctx = runner.method.context(plan, comm, device)
+    cache = DistributedKVCache(is_owner=plan.rank == plan.decode_rank, extra_capacity=extra)
+    generator = torch.Generator(device=device).manual_seed(comm.rank)
+    num_owned = sum(stop - start for start, stop in plan.owned_local_ranges())
+    shape = (num_owned, modules.num_kv_heads, modules.head_dim)
     for _ in modules.layers:
         cache.add_layer(torch.randn(shape, device=device, dtype=dtype, generator=generator),
                         torch.randn(shape, device=device, dtype=dtype, generator=generator))
@@ -95,7 +122,8 @@ def _request(runner, state, num_tokens: int, new_tokens: int, variant: str):
         runner.decoder.has_captured_decode = False
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
     engine = DecodeEngine(runner.decoder, state, runner.comm, params, num_tokens,
-                          use_graph=variant != "eager")
+                          use_graph=runner.comm.world_size == 1 and variant != "eager",
+                          use_tensor_parallel=variant != "no-tp")
     _sync(runner.device)
     start = time.perf_counter()
     stamps = []
@@ -172,7 +200,7 @@ def _measure(runner, modules, state, num_tokens: int, args, variant: str) -> dic
             stamps, engine = _request(runner, state, num_tokens, args.new_tokens, variant)
             if index >= args.warmup:
                 runs.append((stamps, _replay_ms(engine) if runner.device.type == "cuda" else None))
-        if args.profile and runner.device.type == "cuda":
+        if args.profile and runner.device.type == "cuda" and runner.comm.world_size == 1:
             _profile(engine, f"{args.profile}/decode_{variant}_{num_tokens}.txt")
     finally:
         runner.decoder.fused = saved
@@ -199,20 +227,35 @@ def format_row(result: dict, num_bytes: int) -> str:
     return line
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    runner, modules = _build(args)
-    device = runner.device
-    info = {"model": args.model, "size": args.size, "dtype": args.dtype, "device": str(device),
-            "torch": torch.__version__, "new_tokens": args.new_tokens, "repeats": args.repeats,
-            "warmup": args.warmup, "date": time.strftime("%Y-%m-%d")}
-    if device.type == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(device), copy_gbps=round(_copy_gbps(device)))
-    print("spava bench-decode: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+def _run(rank: int, args, port: int) -> None:
+    """Every variant at every KV length on this rank; rank 0 prints and writes the results."""
+    import torch.distributed as dist
+
+    from spava.comm.collectives import end_spawned_rank
+
+    is_cuda = args.device == "cuda"
+    device = f"cuda:{rank}" if is_cuda else "cpu"
+    if args.world_size > 1:
+        if is_cuda:
+            torch.cuda.set_device(rank)
+        torch.set_num_threads(max(1, min(8, (os.cpu_count() or 1) // args.world_size)))
+        dist.init_process_group("nccl" if is_cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=args.world_size)
+    runner, modules = _build(args, device)
+    is_reporter = rank == 0
+    info = {"model": args.model, "size": args.size, "dtype": args.dtype, "device": str(runner.device),
+            "world_size": args.world_size, "torch": torch.__version__, "new_tokens": args.new_tokens,
+            "repeats": args.repeats, "warmup": args.warmup, "date": time.strftime("%Y-%m-%d")}
+    if is_cuda:
+        info.update(gpu=torch.cuda.get_device_name(runner.device), copy_gbps=round(_copy_gbps(runner.device)))
+    if is_reporter:
+        print("spava bench-decode: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
     results = []
     for num_tokens in args.kv_tokens:
         num_bytes = bytes_per_step(modules, num_tokens)
-        print(f"KV {num_tokens} rows: a step reads {num_bytes / 1e9:.2f} GB", flush=True)
+        if is_reporter:
+            print(f"KV {num_tokens} rows: a step reads {num_bytes / 1e9:.2f} GB"
+                  + (f" (in all, over {args.world_size} ranks)" if args.world_size > 1 else ""), flush=True)
         # room for every request's tokens, plus the replays and profiled steps that follow a request
         state = _state(runner, modules, num_tokens, args.new_tokens + 64)
         with torch.inference_mode():
@@ -220,11 +263,29 @@ def main(argv=None) -> int:
                 result = _measure(runner, modules, state, num_tokens, args, variant)
                 result["bytes_per_step"] = num_bytes
                 results.append(result)
-                print(format_row(result, num_bytes), flush=True)
+                if is_reporter:
+                    print(format_row(result, num_bytes), flush=True)
         del state
-    if args.json:
+    if is_reporter and args.json:
         with open(args.json, "w") as handle:
             json.dump({"config": info, "results": results}, handle, indent=1)
+    if args.world_size > 1:
+        end_spawned_rank()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.world_size == 1:
+        _run(0, args, 0)
+        return 0
+    import torch.multiprocessing as mp
+
+    from spava.runtime.launch import free_port
+
+    if args.device == "cuda" and torch.cuda.device_count() < args.world_size:
+        raise SystemExit(f"spava bench-decode: --world-size {args.world_size} needs {args.world_size} GPUs, "
+                         f"this machine has {torch.cuda.device_count()}")
+    mp.start_processes(_run, args=(args, free_port()), nprocs=args.world_size, start_method="spawn")
     return 0
 
 
