@@ -3,6 +3,7 @@ also exits 130 with one line and no traceback)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -74,7 +75,8 @@ def test_a_closed_pipeline_refuses_work_and_starts_again_cleanly(tmp_path):
 
 def test_ctrl_c_on_spava_run_stops_every_worker(tmp_path):
     (tmp_path / "layout-sleep").write_text("60")  # Ctrl-C lands while the request waits in layout
-    env = dict(os.environ, SPAVA_FAULT_DIR=str(tmp_path))
+    # PYTHONFAULTHANDLER: if it hangs, SIGABRT makes it print every thread's stack for the failure
+    env = dict(os.environ, SPAVA_FAULT_DIR=str(tmp_path), PYTHONFAULTHANDLER="1")
     process = subprocess.Popen([sys.executable, "-m", "spava.cli", "run", "--verbose",
                                 "stages.layout=spava.testing.faults:FaultyLayout"], env=env, stderr=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, text=True, start_new_session=True)
@@ -83,7 +85,15 @@ def test_ctrl_c_on_spava_run_stops_every_worker(tmp_path):
         num_ready += "INFO ready on" in process.stderr.readline()  # a worker's own line
     pids = _descendants(process.pid)
     os.killpg(process.pid, signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        alive = [pid for pid in [process.pid, *pids] if _alive(pid)]
+        os.kill(process.pid, signal.SIGABRT)
+        _, err = process.communicate(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"spava run had not exited 60 s after Ctrl-C (alive: {alive}); its output:\n{err[-8000:]}")
     assert len(pids) >= 5 and _wait_gone(pids, 15) == []
     assert process.returncode == 130 and "Traceback" not in err and "spava run: interrupted" in err, err[-3000:]
 
