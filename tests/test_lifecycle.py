@@ -77,9 +77,16 @@ def test_ctrl_c_on_spava_run_stops_every_worker(tmp_path):
     (tmp_path / "layout-sleep").write_text("60")  # Ctrl-C lands while the request waits in layout
     # PYTHONFAULTHANDLER: if it hangs, SIGABRT makes it print every thread's stack for the failure
     env = dict(os.environ, SPAVA_FAULT_DIR=str(tmp_path), PYTHONFAULTHANDLER="1")
-    process = subprocess.Popen([sys.executable, "-m", "spava.cli", "run", "--verbose",
-                                "stages.layout=spava.testing.faults:FaultyLayout"], env=env, stderr=subprocess.PIPE,
-                               stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    # a background job (`pytest ... &` from a script) starts with Ctrl-C ignored, and its children
+    # would inherit that: the child gets the default disposition, as from a terminal
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "spava.cli", "run", "--verbose",
+                                    "stages.layout=spava.testing.faults:FaultyLayout"], env=env,
+                                   stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                   start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     num_ready, deadline = 0, time.monotonic() + 240
     while time.monotonic() < deadline and num_ready < 5:
         num_ready += "INFO ready on" in process.stderr.readline()  # a worker's own line
