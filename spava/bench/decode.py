@@ -108,11 +108,6 @@ def _state(runner, modules, num_tokens: int, extra: int):
     return PrefillState(plan, ctx, cache, logits)
 
 
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _request(runner, state, num_tokens: int, new_tokens: int, variant: str):
     """One request of `new_tokens` greedy tokens; (seconds from start to each token, engine)."""
     from spava.models.decode_step import DecodeEngine
@@ -124,7 +119,8 @@ def _request(runner, state, num_tokens: int, new_tokens: int, variant: str):
     engine = DecodeEngine(runner.decoder, state, runner.comm, params, num_tokens,
                           use_graph=runner.comm.world_size == 1 and variant != "eager",
                           use_tensor_parallel=variant != "no-tp")
-    _sync(runner.device)
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize(runner.device)
     start = time.perf_counter()
     stamps = []
     engine.launch_first()
@@ -136,19 +132,22 @@ def _request(runner, state, num_tokens: int, new_tokens: int, variant: str):
     return stamps, engine
 
 
-def _replay_ms(engine, repeats: int = 20) -> float | None:
-    """GPU milliseconds of one replayed step (median), or None without a graph."""
-    if engine.graph is None:
-        return None
+def _event_median_ms(fn, repeats: int) -> float:
+    """Median GPU milliseconds of `fn()` between CUDA events."""
     times = []
     for _ in range(repeats):
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
-        engine.graph.replay()
+        fn()
         end.record()
         end.synchronize()
         times.append(begin.elapsed_time(end))
     return statistics.median(times)
+
+
+def _replay_ms(engine, repeats: int = 20) -> float | None:
+    """GPU milliseconds of one replayed step (median), or None without a graph."""
+    return None if engine.graph is None else _event_median_ms(engine.graph.replay, repeats)
 
 
 def _copy_gbps(device, num_bytes: int = 2 << 30) -> float:
@@ -157,15 +156,7 @@ def _copy_gbps(device, num_bytes: int = 2 << 30) -> float:
     target = torch.empty_like(source)
     for _ in range(3):
         target.copy_(source)
-    times = []
-    for _ in range(10):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        target.copy_(source)
-        end.record()
-        end.synchronize()
-        times.append(begin.elapsed_time(end))
-    return num_bytes / statistics.median(times) / 1e6
+    return num_bytes / _event_median_ms(lambda: target.copy_(source), 10) / 1e6
 
 
 def bytes_per_step(modules, num_tokens: int) -> int:

@@ -189,14 +189,8 @@ class DecodeEngine:
         fused = self.decoder.fused[index]
         if fused is None:
             return self.decoder._qkv(layer, x, cos, sin)
-        modules = self.modules
         q, k, v = F.linear(x, fused.qkv_weight, fused.qkv_bias).split(fused.qkv_sizes, dim=-1)
-        q = q.view(1, modules.num_heads, modules.head_dim)
-        k = k.view(1, modules.num_kv_heads, modules.head_dim)
-        attn = layer.self_attn
-        if hasattr(attn, "q_norm"):  # Qwen3-style per-head RMSNorm before RoPE
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        return (*self.decoder.ops.rope_qk(q, k, cos, sin), v.view(1, modules.num_kv_heads, modules.head_dim))
+        return self.decoder.rotate_qkv(layer, q, k, v, cos, sin)
 
     def _mlp(self, index: int, layer, x: torch.Tensor) -> torch.Tensor:
         """Normed `[1, d]` -> the MLP's output `[1, d]` (this rank's share summed over the ranks)."""

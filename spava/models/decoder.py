@@ -82,11 +82,18 @@ class ShardedDecoder:
         return cos[0], sin[0]
 
     def _qkv(self, layer, hidden, cos, sin):
+        """Normed `[S, d]` -> q `[S, Hq, D]`, k and v `[S, Hkv, D]` through the layer's own projections."""
         attn = layer.self_attn
-        num_tokens = hidden.shape[0]
-        q = attn.q_proj(hidden).view(num_tokens, self.m.num_heads, self.m.head_dim)
-        k = attn.k_proj(hidden).view(num_tokens, self.m.num_kv_heads, self.m.head_dim)
-        v = attn.v_proj(hidden).view(num_tokens, self.m.num_kv_heads, self.m.head_dim)
+        return self.rotate_qkv(layer, attn.q_proj(hidden), attn.k_proj(hidden), attn.v_proj(hidden), cos, sin)
+
+    def rotate_qkv(self, layer, q, k, v, cos, sin):
+        """Projected q `[S, Hq*D]`, k and v `[S, Hkv*D]` -> heads, Qwen3-style per-head norms where the
+        layer has them, RoPE on q and k: q `[S, Hq, D]`, k and v `[S, Hkv, D]`."""
+        attn, m = layer.self_attn, self.m
+        num_tokens = q.shape[0]
+        q = q.view(num_tokens, m.num_heads, m.head_dim)
+        k = k.view(num_tokens, m.num_kv_heads, m.head_dim)
+        v = v.view(num_tokens, m.num_kv_heads, m.head_dim)
         if hasattr(attn, "q_norm"):  # Qwen3-style per-head RMSNorm before RoPE
             q, k = attn.q_norm(q), attn.k_norm(k)
         return (*self.ops.rope_qk(q, k, cos, sin), v)

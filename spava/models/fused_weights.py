@@ -55,10 +55,11 @@ def _share_rows(linears: list[nn.Module]) -> tuple[torch.Tensor, torch.Tensor | 
         weight = torch.cat([m.weight.detach() for m in linears])
         has_bias = linears[0].bias is not None
         bias = torch.cat([m.bias.detach() for m in linears]) if has_bias else None
-        for index, (module, rows) in enumerate(zip(linears, weight.split(sizes))):
+        bias_rows = bias.split(sizes) if has_bias else [None] * len(linears)
+        for module, rows, bias_row in zip(linears, weight.split(sizes), bias_rows):
             module.weight = nn.Parameter(rows, requires_grad=False)
             if has_bias:
-                module.bias = nn.Parameter(bias.split(sizes)[index], requires_grad=False)
+                module.bias = nn.Parameter(bias_row, requires_grad=False)
     return weight, bias
 
 
